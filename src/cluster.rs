@@ -1,0 +1,392 @@
+//! Domain types shared by the decision core and the I/O modules: what a
+//! member publishes, what the cluster looks like in etcd, what the local
+//! PostgreSQL looks like, and the time base the core reasons in.
+//!
+//! Everything here is plain data plus parsing of the JSON values that live in
+//! etcd (Patroni's layout, DESIGN §4). No I/O.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Milliseconds on the agent's monotonic clock (or the simulator's clock).
+/// The decision core never reads a clock itself: it is handed `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Millis(pub u64);
+
+impl Millis {
+    pub fn from_secs(s: u64) -> Millis {
+        Millis(s * 1000)
+    }
+    pub fn plus(self, d: u64) -> Millis {
+        Millis(self.0.saturating_add(d))
+    }
+    pub fn minus(self, d: u64) -> Millis {
+        Millis(self.0.saturating_sub(d))
+    }
+    /// `self - earlier`, zero when `earlier` is later.
+    pub fn since(self, earlier: Millis) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+/// A WAL position (PostgreSQL `pg_lsn`), as a byte offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    /// Parses PostgreSQL's text form `X/Y` (both hexadecimal).
+    pub fn parse(s: &str) -> Option<Lsn> {
+        let (hi, lo) = s.trim().split_once('/')?;
+        let hi = u64::from_str_radix(hi, 16).ok()?;
+        let lo = u64::from_str_radix(lo, 16).ok()?;
+        if hi > u32::MAX as u64 || lo > u32::MAX as u64 {
+            return None;
+        }
+        Some(Lsn((hi << 32) | lo))
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xffff_ffff)
+    }
+}
+
+/// A PostgreSQL timeline id.
+pub type Timeline = u32;
+
+/// The role a member reports for its PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[serde(alias = "master")]
+    Primary,
+    Replica,
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+            Role::Unknown => "unknown",
+        })
+    }
+}
+
+/// Member tags, as Patroni's `tags` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tags {
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nofailover: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub noloadbalance: bool,
+}
+
+/// The value of `members/{name}`: what one agent publishes about itself.
+/// Field names follow Patroni so that tools reading Patroni's keys work.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    #[serde(default)]
+    pub conn_url: String,
+    #[serde(default)]
+    pub api_url: String,
+    /// "running", "stopped", "starting", "bootstrapping", ...
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub role: Role,
+    /// Current WAL position: write position on a primary, the furthest of
+    /// received and replayed on a replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xlog_location: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<Timeline>,
+    #[serde(default)]
+    pub tags: Tags,
+    #[serde(default)]
+    pub version: String,
+    /// The leader key's create_revision this member last saw: the fencing epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
+    /// True while this replica's WAL receiver is streaming.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub streaming: bool,
+}
+
+/// A member as read from etcd.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    pub name: String,
+    pub info: MemberInfo,
+}
+
+impl Member {
+    pub fn lsn(&self) -> Lsn {
+        Lsn(self.info.xlog_location.unwrap_or(0))
+    }
+}
+
+/// The leader key: its value is the plain member name (Patroni's layout).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leader {
+    pub name: String,
+    /// The etcd lease the key is bound to.
+    pub lease: i64,
+    /// The key's create_revision: the fencing epoch of this leadership.
+    pub create_revision: i64,
+    pub mod_revision: i64,
+}
+
+/// The value of the `status` key, written by the leader each cycle.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The leader's last known WAL write position.
+    #[serde(default)]
+    pub optime: u64,
+    /// The leader's timeline (leasedog addition; Patroni ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<Timeline>,
+}
+
+/// The dynamic part of the `config` key that leasedog acts on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DynamicConfig {
+    #[serde(default)]
+    pub pause: bool,
+    /// Every other field in the key is kept and written back untouched.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// The value of the `failover` key: a switchover or failover request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FailoverRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<String>,
+}
+
+/// One consistent read of the cluster prefix.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterView {
+    pub leader: Option<Leader>,
+    pub members: Vec<Member>,
+    /// System identifier of the cluster once bootstrapped.
+    pub initialize: Option<String>,
+    pub config: DynamicConfig,
+    pub failover: Option<FailoverRequest>,
+    pub status: Option<Status>,
+    /// etcd revision of the read.
+    pub revision: i64,
+}
+
+impl ClusterView {
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.name == name)
+    }
+    pub fn paused(&self) -> bool {
+        self.config.pause
+    }
+    /// The highest timeline anyone in the cluster reports.
+    pub fn max_timeline(&self) -> Timeline {
+        let from_members = self.members.iter().filter_map(|m| m.info.timeline).max();
+        let from_status = self.status.as_ref().and_then(|s| s.timeline);
+        from_members.max(from_status).unwrap_or(0)
+    }
+}
+
+/// What a parse of one etcd key produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyParse {
+    Leader(String),
+    Member(Member),
+    Initialize(String),
+    Config(DynamicConfig),
+    Failover(FailoverRequest),
+    Status(Status),
+    /// A key leasedog does not use (history, sync, ...): ignored.
+    Ignored,
+}
+
+/// Parses one key (relative to the cluster prefix) and its value. Odd data
+/// is an `Err` with a message; the caller logs it and skips the key.
+pub fn parse_key(rel_key: &str, value: &[u8]) -> Result<KeyParse, String> {
+    let text = std::str::from_utf8(value).map_err(|_| format!("key {rel_key}: value is not UTF-8"))?;
+    if rel_key == "leader" {
+        let name = text.trim();
+        if name.is_empty() {
+            return Err("key leader: empty value".into());
+        }
+        return Ok(KeyParse::Leader(name.to_string()));
+    }
+    if let Some(name) = rel_key.strip_prefix("members/") {
+        if name.is_empty() || name.contains('/') {
+            return Err(format!("key {rel_key}: not a member name"));
+        }
+        let info: MemberInfo =
+            serde_json::from_str(text).map_err(|e| format!("key {rel_key}: bad member JSON: {e}"))?;
+        return Ok(KeyParse::Member(Member { name: name.to_string(), info }));
+    }
+    match rel_key {
+        "initialize" => Ok(KeyParse::Initialize(text.trim().to_string())),
+        "config" => {
+            if text.trim().is_empty() {
+                return Ok(KeyParse::Config(DynamicConfig::default()));
+            }
+            serde_json::from_str(text)
+                .map(KeyParse::Config)
+                .map_err(|e| format!("key config: bad JSON: {e}"))
+        }
+        "failover" => {
+            if text.trim().is_empty() {
+                return Ok(KeyParse::Ignored);
+            }
+            serde_json::from_str(text)
+                .map(KeyParse::Failover)
+                .map_err(|e| format!("key failover: bad JSON: {e}"))
+        }
+        "status" => serde_json::from_str(text)
+            .map(KeyParse::Status)
+            .map_err(|e| format!("key status: bad JSON: {e}")),
+        _ => Ok(KeyParse::Ignored),
+    }
+}
+
+/// What the data directory holds, as far as the agent can tell without a
+/// running server (from `pg_controldata`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum DataDir {
+    /// Absent or empty: needs initdb or a base backup.
+    #[default]
+    Empty,
+    /// A cluster is there.
+    Initialized {
+        system_id: String,
+        /// The control file says the cluster was last a primary ("in
+        /// production" or "shut down"): it may have diverged and must be
+        /// rewound before it follows another leader.
+        was_primary: bool,
+        /// The control file says it was not shut down cleanly.
+        crashed: bool,
+        timeline: Timeline,
+        /// Latest checkpoint location.
+        checkpoint: Lsn,
+    },
+    /// Something is there that is not a usable data directory.
+    Invalid(String),
+}
+
+/// What the local PostgreSQL looks like this cycle.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LocalPostgres {
+    pub data_dir: DataDir,
+    /// A postmaster answers queries.
+    pub running: bool,
+    /// `pg_is_in_recovery()`; meaningless when not running.
+    pub in_recovery: bool,
+    pub timeline: Option<Timeline>,
+    /// Write LSN on a primary, max(receive, replay) on a replica.
+    pub lsn: Option<Lsn>,
+    /// Replica: its WAL receiver is streaming.
+    pub streaming: bool,
+    /// Replica: the `application_name`-independent host:port it follows,
+    /// as configured in primary_conninfo (None when not a replica).
+    pub following: Option<String>,
+}
+
+impl LocalPostgres {
+    /// Running and accepting writes.
+    pub fn writable(&self) -> bool {
+        self.running && !self.in_recovery
+    }
+    pub fn system_id(&self) -> Option<&str> {
+        match &self.data_dir {
+            DataDir::Initialized { system_id, .. } => Some(system_id),
+            _ => None,
+        }
+    }
+}
+
+/// A replication slot name for a member: lowercase, [a-z0-9_], as Patroni.
+pub fn slot_name(member: &str) -> String {
+    let mut s: String = member
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }
+        })
+        .collect();
+    s.truncate(63);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_round_trip() {
+        let l = Lsn::parse("1/3000060").unwrap();
+        assert_eq!(l.0, (1u64 << 32) | 0x3000060);
+        assert_eq!(l.to_string(), "1/3000060");
+        assert_eq!(Lsn::parse("garbage"), None);
+        assert_eq!(Lsn::parse("1/"), None);
+    }
+
+    #[test]
+    fn parses_patroni_member_json() {
+        let v = br#"{"conn_url":"postgres://10.0.0.1:5432/postgres","api_url":"http://10.0.0.1:8008/patroni","state":"running","role":"replica","version":"4.1.5","xlog_location":1234,"timeline":2,"tags":{"nofailover":true}}"#;
+        match parse_key("members/pg1", v).unwrap() {
+            KeyParse::Member(m) => {
+                assert_eq!(m.name, "pg1");
+                assert_eq!(m.info.role, Role::Replica);
+                assert_eq!(m.info.xlog_location, Some(1234));
+                assert!(m.info.tags.nofailover);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Patroni's older role name and unknown fields are tolerated.
+        match parse_key("members/pg2", br#"{"role":"master","foo":1}"#).unwrap() {
+            KeyParse::Member(m) => assert_eq!(m.info.role, Role::Primary),
+            other => panic!("{other:?}"),
+        }
+        match parse_key("members/pg3", br#"{"role":"standby_leader"}"#).unwrap() {
+            KeyParse::Member(m) => assert_eq!(m.info.role, Role::Unknown),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn odd_data_is_an_error_not_a_panic() {
+        assert!(parse_key("members/pg1", b"{not json").is_err());
+        assert!(parse_key("members/pg1", &[0xff, 0xfe]).is_err());
+        assert!(parse_key("leader", b"  ").is_err());
+        assert!(parse_key("status", b"[]").is_err());
+        assert_eq!(parse_key("history", b"whatever").unwrap(), KeyParse::Ignored);
+    }
+
+    #[test]
+    fn config_key_keeps_unknown_fields() {
+        match parse_key("config", br#"{"pause":true,"ttl":30}"#).unwrap() {
+            KeyParse::Config(c) => {
+                assert!(c.pause);
+                assert_eq!(c.other.get("ttl"), Some(&serde_json::json!(30)));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn slot_names_are_sanitised() {
+        assert_eq!(slot_name("Node-1.a"), "node_1_a");
+    }
+}
