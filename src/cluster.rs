@@ -31,7 +31,9 @@ impl Millis {
 }
 
 /// A WAL position (PostgreSQL `pg_lsn`), as a byte offset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Lsn(pub u64);
 
@@ -220,7 +222,8 @@ pub enum KeyParse {
 /// Parses one key (relative to the cluster prefix) and its value. Odd data
 /// is an `Err` with a message; the caller logs it and skips the key.
 pub fn parse_key(rel_key: &str, value: &[u8]) -> Result<KeyParse, String> {
-    let text = std::str::from_utf8(value).map_err(|_| format!("key {rel_key}: value is not UTF-8"))?;
+    let text =
+        std::str::from_utf8(value).map_err(|_| format!("key {rel_key}: value is not UTF-8"))?;
     if rel_key == "leader" {
         let name = text.trim();
         if name.is_empty() {
@@ -232,9 +235,12 @@ pub fn parse_key(rel_key: &str, value: &[u8]) -> Result<KeyParse, String> {
         if name.is_empty() || name.contains('/') {
             return Err(format!("key {rel_key}: not a member name"));
         }
-        let info: MemberInfo =
-            serde_json::from_str(text).map_err(|e| format!("key {rel_key}: bad member JSON: {e}"))?;
-        return Ok(KeyParse::Member(Member { name: name.to_string(), info }));
+        let info: MemberInfo = serde_json::from_str(text)
+            .map_err(|e| format!("key {rel_key}: bad member JSON: {e}"))?;
+        return Ok(KeyParse::Member(Member {
+            name: name.to_string(),
+            info,
+        }));
     }
     match rel_key {
         "initialize" => Ok(KeyParse::Initialize(text.trim().to_string())),
@@ -316,13 +322,32 @@ impl LocalPostgres {
     }
 }
 
+/// The `host:port` of a `postgres://[user@]host:port/db` connection URL.
+pub fn conn_host_port(conn_url: &str) -> Option<String> {
+    let rest = conn_url
+        .strip_prefix("postgres://")
+        .or_else(|| conn_url.strip_prefix("postgresql://"))?;
+    let rest = rest.rsplit_once('@').map(|(_, r)| r).unwrap_or(rest);
+    let hp = rest.split(['/', '?']).next()?;
+    let (host, port) = hp.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    if host.is_empty() {
+        return None;
+    }
+    Some(format!("{host}:{port}"))
+}
+
 /// A replication slot name for a member: lowercase, [a-z0-9_], as Patroni.
 pub fn slot_name(member: &str) -> String {
     let mut s: String = member
         .chars()
         .map(|c| {
             let c = c.to_ascii_lowercase();
-            if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
         })
         .collect();
     s.truncate(63);
@@ -370,8 +395,11 @@ mod tests {
         assert!(parse_key("members/pg1", b"{not json").is_err());
         assert!(parse_key("members/pg1", &[0xff, 0xfe]).is_err());
         assert!(parse_key("leader", b"  ").is_err());
-        assert!(parse_key("status", b"[]").is_err());
-        assert_eq!(parse_key("history", b"whatever").unwrap(), KeyParse::Ignored);
+        assert!(parse_key("status", b"\"x\"").is_err());
+        assert_eq!(
+            parse_key("history", b"whatever").unwrap(),
+            KeyParse::Ignored
+        );
     }
 
     #[test]
@@ -383,6 +411,20 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn conn_urls() {
+        assert_eq!(
+            conn_host_port("postgres://10.0.0.1:5432/postgres").as_deref(),
+            Some("10.0.0.1:5432")
+        );
+        assert_eq!(
+            conn_host_port("postgres://u@h:1/postgres").as_deref(),
+            Some("h:1")
+        );
+        assert_eq!(conn_host_port("postgres://h/postgres"), None);
+        assert_eq!(conn_host_port("http://h:1"), None);
     }
 
     #[test]

@@ -76,8 +76,14 @@ pub struct Authentication {
 impl Default for Authentication {
     fn default() -> Self {
         Authentication {
-            superuser: Credentials { username: "postgres".into(), password: None },
-            replication: Credentials { username: "replicator".into(), password: None },
+            superuser: Credentials {
+                username: "postgres".into(),
+                password: None,
+            },
+            replication: Credentials {
+                username: "replicator".into(),
+                password: None,
+            },
         }
     }
 }
@@ -128,7 +134,10 @@ pub struct RestApiConfig {
 
 impl Default for RestApiConfig {
     fn default() -> Self {
-        RestApiConfig { listen: "0.0.0.0:8008".into(), connect_address: String::new() }
+        RestApiConfig {
+            listen: "0.0.0.0:8008".into(),
+            connect_address: String::new(),
+        }
     }
 }
 
@@ -148,7 +157,9 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into() }
+        LogConfig {
+            level: "info".into(),
+        }
     }
 }
 
@@ -160,7 +171,9 @@ pub struct ControlConfig {
 
 impl Default for ControlConfig {
     fn default() -> Self {
-        ControlConfig { socket: PathBuf::from("/run/leasedog/leasedog.sock") }
+        ControlConfig {
+            socket: PathBuf::from("/run/leasedog/leasedog.sock"),
+        }
     }
 }
 
@@ -243,7 +256,14 @@ pub struct ConfigError {
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.line {
-            Some(l) => write!(f, "{}:{}: {}: {}", self.file.display(), l, self.key, self.message),
+            Some(l) => write!(
+                f,
+                "{}:{}: {}: {}",
+                self.file.display(),
+                l,
+                self.key,
+                self.message
+            ),
             None => write!(f, "{}: {}: {}", self.file.display(), self.key, self.message),
         }
     }

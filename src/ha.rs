@@ -1,1 +1,1313 @@
-//! (skeleton) ha
+//! The decision core: a pure function from what this node observed to what it
+//! must do, plus the timing rules of the safety argument (DESIGN §1).
+//!
+//! Like raft-rs's `Ready`, [`decide`] performs no I/O, reads no clock and
+//! never awaits: the agent (and the simulator in `tests/`) hand it a
+//! snapshot and execute the returned [`Action`]s in order, stopping at the
+//! first one that fails. Everything that decides *when* the watchdog may be
+//! fed or PostgreSQL must stop lives here too, so the simulator checks the
+//! very rules the agent runs.
+
+use crate::cluster::{
+    ClusterView, DataDir, LocalPostgres, Lsn, Member, Millis, Role, Status, conn_host_port,
+    slot_name,
+};
+use crate::config::{Config, WatchdogMode};
+
+/// Driver rounding and scheduling slack, in ms, that the feed rule keeps
+/// between the watchdog deadline and the lease expiry.
+pub const SLACK_MS: u64 = 500;
+
+/// How soon a node that is waiting for its peers' fresh positions looks again.
+pub const RECHECK_MS: u64 = 200;
+
+/// The settings the core needs, in milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HaConfig {
+    pub name: String,
+    pub ttl_ms: u64,
+    pub loop_wait_ms: u64,
+    pub retry_timeout_ms: u64,
+    pub safety_margin_ms: u64,
+    pub maximum_lag_on_failover: u64,
+    pub nofailover: bool,
+    pub watchdog_mode: WatchdogMode,
+}
+
+impl HaConfig {
+    pub fn from_config(c: &Config) -> HaConfig {
+        HaConfig {
+            name: c.name.clone(),
+            ttl_ms: c.ttl * 1000,
+            loop_wait_ms: c.loop_wait * 1000,
+            retry_timeout_ms: c.retry_timeout * 1000,
+            safety_margin_ms: c.watchdog.safety_margin * 1000,
+            maximum_lag_on_failover: c.maximum_lag_on_failover,
+            nofailover: c.tags.nofailover,
+            watchdog_mode: c.watchdog.mode,
+        }
+    }
+
+    /// The watchdog timeout to request: `ttl - safety_margin`, in seconds.
+    pub fn watchdog_timeout_secs(&self) -> u32 {
+        (self.ttl_ms.saturating_sub(self.safety_margin_ms) / 1000) as u32
+    }
+
+    /// Time allowed to stop PostgreSQL (fast, then immediate) before the
+    /// earlier of the lease and watchdog deadlines.
+    pub fn stop_budget_ms(&self) -> u64 {
+        (self.retry_timeout_ms / 2).max(1000)
+    }
+}
+
+/// What the agent remembers between cycles, as the core sees it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeState {
+    /// This agent's etcd lease, once granted.
+    pub lease_id: Option<i64>,
+    /// Send instant of the last keep-alive that etcd answered with TTL > 0.
+    pub last_renewal: Option<Millis>,
+    /// The last leader confirmation (or acquisition) succeeded, and nothing
+    /// since said otherwise.
+    pub leader_confirmed: bool,
+    /// The watchdog device is open and counting.
+    pub watchdog_armed: bool,
+    /// When the armed watchdog fires unless fed: last feed + read-back timeout.
+    pub watchdog_deadline: Option<Millis>,
+    /// The last attempt to arm failed.
+    pub watchdog_arm_failed: bool,
+    /// The cluster was paused at the last successful read.
+    pub paused: bool,
+}
+
+impl NodeState {
+    /// The local lease deadline: the last renewal's *send* time plus ttl.
+    pub fn lease_deadline(&self, cfg: &HaConfig) -> Option<Millis> {
+        self.last_renewal.map(|t| t.plus(cfg.ttl_ms))
+    }
+
+    /// The instant by which a leader that has not renewed must begin to stop
+    /// PostgreSQL: the earlier of the lease and watchdog deadlines, less the
+    /// stop budget. None when there is no lease at all.
+    pub fn must_stop_at(&self, cfg: &HaConfig) -> Option<Millis> {
+        let lease = self.lease_deadline(cfg)?;
+        let hard = match (self.watchdog_armed, self.watchdog_deadline) {
+            (true, Some(wd)) => lease.min(wd),
+            _ => lease,
+        };
+        Some(hard.minus(cfg.stop_budget_ms()))
+    }
+
+    /// This node may keep PostgreSQL writable at `now`.
+    pub fn may_stay_primary(&self, cfg: &HaConfig, now: Millis) -> bool {
+        self.leader_confirmed && self.must_stop_at(cfg).is_some_and(|t| now < t)
+    }
+}
+
+/// The feed rule (DESIGN §1.3): arming or feeding at `now` is allowed only if
+/// the last renewal was *sent* less than `safety_margin - slack` ago, so that
+/// `now + wd` lies before `last_renewal + ttl`.
+pub fn may_feed(cfg: &HaConfig, now: Millis, last_renewal: Option<Millis>) -> bool {
+    match last_renewal {
+        Some(sent) => now.since(sent) + SLACK_MS < cfg.safety_margin_ms && now >= sent,
+        None => false,
+    }
+}
+
+/// The timeout for an I/O call made at `now`: `retry_timeout`, shortened so
+/// that a leader's call returns before it must start stopping PostgreSQL.
+pub fn io_timeout_ms(cfg: &HaConfig, node: &NodeState, now: Millis) -> u64 {
+    let mut t = cfg.retry_timeout_ms;
+    if node.leader_confirmed
+        && let Some(stop) = node.must_stop_at(cfg)
+    {
+        t = t.min(stop.since(now).max(100));
+    }
+    t
+}
+
+/// A member to stream from, clone from or rewind from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub member: String,
+    pub conn_url: String,
+}
+
+/// One step for the agent. Steps run in order; the first failure ends the
+/// sequence (except a non-required arm, which only warns).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Send one keep-alive of this agent's lease (grant one if none).
+    KeepAlive,
+    /// Txn: leader key still ours (value and lease); also writes `status`.
+    ConfirmLeader {
+        status: Option<Status>,
+    },
+    /// Txn: create the leader key if absent, bound to our lease.
+    AcquireLeader,
+    /// Txn: re-bind a leader key that holds our name (left by our previous
+    /// process) to our lease.
+    TakeOverLeader {
+        mod_revision: i64,
+    },
+    /// Txn: delete the leader key if it holds our name.
+    ReleaseLeader,
+    /// Open the watchdog and set its timeout; allowed only under the feed rule.
+    ArmWatchdog {
+        required: bool,
+    },
+    /// Ping the watchdog; skipped (not failed) when the feed rule forbids.
+    FeedWatchdog,
+    /// Magic close. Only ever emitted when PostgreSQL is not writable.
+    DisarmWatchdog,
+    Initdb,
+    /// Start PostgreSQL as a primary (no standby.signal).
+    StartPrimary,
+    /// Start PostgreSQL read-only, streaming from `upstream` if given.
+    StartReplica {
+        upstream: Option<Upstream>,
+    },
+    /// A running replica: point primary_conninfo at `upstream` and reload.
+    Follow {
+        upstream: Upstream,
+    },
+    Promote,
+    /// Stop PostgreSQL: fast, then immediate. Succeeds only once stopped.
+    StopPostgres,
+    /// pg_basebackup into the empty data directory.
+    Clone {
+        upstream: Upstream,
+    },
+    /// pg_rewind a former primary onto the upstream's history.
+    Rewind {
+        upstream: Upstream,
+    },
+    /// Create the replication role after bootstrap.
+    CreateReplicationUser,
+    /// Txn: create `initialize` with the system identifier.
+    WriteInitialize {
+        system_id: String,
+    },
+    /// Leader: keep one physical slot per other member.
+    SyncSlots {
+        slots: Vec<String>,
+    },
+}
+
+/// What to do this cycle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub actions: Vec<Action>,
+    /// One line for the log: why.
+    pub summary: String,
+    /// When the next cycle should run at the latest.
+    pub next_cycle: Millis,
+}
+
+/// Everything [`decide`] looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    pub now: Millis,
+    pub cfg: &'a HaConfig,
+    /// None when this cycle's etcd read failed.
+    pub view: Option<&'a ClusterView>,
+    pub local: &'a LocalPostgres,
+    pub node: &'a NodeState,
+}
+
+struct Plan<'a> {
+    i: Input<'a>,
+    actions: Vec<Action>,
+    next_cycle: Millis,
+}
+
+impl<'a> Plan<'a> {
+    fn new(i: Input<'a>) -> Plan<'a> {
+        let mut next = i.now.plus(i.cfg.loop_wait_ms);
+        if i.node.leader_confirmed
+            && let Some(stop) = i.node.must_stop_at(i.cfg)
+        {
+            next = next.min(stop.max(i.now));
+        }
+        Plan {
+            i,
+            actions: Vec::new(),
+            next_cycle: next,
+        }
+    }
+    fn push(&mut self, a: Action) -> &mut Self {
+        self.actions.push(a);
+        self
+    }
+    fn recheck_in(&mut self, ms: u64) -> &mut Self {
+        self.next_cycle = self.next_cycle.min(self.i.now.plus(ms));
+        self
+    }
+    fn done(self, summary: impl Into<String>) -> Decision {
+        Decision {
+            actions: self.actions,
+            summary: summary.into(),
+            next_cycle: self.next_cycle,
+        }
+    }
+    /// Arm if not armed, else feed: the fence for a node that is or is about
+    /// to be writable. Nothing when the watchdog is off.
+    fn fence(&mut self) {
+        let mode = self.i.cfg.watchdog_mode;
+        if mode == WatchdogMode::Off {
+            return;
+        }
+        if self.i.node.watchdog_armed {
+            self.push(Action::FeedWatchdog);
+        } else {
+            self.push(Action::ArmWatchdog {
+                required: mode == WatchdogMode::Required,
+            });
+        }
+    }
+    /// Stop a writable PostgreSQL, then disarm once it is confirmed stopped.
+    fn stop_and_disarm(&mut self) {
+        self.push(Action::StopPostgres);
+        if self.i.node.watchdog_armed {
+            self.push(Action::DisarmWatchdog);
+        }
+    }
+    fn disarm_if_armed(&mut self) {
+        if self.i.node.watchdog_armed && !self.i.local.writable() {
+            self.push(Action::DisarmWatchdog);
+        }
+    }
+}
+
+/// The decision. Pure: same input, same output.
+pub fn decide(i: Input<'_>) -> Decision {
+    let mut p = Plan::new(i);
+    let (cfg, local, node, now) = (i.cfg, i.local, i.node, i.now);
+
+    // Rule W: a writable PostgreSQL that is past its fence must stop first,
+    // whatever else is true (DESIGN §1.5).
+    if local.writable() && node.leader_confirmed && !node.paused && !node.may_stay_primary(cfg, now)
+    {
+        p.stop_and_disarm();
+        return p.done("lease not renewed in time: stopping PostgreSQL before the lease expires");
+    }
+
+    let Some(view) = i.view else {
+        return decide_blind(p);
+    };
+
+    if view.paused() {
+        return decide_paused(p, view);
+    }
+
+    // A data directory from another cluster is never touched.
+    if let (Some(cluster_id), Some(local_id)) = (view.initialize.as_deref(), local.system_id())
+        && !cluster_id.is_empty()
+        && cluster_id != local_id
+    {
+        p.push(Action::KeepAlive);
+        if view.leader.as_ref().is_some_and(|l| l.name == cfg.name) {
+            p.push(Action::ReleaseLeader);
+        }
+        return p.done(format!(
+            "refusing to manage the data directory: its system identifier {local_id} is not the cluster's {cluster_id}"
+        ));
+    }
+    if let DataDir::Invalid(why) = &local.data_dir {
+        p.push(Action::KeepAlive);
+        return p.done(format!("data directory unusable: {why}"));
+    }
+
+    match &view.leader {
+        Some(l) if l.name == cfg.name && Some(l.lease) == node.lease_id => decide_leader(p, view),
+        Some(l) if l.name == cfg.name => {
+            // The key carries our name but another lease: our previous
+            // process. Re-bind it rather than wait for it to expire.
+            p.push(Action::KeepAlive);
+            if local.writable() {
+                p.fence_for_acquire();
+            }
+            p.push(Action::TakeOverLeader {
+                mod_revision: l.mod_revision,
+            });
+            p.recheck_in(0);
+            p.done("the leader key holds our name from a previous run: taking it over")
+        }
+        Some(l) => decide_follower(p, view, l.name.clone()),
+        None => decide_no_leader(p, view),
+    }
+}
+
+impl Plan<'_> {
+    /// Before taking the key with the intent to promote: a node that cannot
+    /// arm in required mode must not take it.
+    fn fence_for_acquire(&mut self) {
+        match self.i.cfg.watchdog_mode {
+            WatchdogMode::Off => {}
+            _ if self.i.node.watchdog_armed => {
+                self.push(Action::FeedWatchdog);
+            }
+            WatchdogMode::Required => {
+                self.push(Action::ArmWatchdog { required: true });
+            }
+            // Automatic: arming happens right before PostgreSQL becomes
+            // writable; nothing to do before the key.
+            WatchdogMode::Automatic => {}
+        }
+    }
+}
+
+/// etcd could not be read this cycle. A leader still tries to renew (the
+/// read may have failed alone); everyone else waits.
+fn decide_blind(mut p: Plan<'_>) -> Decision {
+    let (local, node) = (p.i.local, p.i.node);
+    p.push(Action::KeepAlive);
+    if node.leader_confirmed {
+        p.push(Action::ConfirmLeader { status: None });
+        if local.writable() {
+            p.fence();
+        }
+        return p.done("etcd read failed: trying to renew the leader lease");
+    }
+    if local.writable() && !node.paused {
+        p.stop_and_disarm();
+        return p.done("etcd unreachable and no leader lease: stopping the unconfirmed primary");
+    }
+    p.disarm_if_armed();
+    p.done("etcd read failed: waiting")
+}
+
+/// Maintenance mode: nothing is started, stopped or promoted. The leader
+/// keeps its key; the watchdog is disarmed (no replica can promote while
+/// paused, so nothing needs fencing).
+fn decide_paused(mut p: Plan<'_>, view: &ClusterView) -> Decision {
+    let (cfg, local, node) = (p.i.cfg, p.i.local, p.i.node);
+    p.push(Action::KeepAlive);
+    let mine = view.leader.as_ref().is_some_and(|l| l.name == cfg.name);
+    if mine {
+        let status = status_of(local);
+        if view
+            .leader
+            .as_ref()
+            .is_some_and(|l| Some(l.lease) == node.lease_id)
+        {
+            p.push(Action::ConfirmLeader { status });
+        } else if let Some(l) = &view.leader {
+            p.push(Action::TakeOverLeader {
+                mod_revision: l.mod_revision,
+            });
+        }
+    } else if view.leader.is_none() && local.writable() {
+        p.push(Action::AcquireLeader);
+    }
+    if node.watchdog_armed {
+        p.push(Action::DisarmWatchdog);
+    }
+    p.done("maintenance mode: no automatic actions")
+}
+
+fn status_of(local: &LocalPostgres) -> Option<Status> {
+    if local.writable() {
+        local.lsn.map(|l| Status {
+            optime: l.0,
+            timeline: local.timeline,
+        })
+    } else {
+        None
+    }
+}
+
+/// We hold the leader key with our own lease.
+fn decide_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
+    let (cfg, local, node) = (p.i.cfg, p.i.local, p.i.node);
+    p.push(Action::KeepAlive);
+    p.push(Action::ConfirmLeader {
+        status: status_of(local),
+    });
+
+    if cfg.watchdog_mode == WatchdogMode::Required
+        && node.watchdog_arm_failed
+        && !node.watchdog_armed
+    {
+        if local.writable() {
+            p.push(Action::StopPostgres);
+        }
+        p.push(Action::ReleaseLeader);
+        return p.done("watchdog required but it cannot be armed: giving up the leader key");
+    }
+
+    if local.writable() {
+        p.fence();
+        let slots: Vec<String> = view
+            .members
+            .iter()
+            .filter(|m| m.name != cfg.name)
+            .map(|m| slot_name(&m.name))
+            .collect();
+        p.push(Action::SyncSlots { slots });
+        if view.initialize.is_none()
+            && let Some(id) = local.system_id()
+        {
+            p.push(Action::CreateReplicationUser);
+            p.push(Action::WriteInitialize {
+                system_id: id.to_string(),
+            });
+            return p.done("bootstrap: primary running, recording the cluster's system identifier");
+        }
+        return p.done("no action: I am the leader with the lease");
+    }
+
+    if local.running {
+        // A replica that won the key: fence, then promote.
+        p.fence();
+        p.push(Action::Promote);
+        p.recheck_in(0);
+        return p.done("promoting: I hold the leader key");
+    }
+
+    match &local.data_dir {
+        DataDir::Empty if view.initialize.is_none() => {
+            p.push(Action::Initdb);
+            p.recheck_in(0);
+            p.done("bootstrap: I won the race, running initdb")
+        }
+        DataDir::Empty => {
+            p.push(Action::ReleaseLeader);
+            p.done("holding the leader key with an empty data directory: releasing it")
+        }
+        DataDir::Initialized {
+            was_primary: true, ..
+        } => {
+            p.fence();
+            p.push(Action::StartPrimary);
+            p.recheck_in(0);
+            p.done("starting PostgreSQL as primary: I hold the leader key")
+        }
+        DataDir::Initialized { .. } => {
+            // A former replica: start it read-only, promote next cycle (a
+            // plain start would not switch timeline).
+            p.push(Action::StartReplica { upstream: None });
+            p.recheck_in(0);
+            p.done("starting PostgreSQL read-only before promoting")
+        }
+        DataDir::Invalid(why) => p.done(format!("data directory unusable: {why}")),
+    }
+}
+
+/// Someone else leads: follow them.
+fn decide_follower(mut p: Plan<'_>, view: &ClusterView, leader: String) -> Decision {
+    let local = p.i.local;
+    p.push(Action::KeepAlive);
+    if local.writable() {
+        p.stop_and_disarm();
+        p.recheck_in(0);
+        return p.done(format!("demoting: {leader} holds the leader key"));
+    }
+    p.disarm_if_armed();
+
+    let upstream = view.member(&leader).and_then(|m| {
+        (!m.info.conn_url.is_empty()).then(|| Upstream {
+            member: leader.clone(),
+            conn_url: m.info.conn_url.clone(),
+        })
+    });
+    let leader_running = view
+        .member(&leader)
+        .is_some_and(|m| m.info.state == "running" && m.info.role == Role::Primary);
+    let Some(upstream) = upstream else {
+        return p.done(format!(
+            "waiting for leader {leader} to publish its address"
+        ));
+    };
+
+    match &local.data_dir {
+        DataDir::Empty => {
+            if view.initialize.is_some() && leader_running {
+                p.push(Action::Clone {
+                    upstream: upstream.clone(),
+                });
+                p.push(Action::StartReplica {
+                    upstream: Some(upstream),
+                });
+                p.done(format!("cloning from leader {leader}"))
+            } else {
+                p.recheck_in(p.i.cfg.loop_wait_ms.min(1000));
+                p.done(format!("waiting for leader {leader} to finish bootstrap"))
+            }
+        }
+        DataDir::Initialized { was_primary, .. } if !local.running => {
+            if *was_primary {
+                if !leader_running {
+                    return p.done(format!(
+                        "waiting for leader {leader} to run before rewinding"
+                    ));
+                }
+                p.push(Action::Rewind {
+                    upstream: upstream.clone(),
+                });
+            }
+            p.push(Action::StartReplica {
+                upstream: Some(upstream),
+            });
+            p.done(format!("starting as a replica of {leader}"))
+        }
+        _ if local.running => {
+            let target = conn_host_port(&upstream.conn_url);
+            if target.is_some() && local.following != target {
+                p.push(Action::Follow { upstream });
+                return p.done(format!("following the new leader {leader}"));
+            }
+            p.done(format!("no action: streaming from leader {leader}"))
+        }
+        _ => p.done("waiting"),
+    }
+}
+
+/// Eligible members that would beat us, given positions.
+fn ahead_of_me<'v>(
+    cfg: &HaConfig,
+    view: &'v ClusterView,
+    my_lsn: Lsn,
+    my_tl: u32,
+) -> Option<&'v Member> {
+    view.members.iter().find(|m| {
+        m.name != cfg.name
+            && !m.info.tags.nofailover
+            && m.info.state == "running"
+            && m.info.role == Role::Replica
+            && m.info.timeline.unwrap_or(0) >= my_tl
+            && (m.lsn() > my_lsn || (m.lsn() == my_lsn && m.name < cfg.name))
+    })
+}
+
+/// Nobody holds the leader key.
+fn decide_no_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
+    let (cfg, local) = (p.i.cfg, p.i.local);
+    p.push(Action::KeepAlive);
+
+    if view.initialize.is_none() {
+        // Bootstrap race. An existing data directory is adopted.
+        if cfg.nofailover {
+            return p.done("waiting for bootstrap: tagged nofailover");
+        }
+        if local.writable() {
+            p.fence_for_acquire();
+        }
+        p.push(Action::AcquireLeader);
+        p.recheck_in(0);
+        return p.done("bootstrap: racing for the leader key");
+    }
+
+    if cfg.nofailover {
+        if local.writable() {
+            p.stop_and_disarm();
+            return p.done("no leader and tagged nofailover: stopping the primary");
+        }
+        p.disarm_if_armed();
+        return p.done("no leader; tagged nofailover: not a candidate");
+    }
+
+    match &local.data_dir {
+        DataDir::Empty => {
+            return p.done("no leader and no data: waiting for a leader to clone from");
+        }
+        DataDir::Initialized { .. } if !local.running => {
+            // Start read-only to learn our position; decide next cycle.
+            p.disarm_if_armed();
+            p.push(Action::StartReplica { upstream: None });
+            p.recheck_in(0);
+            return p.done("no leader: starting PostgreSQL read-only to take part in the election");
+        }
+        _ => {}
+    }
+
+    let my_lsn = local.lsn.unwrap_or_default();
+    let my_tl = local.timeline.unwrap_or(0);
+    if let Some(st) = &view.status {
+        if let Some(tl) = st.timeline
+            && my_tl < tl
+        {
+            return p.done(format!(
+                "not a candidate: my timeline {my_tl} is behind the cluster's {tl}"
+            ));
+        }
+        let lag = st.optime.saturating_sub(my_lsn.0);
+        if lag > cfg.maximum_lag_on_failover {
+            if local.writable() {
+                p.stop_and_disarm();
+            }
+            return p.done(format!(
+                "not a candidate: {lag} bytes behind the last leader position (maximum_lag_on_failover {})",
+                cfg.maximum_lag_on_failover
+            ));
+        }
+    }
+    // Compare against fresh positions only: wait until our own published
+    // position is current, so peers compare against it too.
+    let published = view.member(&cfg.name).map(|m| m.lsn());
+    if published != Some(my_lsn) {
+        p.recheck_in(RECHECK_MS);
+        return p.done("no leader: publishing my position before the election");
+    }
+    if let Some(better) = ahead_of_me(cfg, view, my_lsn, my_tl) {
+        let name = better.name.clone();
+        if local.writable() {
+            p.stop_and_disarm();
+        }
+        p.recheck_in(p.i.cfg.loop_wait_ms.min(1000));
+        return p.done(format!("no leader: {name} is the better candidate"));
+    }
+    p.fence_for_acquire();
+    p.push(Action::AcquireLeader);
+    p.recheck_in(0);
+    p.done("no leader: I am the healthiest candidate, taking the key")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{Leader, MemberInfo, Tags};
+
+    fn cfg(mode: WatchdogMode) -> HaConfig {
+        HaConfig {
+            name: "b".into(),
+            ttl_ms: 6000,
+            loop_wait_ms: 1000,
+            retry_timeout_ms: 2000,
+            safety_margin_ms: 2000,
+            maximum_lag_on_failover: 1 << 20,
+            nofailover: false,
+            watchdog_mode: mode,
+        }
+    }
+
+    fn member(name: &str, role: Role, lsn: u64, tl: u32) -> Member {
+        Member {
+            name: name.into(),
+            info: MemberInfo {
+                conn_url: format!("postgres://127.0.0.1:{}/postgres", 5000 + name.len()),
+                state: "running".into(),
+                role,
+                xlog_location: Some(lsn),
+                timeline: Some(tl),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn leader(name: &str, lease: i64) -> Option<Leader> {
+        Some(Leader {
+            name: name.into(),
+            lease,
+            create_revision: 5,
+            mod_revision: 7,
+        })
+    }
+
+    fn initialized(was_primary: bool) -> DataDir {
+        DataDir::Initialized {
+            system_id: "42".into(),
+            was_primary,
+            crashed: false,
+            timeline: 1,
+            checkpoint: Lsn(100),
+        }
+    }
+
+    fn primary(lsn: u64) -> LocalPostgres {
+        LocalPostgres {
+            data_dir: initialized(true),
+            running: true,
+            in_recovery: false,
+            timeline: Some(1),
+            lsn: Some(Lsn(lsn)),
+            ..Default::default()
+        }
+    }
+
+    fn replica(lsn: u64, following: &str) -> LocalPostgres {
+        LocalPostgres {
+            data_dir: initialized(false),
+            running: true,
+            in_recovery: true,
+            timeline: Some(1),
+            lsn: Some(Lsn(lsn)),
+            streaming: true,
+            following: Some(following.into()),
+        }
+    }
+
+    fn stopped(was_primary: bool) -> LocalPostgres {
+        LocalPostgres {
+            data_dir: initialized(was_primary),
+            ..Default::default()
+        }
+    }
+
+    fn view(leader_: Option<Leader>, members: Vec<Member>) -> ClusterView {
+        ClusterView {
+            leader: leader_,
+            members,
+            initialize: Some("42".into()),
+            status: Some(Status {
+                optime: 1000,
+                timeline: Some(1),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A node that renewed at t=10s and is confirmed leader, watchdog armed.
+    fn leading(armed: bool) -> NodeState {
+        NodeState {
+            lease_id: Some(9),
+            last_renewal: Some(Millis(10_000)),
+            leader_confirmed: true,
+            watchdog_armed: armed,
+            watchdog_deadline: armed.then_some(Millis(14_000)),
+            ..Default::default()
+        }
+    }
+
+    fn replica_node() -> NodeState {
+        NodeState {
+            lease_id: Some(9),
+            last_renewal: Some(Millis(10_000)),
+            ..Default::default()
+        }
+    }
+
+    fn run(
+        c: &HaConfig,
+        now: u64,
+        v: Option<&ClusterView>,
+        l: &LocalPostgres,
+        n: &NodeState,
+    ) -> Decision {
+        decide(Input {
+            now: Millis(now),
+            cfg: c,
+            view: v,
+            local: l,
+            node: n,
+        })
+    }
+
+    use Action::*;
+
+    #[test]
+    fn feed_rule_uses_the_send_time() {
+        let c = cfg(WatchdogMode::Automatic);
+        assert!(may_feed(&c, Millis(10_000), Some(Millis(10_000))));
+        assert!(may_feed(&c, Millis(11_499), Some(Millis(10_000))));
+        assert!(!may_feed(&c, Millis(11_500), Some(Millis(10_000))));
+        assert!(!may_feed(&c, Millis(10_000), None));
+        // A clock that went backwards never feeds.
+        assert!(!may_feed(&c, Millis(9_000), Some(Millis(10_000))));
+        // The hardware deadline of an allowed feed lies before the lease expiry.
+        let wd_ms = c.watchdog_timeout_secs() as u64 * 1000;
+        let latest_feed = 10_000 + c.safety_margin_ms - SLACK_MS - 1;
+        assert!(latest_feed + wd_ms < 10_000 + c.ttl_ms);
+    }
+
+    #[test]
+    fn must_stop_before_the_earlier_deadline() {
+        let c = cfg(WatchdogMode::Automatic);
+        let n = leading(true); // lease 16s, watchdog 14s, budget 1s
+        assert_eq!(n.must_stop_at(&c), Some(Millis(13_000)));
+        let n = leading(false);
+        assert_eq!(n.must_stop_at(&c), Some(Millis(15_000)));
+        assert!(n.may_stay_primary(&c, Millis(14_999)));
+        assert!(!n.may_stay_primary(&c, Millis(15_000)));
+        assert_eq!(io_timeout_ms(&c, &leading(true), Millis(12_500)), 500);
+        assert_eq!(io_timeout_ms(&c, &replica_node(), Millis(12_500)), 2000);
+    }
+
+    #[test]
+    fn leader_renews_then_feeds() {
+        let c = cfg(WatchdogMode::Automatic);
+        let v = view(
+            leader("b", 9),
+            vec![
+                member("a", Role::Replica, 900, 1),
+                member("b", Role::Primary, 1000, 1),
+            ],
+        );
+        let d = run(&c, 11_000, Some(&v), &primary(1000), &leading(true));
+        assert_eq!(
+            d.actions,
+            vec![
+                KeepAlive,
+                ConfirmLeader {
+                    status: Some(Status {
+                        optime: 1000,
+                        timeline: Some(1)
+                    })
+                },
+                FeedWatchdog,
+                SyncSlots {
+                    slots: vec!["a".into()]
+                },
+            ]
+        );
+        assert_eq!(d.next_cycle, Millis(12_000));
+    }
+
+    #[test]
+    fn next_cycle_never_later_than_must_stop() {
+        let c = cfg(WatchdogMode::Automatic);
+        let v = view(leader("b", 9), vec![]);
+        let d = run(&c, 12_500, Some(&v), &primary(1000), &leading(true));
+        assert_eq!(d.next_cycle, Millis(13_000));
+    }
+
+    #[test]
+    fn leader_arms_when_not_armed_and_never_with_mode_off() {
+        let v = view(leader("b", 9), vec![]);
+        let d = run(
+            &cfg(WatchdogMode::Automatic),
+            11_000,
+            Some(&v),
+            &primary(1000),
+            &leading(false),
+        );
+        assert_eq!(d.actions[2], ArmWatchdog { required: false });
+        let d = run(
+            &cfg(WatchdogMode::Required),
+            11_000,
+            Some(&v),
+            &primary(1000),
+            &leading(false),
+        );
+        assert_eq!(d.actions[2], ArmWatchdog { required: true });
+        let d = run(
+            &cfg(WatchdogMode::Off),
+            11_000,
+            Some(&v),
+            &primary(1000),
+            &leading(false),
+        );
+        assert!(
+            !d.actions
+                .iter()
+                .any(|a| matches!(a, ArmWatchdog { .. } | FeedWatchdog))
+        );
+    }
+
+    #[test]
+    fn rule_w_stops_a_primary_past_its_fence() {
+        let c = cfg(WatchdogMode::Automatic);
+        let v = view(leader("b", 9), vec![]);
+        let d = run(&c, 13_000, Some(&v), &primary(1000), &leading(true));
+        assert_eq!(d.actions, vec![StopPostgres, DisarmWatchdog]);
+        // Even when etcd cannot be read.
+        let d = run(&c, 13_000, None, &primary(1000), &leading(true));
+        assert_eq!(d.actions, vec![StopPostgres, DisarmWatchdog]);
+        // But not in maintenance mode.
+        let mut n = leading(false);
+        n.paused = true;
+        let d = run(&c, 15_000, None, &primary(1000), &n);
+        assert!(!d.actions.contains(&StopPostgres));
+    }
+
+    #[test]
+    fn blind_cycles() {
+        let c = cfg(WatchdogMode::Automatic);
+        let d = run(&c, 11_000, None, &primary(1000), &leading(true));
+        assert_eq!(
+            d.actions,
+            vec![KeepAlive, ConfirmLeader { status: None }, FeedWatchdog]
+        );
+        let d = run(&c, 11_000, None, &primary(1000), &replica_node());
+        assert_eq!(d.actions, vec![KeepAlive, StopPostgres]);
+        let d = run(&c, 11_000, None, &replica(900, "x:1"), &replica_node());
+        assert_eq!(d.actions, vec![KeepAlive]);
+    }
+
+    #[test]
+    fn paused_does_nothing_automatic() {
+        let c = cfg(WatchdogMode::Automatic);
+        let mut v = view(leader("b", 9), vec![]);
+        v.config.pause = true;
+        let d = run(&c, 11_000, Some(&v), &primary(1000), &leading(true));
+        assert_eq!(
+            d.actions,
+            vec![
+                KeepAlive,
+                ConfirmLeader {
+                    status: Some(Status {
+                        optime: 1000,
+                        timeline: Some(1)
+                    })
+                },
+                DisarmWatchdog
+            ]
+        );
+        // A replica with no leader neither starts, promotes nor acquires.
+        let mut v = view(None, vec![]);
+        v.config.pause = true;
+        for local in [replica(1000, "x:1"), stopped(false)] {
+            let d = run(&c, 11_000, Some(&v), &local, &replica_node());
+            assert_eq!(d.actions, vec![KeepAlive]);
+        }
+        // A primary that lost its key while paused takes it back.
+        let d = run(&c, 11_000, Some(&v), &primary(1000), &replica_node());
+        assert_eq!(d.actions, vec![KeepAlive, AcquireLeader]);
+    }
+
+    #[test]
+    fn foreign_data_directory_is_refused() {
+        let c = cfg(WatchdogMode::Automatic);
+        let mut v = view(leader("a", 1), vec![member("a", Role::Primary, 1000, 1)]);
+        v.initialize = Some("77".into());
+        let d = run(&c, 11_000, Some(&v), &stopped(false), &replica_node());
+        assert_eq!(d.actions, vec![KeepAlive]);
+        assert!(
+            d.summary.contains("77") && d.summary.contains("42"),
+            "{}",
+            d.summary
+        );
+    }
+
+    #[test]
+    fn leader_promotes_a_replica_after_fencing() {
+        let c = cfg(WatchdogMode::Automatic);
+        let v = view(leader("b", 9), vec![]);
+        let d = run(&c, 11_000, Some(&v), &replica(1000, "x:1"), &leading(false));
+        assert_eq!(
+            d.actions,
+            vec![
+                KeepAlive,
+                ConfirmLeader { status: None },
+                ArmWatchdog { required: false },
+                Promote
+            ]
+        );
+        assert_eq!(d.next_cycle, Millis(11_000));
+    }
+
+    #[test]
+    fn bootstrap_sequence() {
+        let c = cfg(WatchdogMode::Automatic);
+        let mut v = view(None, vec![]);
+        v.initialize = None;
+        v.status = None;
+        let empty = LocalPostgres::default();
+        // 1. race for the key
+        let d = run(&c, 11_000, Some(&v), &empty, &replica_node());
+        assert_eq!(d.actions, vec![KeepAlive, AcquireLeader]);
+        // 2. the winner runs initdb
+        v.leader = leader("b", 9);
+        let d = run(&c, 11_000, Some(&v), &empty, &leading(false));
+        assert_eq!(
+            d.actions,
+            vec![KeepAlive, ConfirmLeader { status: None }, Initdb]
+        );
+        // 3. starts as primary, armed first
+        let d = run(&c, 11_000, Some(&v), &stopped(true), &leading(false));
+        assert_eq!(
+            d.actions,
+            vec![
+                KeepAlive,
+                ConfirmLeader { status: None },
+                ArmWatchdog { required: false },
+                StartPrimary
+            ]
+        );
+        // 4. records the system identifier
+        let d = run(&c, 11_000, Some(&v), &primary(10), &leading(true));
+        assert!(d.actions.ends_with(&[
+            CreateReplicationUser,
+            WriteInitialize {
+                system_id: "42".into()
+            }
+        ]));
+        // A loser with an empty directory waits for the leader to finish.
+        v.leader = leader("a", 1);
+        let d = run(&c, 11_000, Some(&v), &empty, &replica_node());
+        assert_eq!(d.actions, vec![KeepAlive]);
+        // nofailover never races.
+        let mut c2 = c.clone();
+        c2.nofailover = true;
+        v.leader = None;
+        let d = run(&c2, 11_000, Some(&v), &empty, &replica_node());
+        assert_eq!(d.actions, vec![KeepAlive]);
+    }
+
+    #[test]
+    fn leader_with_empty_dir_after_bootstrap_releases() {
+        let c = cfg(WatchdogMode::Automatic);
+        let v = view(leader("b", 9), vec![]);
+        let d = run(
+            &c,
+            11_000,
+            Some(&v),
+            &LocalPostgres::default(),
+            &leading(false),
+        );
+        assert_eq!(d.actions.last(), Some(&ReleaseLeader));
+    }
+
+    #[test]
+    fn leader_former_replica_starts_read_only_first() {
+        let c = cfg(WatchdogMode::Automatic);
+        let v = view(leader("b", 9), vec![]);
+        let d = run(&c, 11_000, Some(&v), &stopped(false), &leading(false));
+        assert_eq!(d.actions.last(), Some(&StartReplica { upstream: None }));
+        assert!(!d.actions.iter().any(|a| matches!(a, ArmWatchdog { .. })));
+    }
+
+    #[test]
+    fn required_watchdog_that_fails_gives_up_the_key() {
+        let c = cfg(WatchdogMode::Required);
+        let v = view(leader("b", 9), vec![]);
+        let mut n = leading(false);
+        n.watchdog_arm_failed = true;
+        let d = run(&c, 11_000, Some(&v), &primary(1000), &n);
+        assert_eq!(d.actions[2..], [StopPostgres, ReleaseLeader]);
+        let d = run(&c, 11_000, Some(&v), &replica(1000, "x:1"), &n);
+        assert_eq!(d.actions[2..], [ReleaseLeader]);
+    }
+
+    #[test]
+    fn key_with_our_name_from_a_previous_run_is_taken_over() {
+        let c = cfg(WatchdogMode::Required);
+        let v = view(leader("b", 3), vec![]);
+        let d = run(&c, 11_000, Some(&v), &primary(1000), &replica_node());
+        assert_eq!(
+            d.actions,
+            vec![
+                KeepAlive,
+                ArmWatchdog { required: true },
+                TakeOverLeader { mod_revision: 7 }
+            ]
+        );
+    }
+
+    #[test]
+    fn follower_branches() {
+        let c = cfg(WatchdogMode::Automatic);
+        let a = member("a", Role::Primary, 1000, 2);
+        let a_addr = conn_host_port(&a.info.conn_url).unwrap();
+        let up = Upstream {
+            member: "a".into(),
+            conn_url: a.info.conn_url.clone(),
+        };
+        let v = view(leader("a", 1), vec![a.clone()]);
+        let n = replica_node();
+
+        // A stale primary demotes, and disarms only after the stop.
+        let mut armed = n.clone();
+        armed.watchdog_armed = true;
+        let d = run(&c, 11_000, Some(&v), &primary(1000), &armed);
+        assert_eq!(d.actions, vec![KeepAlive, StopPostgres, DisarmWatchdog]);
+        // A stopped replica disarms a leftover watchdog.
+        let d = run(&c, 11_000, Some(&v), &replica(900, &a_addr), &armed);
+        assert_eq!(d.actions, vec![KeepAlive, DisarmWatchdog]);
+
+        let d = run(&c, 11_000, Some(&v), &LocalPostgres::default(), &n);
+        assert_eq!(
+            d.actions,
+            vec![
+                KeepAlive,
+                Clone {
+                    upstream: up.clone()
+                },
+                StartReplica {
+                    upstream: Some(up.clone())
+                }
+            ]
+        );
+        let d = run(&c, 11_000, Some(&v), &stopped(true), &n);
+        assert_eq!(
+            d.actions,
+            vec![
+                KeepAlive,
+                Rewind {
+                    upstream: up.clone()
+                },
+                StartReplica {
+                    upstream: Some(up.clone())
+                }
+            ]
+        );
+        let d = run(&c, 11_000, Some(&v), &stopped(false), &n);
+        assert_eq!(
+            d.actions,
+            vec![
+                KeepAlive,
+                StartReplica {
+                    upstream: Some(up.clone())
+                }
+            ]
+        );
+        let d = run(&c, 11_000, Some(&v), &replica(900, "elsewhere:1"), &n);
+        assert_eq!(
+            d.actions,
+            vec![
+                KeepAlive,
+                Follow {
+                    upstream: up.clone()
+                }
+            ]
+        );
+        let d = run(&c, 11_000, Some(&v), &replica(900, &a_addr), &n);
+        assert_eq!(d.actions, vec![KeepAlive]);
+
+        // A leader that is not running yet: no clone, no rewind.
+        let mut a_down = a.clone();
+        a_down.info.state = "stopped".into();
+        let v2 = view(leader("a", 1), vec![a_down]);
+        assert_eq!(
+            run(&c, 11_000, Some(&v2), &LocalPostgres::default(), &n).actions,
+            vec![KeepAlive]
+        );
+        assert_eq!(
+            run(&c, 11_000, Some(&v2), &stopped(true), &n).actions,
+            vec![KeepAlive]
+        );
+        // A leader without a member key: wait.
+        let v3 = view(leader("a", 1), vec![]);
+        assert_eq!(
+            run(&c, 11_000, Some(&v3), &stopped(false), &n).actions,
+            vec![KeepAlive]
+        );
+    }
+
+    fn election_view(others: Vec<Member>, me_lsn: u64) -> ClusterView {
+        let mut ms = others;
+        ms.push(member("b", Role::Replica, me_lsn, 1));
+        view(None, ms)
+    }
+
+    #[test]
+    fn failover_best_candidate_takes_the_key() {
+        let c = cfg(WatchdogMode::Automatic);
+        let v = election_view(
+            vec![
+                member("a", Role::Replica, 900, 1),
+                member("c", Role::Replica, 1000, 1),
+            ],
+            1000,
+        );
+        let d = run(&c, 11_000, Some(&v), &replica(1000, "x:1"), &replica_node());
+        assert_eq!(d.actions, vec![KeepAlive, AcquireLeader], "{}", d.summary);
+        // Required mode arms before the key.
+        let d = run(
+            &cfg(WatchdogMode::Required),
+            11_000,
+            Some(&v),
+            &replica(1000, "x:1"),
+            &replica_node(),
+        );
+        assert_eq!(
+            d.actions,
+            vec![KeepAlive, ArmWatchdog { required: true }, AcquireLeader]
+        );
+    }
+
+    #[test]
+    fn failover_losers_wait() {
+        let c = cfg(WatchdogMode::Automatic);
+        let n = replica_node();
+        // Someone ahead.
+        let v = election_view(vec![member("c", Role::Replica, 1001, 1)], 1000);
+        assert_eq!(
+            run(&c, 11_000, Some(&v), &replica(1000, "x:1"), &n).actions,
+            vec![KeepAlive]
+        );
+        // A tie goes to the smaller name.
+        let v = election_view(vec![member("a", Role::Replica, 1000, 1)], 1000);
+        assert_eq!(
+            run(&c, 11_000, Some(&v), &replica(1000, "x:1"), &n).actions,
+            vec![KeepAlive]
+        );
+        // ...unless that one is nofailover or not running.
+        let mut a = member("a", Role::Replica, 1000, 1);
+        a.info.tags = Tags {
+            nofailover: true,
+            ..Default::default()
+        };
+        let v = election_view(vec![a], 1000);
+        assert!(
+            run(&c, 11_000, Some(&v), &replica(1000, "x:1"), &n)
+                .actions
+                .contains(&AcquireLeader)
+        );
+        // Lagging beyond maximum_lag_on_failover.
+        let mut v = election_view(vec![], 1000);
+        v.status = Some(Status {
+            optime: 1000 + (1 << 20) + 1,
+            timeline: Some(1),
+        });
+        let d = run(&c, 11_000, Some(&v), &replica(1000, "x:1"), &n);
+        assert_eq!(d.actions, vec![KeepAlive]);
+        assert!(d.summary.contains("maximum_lag_on_failover"));
+        // Timeline behind the cluster's.
+        let mut v = election_view(vec![], 1000);
+        v.status = Some(Status {
+            optime: 1000,
+            timeline: Some(2),
+        });
+        let d = run(&c, 11_000, Some(&v), &replica(1000, "x:1"), &n);
+        assert_eq!(d.actions, vec![KeepAlive]);
+        assert!(d.summary.contains("timeline"));
+        // Our published position is stale: publish first, look again soon.
+        let v = election_view(vec![], 990);
+        let d = run(&c, 11_000, Some(&v), &replica(1000, "x:1"), &n);
+        assert_eq!(d.actions, vec![KeepAlive]);
+        assert_eq!(d.next_cycle, Millis(11_000 + RECHECK_MS));
+        // nofailover never takes part.
+        let mut c2 = c.clone();
+        c2.nofailover = true;
+        let v = election_view(vec![], 1000);
+        assert_eq!(
+            run(&c2, 11_000, Some(&v), &replica(1000, "x:1"), &n).actions,
+            vec![KeepAlive]
+        );
+    }
+
+    #[test]
+    fn no_leader_stopped_node_starts_read_only_and_empty_waits() {
+        let c = cfg(WatchdogMode::Automatic);
+        let v = election_view(vec![], 1000);
+        let d = run(&c, 11_000, Some(&v), &stopped(true), &replica_node());
+        assert_eq!(d.actions, vec![KeepAlive, StartReplica { upstream: None }]);
+        let d = run(
+            &c,
+            11_000,
+            Some(&v),
+            &LocalPostgres::default(),
+            &replica_node(),
+        );
+        assert_eq!(d.actions, vec![KeepAlive]);
+    }
+
+    #[test]
+    fn unconfirmed_primary_without_leader_competes_or_stops() {
+        let c = cfg(WatchdogMode::Automatic);
+        let n = replica_node();
+        let v = election_view(vec![member("a", Role::Replica, 500, 1)], 1000);
+        assert_eq!(
+            run(&c, 11_000, Some(&v), &primary(1000), &n).actions,
+            vec![KeepAlive, AcquireLeader]
+        );
+        let v = election_view(vec![member("a", Role::Replica, 2000, 1)], 1000);
+        assert_eq!(
+            run(&c, 11_000, Some(&v), &primary(1000), &n).actions,
+            vec![KeepAlive, StopPostgres]
+        );
+    }
+
+    #[test]
+    fn decide_is_deterministic() {
+        let c = cfg(WatchdogMode::Automatic);
+        let v = election_view(vec![member("a", Role::Replica, 900, 1)], 1000);
+        let l = replica(1000, "x:1");
+        let n = replica_node();
+        assert_eq!(
+            run(&c, 11_000, Some(&v), &l, &n),
+            run(&c, 11_000, Some(&v), &l, &n)
+        );
+    }
+}
