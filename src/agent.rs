@@ -1,1 +1,481 @@
-//! (skeleton) agent
+//! The HA loop: observe → decide → act → publish, on one thread
+//! (DESIGN §2). This is the only module where decisions meet I/O.
+//!
+//! Each cycle reads the cluster prefix from etcd and probes the local
+//! PostgreSQL, asks [`ha::decide`] what to do, runs the returned actions in
+//! order (stopping at the first failure), and publishes this member's key.
+//! Lease renewal and watchdog feeding happen *only* here, inside a cycle: if
+//! this loop stalls, renewal and feeding stop, and the hardware fences.
+
+use crate::cluster::{ClusterView, LocalPostgres, MemberInfo, Millis, Role, Tags};
+use crate::config::{Config, WatchdogMode};
+use crate::dcs::{self, Dcs};
+use crate::ha::{self, Action, Decision, HaConfig, Input, NodeState};
+use crate::postgres::{self, Postgres};
+use crate::watchdog::{self, Watchdog};
+use log::{debug, error, info, warn};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Notify;
+
+/// Operations that may legitimately take long (initdb, base backup) get this
+/// much time at most.
+const LONG_OP: Duration = Duration::from_secs(3600);
+
+/// The agent: owns every piece of local state.
+pub struct Agent {
+    cfg: Config,
+    ha: HaConfig,
+    dcs: Dcs,
+    pg: Postgres,
+    watchdog: Option<Watchdog>,
+    node: NodeState,
+    started: Instant,
+    wake: Arc<Notify>,
+    last_summary: String,
+    last_view: Option<ClusterView>,
+    last_local: LocalPostgres,
+    /// Rate limit for repeated warnings (message, instant).
+    last_warning: Option<(String, Millis)>,
+}
+
+/// Why the loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// SIGTERM/SIGINT: PostgreSQL stopped, key released, watchdog disarmed.
+    Graceful,
+}
+
+impl Agent {
+    pub fn new(cfg: Config) -> Agent {
+        let ha = HaConfig::from_config(&cfg);
+        let dcs = Dcs::new(cfg.etcd_endpoints(), cfg.prefix(), cfg.name.clone(), cfg.ttl);
+        let pg = Postgres::new(cfg.postgresql.clone(), cfg.name.clone());
+        Agent {
+            cfg,
+            ha,
+            dcs,
+            pg,
+            watchdog: None,
+            node: NodeState::default(),
+            started: Instant::now(),
+            wake: Arc::new(Notify::new()),
+            last_summary: String::new(),
+            last_view: None,
+            last_local: LocalPostgres::default(),
+            last_warning: None,
+        }
+    }
+
+    fn now(&self) -> Millis {
+        Millis(self.started.elapsed().as_millis() as u64)
+    }
+
+    fn io_timeout(&self) -> Duration {
+        Duration::from_millis(ha::io_timeout_ms(&self.ha, &self.node, self.now()))
+    }
+
+    /// Logs a warning, but the same text at most once per 30 s.
+    fn warn_limited(&mut self, msg: String) {
+        let now = self.now();
+        if let Some((last, at)) = &self.last_warning
+            && *last == msg
+            && now.since(*at) < 30_000
+        {
+            debug!("{msg}");
+            return;
+        }
+        warn!("{msg}");
+        self.last_warning = Some((msg, now));
+    }
+
+    /// Runs until SIGTERM/SIGINT.
+    pub async fn run(mut self) -> Result<Exit, String> {
+        if let Err(e) = watchdog::lock_memory() {
+            warn!("could not lock memory (mlockall): {e}; paging may stall the loop");
+        }
+        if self.cfg.watchdog.mode != WatchdogMode::Off {
+            match watchdog::boot_status(self.cfg.watchdog.driver, &self.cfg.watchdog.device) {
+                Ok(true) => warn!("the last reboot of this machine was caused by the watchdog"),
+                Ok(false) => {}
+                Err(e) => debug!("watchdog boot status unavailable: {e}"),
+            }
+        }
+        let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+        let _watch = dcs::spawn_watch(self.cfg.etcd_endpoints(), self.cfg.prefix(), self.wake.clone());
+        info!(
+            "leasedog {} starting: member {} of cluster {} (ttl {}s, loop_wait {}s, retry_timeout {}s, watchdog {:?})",
+            env!("CARGO_PKG_VERSION"),
+            self.cfg.name,
+            self.cfg.scope,
+            self.cfg.ttl,
+            self.cfg.loop_wait,
+            self.cfg.retry_timeout,
+            self.cfg.watchdog.mode
+        );
+        loop {
+            let next = self.cycle().await;
+            let wait = Duration::from_millis(next.since(self.now()));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.wake.notified() => {}
+                _ = term.recv() => { self.shutdown().await; return Ok(Exit::Graceful); }
+                _ = int.recv() => { self.shutdown().await; return Ok(Exit::Graceful); }
+            }
+        }
+    }
+
+    /// One HA cycle. Returns when the next one should run at the latest.
+    async fn cycle(&mut self) -> Millis {
+        let t = self.io_timeout();
+        let view = match self.dcs.read(t).await {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.warn_limited(format!("etcd read failed: {e}"));
+                None
+            }
+        };
+        let t = self.io_timeout();
+        let local = self.pg.probe(t).await;
+        self.observe(view.as_ref());
+
+        let now = self.now();
+        let decision = ha::decide(Input {
+            now,
+            cfg: &self.ha,
+            view: view.as_ref(),
+            local: &local,
+            node: &self.node,
+        });
+        if decision.summary != self.last_summary {
+            info!("{}", decision.summary);
+            self.last_summary = decision.summary.clone();
+        } else {
+            debug!("{}", decision.summary);
+        }
+        let ok = self.act(&decision).await;
+        self.last_view = view;
+        self.last_local = local;
+        self.publish().await;
+
+        let mut next = decision.next_cycle;
+        if !ok {
+            next = next.min(now.plus(self.ha.loop_wait_ms.min(1000)));
+        }
+        next
+    }
+
+    /// Folds facts from the read into the node state.
+    fn observe(&mut self, view: Option<&ClusterView>) {
+        let now = self.now();
+        self.node.observe(&self.ha, view, now);
+    }
+
+    /// Runs the actions in order; false when one failed.
+    async fn act(&mut self, d: &Decision) -> bool {
+        for a in &d.actions {
+            if let Err(e) = self.execute(a).await {
+                self.warn_limited(format!("{}: {e}", describe(a)));
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn execute(&mut self, a: &Action) -> Result<(), String> {
+        let t = self.io_timeout();
+        match a {
+            Action::KeepAlive => {
+                let sent = self.now();
+                let ka = self.dcs.keepalive(t).await.map_err(|e| e.to_string())?;
+                if ka.granted_new {
+                    info!("new etcd lease {:x}", ka.lease_id);
+                }
+                self.node.on_renewed(sent, ka.lease_id, ka.granted_new);
+                Ok(())
+            }
+            Action::ConfirmLeader { status } => {
+                let ok = self.dcs.confirm_leader(status.as_ref(), t).await.map_err(|e| e.to_string())?;
+                self.node.on_leader_txn(ok);
+                if ok { Ok(()) } else { Err("the leader key is no longer ours".into()) }
+            }
+            Action::AcquireLeader => {
+                let won = self.dcs.acquire_leader(t).await.map_err(|e| e.to_string())?;
+                self.node.on_leader_txn(won);
+                if won {
+                    info!("acquired the leader key");
+                    Ok(())
+                } else {
+                    Err("another member took the leader key first".into())
+                }
+            }
+            Action::TakeOverLeader { mod_revision } => {
+                let won = self
+                    .dcs
+                    .take_over_leader(*mod_revision, t)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.node.on_leader_txn(won);
+                if won { Ok(()) } else { Err("the leader key changed meanwhile".into()) }
+            }
+            Action::ReleaseLeader => {
+                self.node.on_released();
+                self.dcs.release_leader(t).await.map_err(|e| e.to_string())?;
+                info!("released the leader key");
+                Ok(())
+            }
+            Action::ArmWatchdog { required } => self.arm_watchdog(*required),
+            Action::FeedWatchdog => {
+                self.feed_watchdog();
+                Ok(())
+            }
+            Action::DisarmWatchdog => {
+                self.disarm_watchdog();
+                Ok(())
+            }
+            Action::Initdb => {
+                info!("running initdb in {}", self.cfg.postgresql.data_dir.display());
+                self.pg.initdb(LONG_OP).await.map_err(|e| e.to_string())
+            }
+            Action::StartPrimary => {
+                self.pg.write_standby(None).map_err(|e| e.to_string())?;
+                self.pg.start(t).await.map_err(|e| e.to_string())?;
+                info!("PostgreSQL started as primary");
+                Ok(())
+            }
+            Action::StartReplica { upstream } => {
+                let up = upstream.as_ref().map(|u| self.upstream(u)).transpose()?;
+                self.pg.write_standby(up.as_ref()).map_err(|e| e.to_string())?;
+                self.pg.start(self.slow_timeout()).await.map_err(|e| e.to_string())?;
+                match upstream {
+                    Some(u) => info!("PostgreSQL started as a replica of {}", u.member),
+                    None => info!("PostgreSQL started read-only"),
+                }
+                Ok(())
+            }
+            Action::Follow { upstream } => {
+                let up = self.upstream(upstream)?;
+                self.pg.write_standby(Some(&up)).map_err(|e| e.to_string())?;
+                self.pg.reload(t).await.map_err(|e| e.to_string())?;
+                info!("now following {}", upstream.member);
+                Ok(())
+            }
+            Action::Promote => {
+                self.pg.promote(t).await.map_err(|e| e.to_string())?;
+                info!("promoted PostgreSQL: this member is the primary");
+                Ok(())
+            }
+            Action::StopPostgres => self.stop_postgres().await,
+            Action::Clone { upstream } => {
+                let up = self.upstream(upstream)?;
+                info!("cloning from {} with pg_basebackup", upstream.member);
+                self.pg.basebackup(&up, LONG_OP).await.map_err(|e| e.to_string())
+            }
+            Action::Rewind { upstream } => {
+                let up = self.upstream(upstream)?;
+                info!("rewinding onto {}'s history with pg_rewind", upstream.member);
+                self.pg.rewind(&up, LONG_OP).await.map_err(|e| e.to_string())
+            }
+            Action::CreateReplicationUser => {
+                self.pg.create_replication_user(t).await.map_err(|e| e.to_string())
+            }
+            Action::WriteInitialize { system_id } => {
+                let won = self.dcs.initialize(system_id, t).await.map_err(|e| e.to_string())?;
+                if won {
+                    info!("cluster initialized with system identifier {system_id}");
+                }
+                Ok(())
+            }
+            Action::SyncSlots { slots } => self.pg.sync_slots(slots, t).await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Timeout for a replica-side start (no lease at stake).
+    fn slow_timeout(&self) -> Duration {
+        if self.node.leader_confirmed {
+            self.io_timeout()
+        } else {
+            Duration::from_millis(self.ha.retry_timeout_ms.max(30_000))
+        }
+    }
+
+    fn upstream(&self, u: &ha::Upstream) -> Result<postgres::Upstream, String> {
+        postgres::Upstream::from_conn_url(
+            &u.conn_url,
+            &self.cfg.postgresql.authentication.replication,
+            &self.cfg.name,
+        )
+        .ok_or_else(|| format!("member {} publishes an unusable conn_url {:?}", u.member, u.conn_url))
+    }
+
+    fn arm_watchdog(&mut self, required: bool) -> Result<(), String> {
+        let now = self.now();
+        if !ha::may_feed(&self.ha, now, self.node.last_renewal) {
+            return Err("lease renewal too old to arm the watchdog safely".into());
+        }
+        let secs = self.ha.watchdog_timeout_secs();
+        match Watchdog::arm(self.cfg.watchdog.driver, &self.cfg.watchdog.device, secs) {
+            Ok(w) => {
+                info!(
+                    "watchdog armed: {} ({}), timeout {}s",
+                    self.cfg.watchdog.device.display(),
+                    w.identity(),
+                    w.timeout()
+                );
+                self.node.on_armed(now, w.timeout());
+                self.watchdog = Some(w);
+                Ok(())
+            }
+            Err(e) => {
+                self.node.on_arm_failed();
+                if required {
+                    Err(format!("watchdog required but cannot be armed: {e}"))
+                } else {
+                    self.warn_limited(format!("running WITHOUT fencing: watchdog cannot be armed: {e}"));
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    fn feed_watchdog(&mut self) {
+        let now = self.now();
+        if !ha::may_feed(&self.ha, now, self.node.last_renewal) {
+            self.warn_limited("lease renewal answered late: not feeding the watchdog this cycle".into());
+            return;
+        }
+        let Some(w) = self.watchdog.as_mut() else { return };
+        match w.keepalive() {
+            Ok(()) => {
+                let before = self.node.watchdog_deadline;
+                self.node.on_fed(now, w.timeout());
+                if before.is_some_and(|d| d.since(now) < self.ha.loop_wait_ms) {
+                    warn!(
+                        "cycle late against the watchdog: fed {} ms before it would have fired",
+                        before.map(|d| d.since(now)).unwrap_or(0)
+                    );
+                }
+            }
+            Err(e) => error!("watchdog keepalive failed: {e}"),
+        }
+    }
+
+    fn disarm_watchdog(&mut self) {
+        if let Some(w) = self.watchdog.take() {
+            match w.disarm() {
+                Ok(()) => info!("watchdog disarmed"),
+                Err(e) => error!("watchdog magic close failed (it may still fire): {e}"),
+            }
+        }
+        self.node.on_disarmed();
+    }
+
+    async fn stop_postgres(&mut self) -> Result<(), String> {
+        // A leader stopping against its fence gets the stop budget; otherwise
+        // there is time for a clean shutdown.
+        let total = if self.node.leader_confirmed {
+            self.ha.stop_budget_ms()
+        } else {
+            self.ha.retry_timeout_ms.max(10_000)
+        };
+        let fast = Duration::from_millis((total * 6 / 10).max(500));
+        let immediate = Duration::from_millis((total * 4 / 10).max(500));
+        let outcome = self.pg.stop(fast, immediate).await.map_err(|e| e.to_string())?;
+        info!("PostgreSQL stopped ({outcome:?})");
+        Ok(())
+    }
+
+    /// Writes this member's key.
+    async fn publish(&mut self) {
+        if self.dcs.lease_id().is_none() {
+            return;
+        }
+        let info = self.member_info();
+        let t = self.io_timeout();
+        if let Err(e) = self.dcs.put_member(&info, t).await {
+            self.warn_limited(format!("publishing member key failed: {e}"));
+        }
+    }
+
+    fn member_info(&self) -> MemberInfo {
+        let l = &self.last_local;
+        let role = if !l.running {
+            Role::Unknown
+        } else if l.in_recovery {
+            Role::Replica
+        } else {
+            Role::Primary
+        };
+        let role = if role == Role::Unknown && self.node.leader_confirmed { Role::Primary } else { role };
+        MemberInfo {
+            conn_url: format!("postgres://{}/postgres", self.cfg.postgresql.connect_address),
+            api_url: format!("http://{}/patroni", self.cfg.restapi.connect_address),
+            state: if l.running { "running" } else { "stopped" }.into(),
+            role: if l.running { role } else { Role::Unknown },
+            xlog_location: l.lsn.map(|x| x.0),
+            timeline: l.timeline,
+            tags: Tags { nofailover: self.cfg.tags.nofailover, noloadbalance: self.cfg.tags.noloadbalance },
+            version: env!("CARGO_PKG_VERSION").into(),
+            epoch: self.last_view.as_ref().and_then(|v| v.leader.as_ref()).map(|l| l.create_revision),
+            streaming: l.streaming,
+        }
+    }
+
+    /// Graceful stop: PostgreSQL stopped cleanly, key released, watchdog
+    /// disarmed (in that order), lease revoked.
+    async fn shutdown(&mut self) {
+        info!("shutting down: stopping PostgreSQL");
+        let fast = Duration::from_millis(self.ha.stop_budget_ms().max(2000));
+        let stopped = match self.pg.stop(fast, Duration::from_secs(5)).await {
+            Ok(o) => {
+                info!("PostgreSQL stopped ({o:?})");
+                true
+            }
+            Err(e) => {
+                error!("could not stop PostgreSQL: {e}");
+                false
+            }
+        };
+        let t = Duration::from_millis(self.ha.retry_timeout_ms);
+        if stopped {
+            match self.dcs.release_leader(t).await {
+                Ok(true) => info!("released the leader key"),
+                Ok(false) => {}
+                Err(e) => warn!("could not release the leader key: {e}"),
+            }
+            self.disarm_watchdog();
+            if let Err(e) = self.dcs.revoke_lease(t).await {
+                debug!("lease revoke failed: {e}");
+            }
+        } else if self.watchdog.is_some() {
+            error!("PostgreSQL may still be writable: leaving the watchdog armed");
+        }
+        info!("leasedog stopped");
+    }
+}
+
+fn describe(a: &Action) -> &'static str {
+    match a {
+        Action::KeepAlive => "lease keep-alive",
+        Action::ConfirmLeader { .. } => "leader confirmation",
+        Action::AcquireLeader => "leader key acquisition",
+        Action::TakeOverLeader { .. } => "leader key take-over",
+        Action::ReleaseLeader => "leader key release",
+        Action::ArmWatchdog { .. } => "arming the watchdog",
+        Action::FeedWatchdog => "feeding the watchdog",
+        Action::DisarmWatchdog => "disarming the watchdog",
+        Action::Initdb => "initdb",
+        Action::StartPrimary => "starting PostgreSQL as primary",
+        Action::StartReplica { .. } => "starting PostgreSQL as replica",
+        Action::Follow { .. } => "switching upstream",
+        Action::Promote => "promotion",
+        Action::StopPostgres => "stopping PostgreSQL",
+        Action::Clone { .. } => "pg_basebackup",
+        Action::Rewind { .. } => "pg_rewind",
+        Action::CreateReplicationUser => "creating the replication user",
+        Action::WriteInitialize { .. } => "writing the initialize key",
+        Action::SyncSlots { .. } => "replication slots",
+    }
+}

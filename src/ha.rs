@@ -104,6 +104,67 @@ impl NodeState {
     }
 }
 
+/// How the node state changes with each outcome. The agent and the simulator
+/// both call these, so they follow the same rules.
+impl NodeState {
+    /// After this cycle's etcd read: the leader key is ours only if it holds
+    /// our name *and* our lease; a lease past its local deadline is gone.
+    pub fn observe(&mut self, cfg: &HaConfig, view: Option<&ClusterView>, now: Millis) {
+        if let Some(v) = view {
+            self.paused = v.paused();
+            let ours = v
+                .leader
+                .as_ref()
+                .is_some_and(|l| l.name == cfg.name && Some(l.lease) == self.lease_id);
+            if !ours {
+                self.leader_confirmed = false;
+            }
+        }
+        if self.lease_deadline(cfg).is_some_and(|d| now >= d) {
+            self.leader_confirmed = false;
+        }
+    }
+
+    /// A keep-alive *sent* at `sent` was answered with TTL > 0 for `lease_id`.
+    pub fn on_renewed(&mut self, sent: Millis, lease_id: i64, granted_new: bool) {
+        if granted_new || self.lease_id != Some(lease_id) {
+            // A new lease: no key is bound to it yet.
+            self.leader_confirmed = false;
+        }
+        self.lease_id = Some(lease_id);
+        self.last_renewal = Some(sent);
+    }
+
+    /// The outcome of a confirm, acquire or take-over txn.
+    pub fn on_leader_txn(&mut self, won: bool) {
+        self.leader_confirmed = won;
+    }
+
+    pub fn on_released(&mut self) {
+        self.leader_confirmed = false;
+    }
+
+    /// The watchdog was opened at `now` with a read-back timeout.
+    pub fn on_armed(&mut self, now: Millis, timeout_secs: u32) {
+        self.watchdog_armed = true;
+        self.watchdog_arm_failed = false;
+        self.watchdog_deadline = Some(now.plus(timeout_secs as u64 * 1000));
+    }
+
+    pub fn on_arm_failed(&mut self) {
+        self.watchdog_arm_failed = true;
+    }
+
+    pub fn on_fed(&mut self, now: Millis, timeout_secs: u32) {
+        self.watchdog_deadline = Some(now.plus(timeout_secs as u64 * 1000));
+    }
+
+    pub fn on_disarmed(&mut self) {
+        self.watchdog_armed = false;
+        self.watchdog_deadline = None;
+    }
+}
+
 /// The feed rule (DESIGN §1.3): arming or feeding at `now` is allowed only if
 /// the last renewal was *sent* less than `safety_margin - slack` ago, so that
 /// `now + wd` lies before `last_renewal + ttl`.
@@ -590,9 +651,8 @@ fn decide_no_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
         if cfg.nofailover {
             return p.done("waiting for bootstrap: tagged nofailover");
         }
-        if local.writable() {
-            p.fence_for_acquire();
-        }
+        // In required mode a node that cannot arm never takes the key.
+        p.fence_for_acquire();
         p.push(Action::AcquireLeader);
         p.recheck_in(0);
         return p.done("bootstrap: racing for the leader key");
@@ -1026,6 +1086,20 @@ mod tests {
         v.leader = leader("a", 1);
         let d = run(&c, 11_000, Some(&v), &empty, &replica_node());
         assert_eq!(d.actions, vec![KeepAlive]);
+        // Required mode arms before racing.
+        let mut v2 = v.clone();
+        v2.leader = None;
+        let d = run(
+            &cfg(WatchdogMode::Required),
+            11_000,
+            Some(&v2),
+            &empty,
+            &replica_node(),
+        );
+        assert_eq!(
+            d.actions,
+            vec![KeepAlive, ArmWatchdog { required: true }, AcquireLeader]
+        );
         // nofailover never races.
         let mut c2 = c.clone();
         c2.nofailover = true;

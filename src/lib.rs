@@ -1,11 +1,10 @@
 //! leasedog: a PostgreSQL high-availability agent that fences with the
 //! hardware watchdog. See ARCHITECTURE.md for the map of this crate.
 
-pub mod agent;
-pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod dcs;
 pub mod ha;
+pub mod logging;
 pub mod postgres;
 pub mod watchdog;

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every check: formatting, clippy, unit tests, the deterministic
+# simulation and the integration tests on real etcd + PostgreSQL 15.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+cargo fmt --check
+cargo clippy --all-targets -- -D warnings
+# Integration tests start real clusters with tight timings: one at a time.
+cargo test -- --test-threads=1

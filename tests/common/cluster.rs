@@ -1,0 +1,398 @@
+//! A real leasedog cluster for tests: one etcd (see `etcd.rs`), N PostgreSQL
+//! 15 instances and N agents, on free loopback ports, each agent running as
+//! the `postgres` user from a copy of the binary that user can read. Every
+//! process is killed by PID when the cluster is dropped, even on failure.
+
+#![allow(dead_code)]
+
+use super::etcd::EtcdServer;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
+
+/// Timing and fencing settings of a test cluster.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub ttl: u64,
+    pub loop_wait: u64,
+    pub retry_timeout: u64,
+    pub safety_margin: u64,
+    pub watchdog_mode: &'static str,
+    /// Extra YAML appended to node i's config (by index), e.g. tags.
+    pub extra: Vec<(usize, String)>,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            ttl: 6,
+            loop_wait: 1,
+            retry_timeout: 2,
+            safety_margin: 2,
+            watchdog_mode: "automatic",
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// The uid/gid of the `postgres` user, or None when we already are it.
+fn postgres_ids() -> Option<(u32, u32)> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let out = Command::new("id").args(["-u", "postgres"]).output().ok()?;
+    let uid = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    let out = Command::new("id").args(["-g", "postgres"]).output().ok()?;
+    let gid = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    Some((uid, gid))
+}
+
+fn chown_r(path: &Path, ids: Option<(u32, u32)>) {
+    if let Some((u, g)) = ids {
+        let st = Command::new("chown").arg("-R").arg(format!("{u}:{g}")).arg(path).status();
+        assert!(st.is_ok_and(|s| s.success()), "chown {}", path.display());
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// Milliseconds of CLOCK_MONOTONIC, the clock the testing watchdog logs in.
+pub fn monotonic_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// Polls `f` until it returns Some or the deadline passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > end {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub struct Node {
+    pub name: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    pub pg_port: u16,
+    pub api_port: u16,
+    pub watchdog_log: PathBuf,
+    pub agent_log: PathBuf,
+    pub agent: Option<Child>,
+}
+
+impl Node {
+    pub fn socket_dir(&self) -> PathBuf {
+        self.dir.join("sock")
+    }
+
+    /// The postmaster's PID from postmaster.pid, if any.
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
+        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+        // SAFETY: signal 0 only checks that the process exists.
+        (unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
+    }
+
+    pub fn agent_pid(&self) -> Option<i32> {
+        self.agent.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// Runs SQL through psql on this node; Err with psql's stderr.
+    pub fn sql(&self, sql: &str) -> Result<String, String> {
+        let out = Command::new(format!("{BIN_DIR}/psql"))
+            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-d", "postgres"])
+            .arg("-h")
+            .arg(self.socket_dir())
+            .arg("-p")
+            .arg(self.pg_port.to_string())
+            .arg("-c")
+            .arg(sql)
+            .env("PGCONNECT_TIMEOUT", "2")
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+
+    /// Some(true) primary, Some(false) replica, None not answering.
+    pub fn is_primary(&self) -> Option<bool> {
+        match self.sql("SELECT pg_is_in_recovery()").ok()?.as_str() {
+            "f" => Some(true),
+            "t" => Some(false),
+            _ => None,
+        }
+    }
+
+    /// The testing watchdog's log: (monotonic ms, operation) lines.
+    pub fn watchdog_events(&self) -> Vec<(u64, String)> {
+        let text = std::fs::read_to_string(&self.watchdog_log).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let (ms, op) = l.split_once(' ')?;
+                Some((ms.parse().ok()?, op.to_string()))
+            })
+            .collect()
+    }
+
+    pub fn agent_log_text(&self) -> String {
+        std::fs::read_to_string(&self.agent_log).unwrap_or_default()
+    }
+}
+
+pub struct Cluster {
+    pub etcd: EtcdServer,
+    pub nodes: Vec<Node>,
+    pub bin: PathBuf,
+    pub scope: String,
+    pub opts: Opts,
+    ids: Option<(u32, u32)>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Writes configs for `n` nodes and starts etcd (agents not started).
+    pub fn new(n: usize, opts: Opts) -> Cluster {
+        let ids = postgres_ids();
+        let tmp = tempfile::Builder::new().prefix("leasedog-test").tempdir().expect("tempdir");
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let bin = tmp.path().join("leasedog");
+        std::fs::copy(env!("CARGO_BIN_EXE_leasedog"), &bin).expect("copy binary");
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let etcd = EtcdServer::start();
+        let scope = "testcluster".to_string();
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let name = format!("node{}", i + 1);
+            let dir = tmp.path().join(&name);
+            std::fs::create_dir_all(dir.join("sock")).expect("mkdir");
+            let node = Node {
+                data_dir: dir.join("data"),
+                config: dir.join("leasedog.yml"),
+                watchdog_log: dir.join("watchdog.log"),
+                agent_log: dir.join("agent.log"),
+                pg_port: free_port(),
+                api_port: free_port(),
+                name,
+                dir,
+                agent: None,
+            };
+            let extra: String = opts.extra.iter().filter(|(j, _)| *j == i).map(|(_, y)| format!("{y}\n")).collect();
+            let yaml = format!(
+                r#"scope: {scope}
+name: {name}
+etcd3:
+  hosts: ["{etcd}"]
+ttl: {ttl}
+loop_wait: {lw}
+retry_timeout: {rt}
+watchdog:
+  mode: {mode}
+  driver: testing
+  device: {wd}
+  safety_margin: {sm}
+postgresql:
+  data_dir: {data}
+  bin_dir: {BIN_DIR}
+  listen: 127.0.0.1:{port}
+  connect_address: 127.0.0.1:{port}
+  socket_dir: {sock}
+  pg_hba:
+    - local all all trust
+    - host all all 127.0.0.1/32 trust
+    - host replication all 127.0.0.1/32 trust
+  parameters:
+    shared_buffers: 16MB
+    max_connections: 30
+    fsync: "off"
+restapi:
+  listen: 127.0.0.1:{api}
+  connect_address: 127.0.0.1:{api}
+control:
+  socket: {ctl}
+log:
+  level: debug
+{extra}"#,
+                etcd = etcd.endpoint(),
+                ttl = opts.ttl,
+                lw = opts.loop_wait,
+                rt = opts.retry_timeout,
+                mode = opts.watchdog_mode,
+                wd = node.watchdog_log.display(),
+                sm = opts.safety_margin,
+                data = node.data_dir.display(),
+                port = node.pg_port,
+                sock = node.socket_dir().display(),
+                api = node.api_port,
+                ctl = node.dir.join("leasedog.sock").display(),
+                name = node.name,
+            );
+            std::fs::write(&node.config, yaml).expect("write config");
+            nodes.push(node);
+        }
+        chown_r(tmp.path(), ids);
+        Cluster { etcd, nodes, bin, scope, opts, ids, _tmp: tmp }
+    }
+
+    /// Starts etcd and all `n` agents.
+    pub fn start(n: usize, opts: Opts) -> Cluster {
+        let mut c = Cluster::new(n, opts);
+        for i in 0..n {
+            c.start_agent(i);
+        }
+        c
+    }
+
+    /// A command running the binary as the postgres user.
+    pub fn leasedog(&self, i: usize) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("-c").arg(&self.nodes[i].config);
+        if let Some((u, g)) = self.ids {
+            cmd.uid(u).gid(g).env("HOME", "/var/lib/postgresql");
+        }
+        cmd
+    }
+
+    pub fn start_agent(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.nodes[i].agent_log)
+            .expect("agent log");
+        let err = log.try_clone().expect("clone log");
+        let child = self
+            .leasedog(i)
+            .arg("run")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .expect("spawn agent");
+        self.nodes[i].agent = Some(child);
+    }
+
+    fn signal_agent(&self, i: usize, sig: i32) {
+        if let Some(pid) = self.nodes[i].agent_pid() {
+            // SAFETY: plain kill(2) on a child we spawned.
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+
+    pub fn kill_agent(&mut self, i: usize) {
+        self.signal_agent(i, libc::SIGKILL);
+        if let Some(mut c) = self.nodes[i].agent.take() {
+            let _ = c.wait();
+        }
+    }
+
+    pub fn freeze_agent(&self, i: usize) {
+        self.signal_agent(i, libc::SIGSTOP);
+    }
+
+    pub fn thaw_agent(&self, i: usize) {
+        self.signal_agent(i, libc::SIGCONT);
+    }
+
+    /// SIGTERM, then wait for the agent to exit; returns its exit code.
+    pub fn stop_agent(&mut self, i: usize, timeout: Duration) -> Option<i32> {
+        self.signal_agent(i, libc::SIGTERM);
+        let mut child = self.nodes[i].agent.take()?;
+        let end = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return st.code();
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("agent {} did not exit within {timeout:?}", self.nodes[i].name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill_postmaster(&self, i: usize) {
+        if let Some(pid) = self.nodes[i].postmaster_pid() {
+            // SAFETY: kill(2) of the postmaster found in postmaster.pid.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+
+    /// Index of the node whose PostgreSQL accepts writes, when exactly one does.
+    pub fn sole_primary(&self) -> Option<usize> {
+        let p: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.nodes[i].is_primary() == Some(true)).collect();
+        (p.len() == 1).then(|| p[0])
+    }
+
+    /// Waits for one primary and every other node a streaming replica.
+    pub fn wait_healthy(&self, timeout: Duration) -> usize {
+        wait_for("one primary and streaming replicas", timeout, || {
+            let p = self.sole_primary()?;
+            let streaming: usize = self.nodes[p]
+                .sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")
+                .ok()?
+                .parse()
+                .ok()?;
+            (streaming + 1 == self.nodes.iter().filter(|n| n.agent.is_some()).count()).then_some(p)
+        })
+    }
+
+    /// The leader key's value in etcd, through `leasedog list --json`.
+    pub fn leader(&self) -> Option<String> {
+        let out = self.leasedog(0).args(["list", "--json"]).output().ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["leader"].as_str().map(String::from)
+    }
+
+    pub fn dump_logs(&self) {
+        for n in &self.nodes {
+            eprintln!("===== {} agent log =====\n{}", n.name, n.agent_log_text());
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        for i in 0..self.nodes.len() {
+            self.thaw_agent(i);
+            self.kill_agent(i);
+        }
+        for n in &self.nodes {
+            if let Some(pid) = n.postmaster_pid() {
+                // SAFETY: SIGQUIT asks the postmaster for an immediate shutdown.
+                unsafe { libc::kill(pid, libc::SIGQUIT) };
+                let end = Instant::now() + Duration::from_secs(5);
+                // SAFETY: signal 0 checks existence.
+                while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < end {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                // SAFETY: last resort.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
