@@ -1,1 +1,518 @@
-//! (skeleton) dcs
+//! etcd v3, the distributed configuration store (DCS): this agent's lease,
+//! the leader key's transactions, member keys, and a watch that wakes the
+//! loop (DESIGN §2, §4).
+//!
+//! Facts that shape this module (etcd-client 0.21 against etcd 3.4):
+//! - the per-request timeout does not cover streams, so every call here is
+//!   wrapped in `tokio::time::timeout` with the caller's budget;
+//! - a keep-alive stream against a frozen etcd never returns by itself: it is
+//!   dropped after any error or timeout and recreated on the next call;
+//! - with several endpoints, a dead one is not evicted by the client and keeps
+//!   failing a share of calls: so we keep one client per endpoint, use the
+//!   current one, and rotate to the next after an error or timeout.
+//!
+//! There is no background renewer: [`Dcs::keepalive`] sends one keep-alive
+//! and awaits one answer, and only the HA loop calls it. If the loop hangs,
+//! renewal stops.
+
+use crate::cluster::{
+    ClusterView, DynamicConfig, FailoverRequest, KeyParse, Leader, MemberInfo, Status, parse_key,
+};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
+    PutOptions, Txn, TxnOp, WatchOptions,
+};
+use log::{debug, warn};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Why an etcd call failed.
+#[derive(Debug)]
+pub enum DcsError {
+    Timeout {
+        op: &'static str,
+        endpoint: String,
+    },
+    Etcd {
+        op: &'static str,
+        endpoint: String,
+        source: etcd_client::Error,
+    },
+    NoLease,
+}
+
+impl std::fmt::Display for DcsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DcsError::Timeout { op, endpoint } => write!(f, "etcd {op} timed out ({endpoint})"),
+            DcsError::Etcd {
+                op,
+                endpoint,
+                source,
+            } => write!(f, "etcd {op} failed ({endpoint}): {source}"),
+            DcsError::NoLease => write!(f, "no etcd lease yet"),
+        }
+    }
+}
+
+impl std::error::Error for DcsError {}
+
+/// The answer to a keep-alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepAlive {
+    pub lease_id: i64,
+    /// The previous lease was gone (or there was none): this is a new one.
+    pub granted_new: bool,
+    pub ttl_left: i64,
+}
+
+fn connect_options() -> ConnectOptions {
+    ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        .with_keep_alive_while_idle(true)
+}
+
+/// The etcd side of one agent.
+pub struct Dcs {
+    endpoints: Vec<String>,
+    clients: Vec<Option<Client>>,
+    current: usize,
+    prefix: String,
+    name: String,
+    ttl: i64,
+    lease: Option<i64>,
+    keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+}
+
+impl Dcs {
+    /// No I/O: clients connect on first use.
+    pub fn new(endpoints: Vec<String>, prefix: String, name: String, ttl_secs: u64) -> Dcs {
+        let n = endpoints.len().max(1);
+        Dcs {
+            endpoints,
+            clients: (0..n).map(|_| None).collect(),
+            current: 0,
+            prefix,
+            name,
+            ttl: ttl_secs as i64,
+            lease: None,
+            keeper: None,
+        }
+    }
+
+    pub fn lease_id(&self) -> Option<i64> {
+        self.lease
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn key(&self, rel: &str) -> String {
+        format!("{}{}", self.prefix, rel)
+    }
+
+    fn endpoint(&self) -> String {
+        self.endpoints
+            .get(self.current)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// After a failure: the next call goes to the next endpoint, on a fresh
+    /// keep-alive stream.
+    fn rotate(&mut self) {
+        self.keeper = None;
+        if self.endpoints.len() > 1 {
+            self.clients[self.current] = None;
+            self.current = (self.current + 1) % self.endpoints.len();
+        }
+    }
+
+    /// Runs `f` on the current endpoint's client within `timeout`.
+    async fn call<T, F, Fut>(
+        &mut self,
+        op: &'static str,
+        timeout: Duration,
+        f: F,
+    ) -> Result<T, DcsError>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let endpoint = self.endpoint();
+        let res = tokio::time::timeout(timeout, async {
+            let client = match &self.clients[self.current] {
+                Some(c) => c.clone(),
+                None => {
+                    let c = Client::connect([endpoint.as_str()], Some(connect_options())).await?;
+                    self.clients[self.current] = Some(c.clone());
+                    c
+                }
+            };
+            f(client).await
+        })
+        .await;
+        match res {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(source)) => {
+                self.rotate();
+                Err(DcsError::Etcd {
+                    op,
+                    endpoint,
+                    source,
+                })
+            }
+            Err(_) => {
+                self.rotate();
+                Err(DcsError::Timeout { op, endpoint })
+            }
+        }
+    }
+
+    /// One linearizable read of the cluster prefix. Keys with odd data are
+    /// logged and skipped.
+    pub async fn read(&mut self, timeout: Duration) -> Result<ClusterView, DcsError> {
+        let prefix = self.prefix.clone();
+        let resp = self
+            .call("read", timeout, |mut c| async move {
+                c.get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+                    .await
+            })
+            .await?;
+        let mut view = ClusterView {
+            revision: resp.header().map(|h| h.revision()).unwrap_or(0),
+            ..Default::default()
+        };
+        for kv in resp.kvs() {
+            let Ok(key) = std::str::from_utf8(kv.key()) else {
+                warn!("skipping a key that is not UTF-8 under {}", self.prefix);
+                continue;
+            };
+            let rel = key.strip_prefix(&self.prefix).unwrap_or(key);
+            match parse_key(rel, kv.value()) {
+                Ok(KeyParse::Leader(name)) => {
+                    view.leader = Some(Leader {
+                        name,
+                        lease: kv.lease(),
+                        create_revision: kv.create_revision(),
+                        mod_revision: kv.mod_revision(),
+                    })
+                }
+                Ok(KeyParse::Member(m)) => view.members.push(m),
+                Ok(KeyParse::Initialize(id)) => view.initialize = Some(id),
+                Ok(KeyParse::Config(c)) => view.config = c,
+                Ok(KeyParse::Failover(f)) => view.failover = Some(f),
+                Ok(KeyParse::Status(s)) => view.status = Some(s),
+                Ok(KeyParse::Ignored) => {}
+                Err(e) => warn!("skipping {key}: {e}"),
+            }
+        }
+        Ok(view)
+    }
+
+    async fn grant(&mut self, timeout: Duration) -> Result<KeepAlive, DcsError> {
+        let ttl = self.ttl;
+        let resp = self
+            .call("lease grant", timeout, |mut c| async move {
+                c.lease_grant(ttl, None).await
+            })
+            .await?;
+        self.lease = Some(resp.id());
+        self.keeper = None;
+        Ok(KeepAlive {
+            lease_id: resp.id(),
+            granted_new: true,
+            ttl_left: resp.ttl(),
+        })
+    }
+
+    /// Sends one keep-alive for this agent's lease and awaits its answer;
+    /// grants a new lease when there is none or etcd says it is gone.
+    /// Ok only when etcd answered with TTL > 0. The caller records the send
+    /// instant itself, before calling.
+    pub async fn keepalive(&mut self, timeout: Duration) -> Result<KeepAlive, DcsError> {
+        let Some(id) = self.lease else {
+            return self.grant(timeout).await;
+        };
+        let endpoint = self.endpoint();
+        let start = tokio::time::Instant::now();
+        let res = tokio::time::timeout(timeout, async {
+            if self.keeper.is_none() {
+                let client = match &self.clients[self.current] {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c =
+                            Client::connect([endpoint.as_str()], Some(connect_options())).await?;
+                        self.clients[self.current] = Some(c.clone());
+                        c
+                    }
+                };
+                let mut c = client;
+                self.keeper = Some(c.lease_keep_alive(id).await?);
+            }
+            let Some((keeper, stream)) = self.keeper.as_mut() else {
+                return Ok(None);
+            };
+            keeper.keep_alive().await?;
+            stream.message().await
+        })
+        .await;
+        match res {
+            Ok(Ok(Some(r))) if r.ttl() > 0 => Ok(KeepAlive {
+                lease_id: id,
+                granted_new: false,
+                ttl_left: r.ttl(),
+            }),
+            Ok(Ok(_)) | Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => {
+                // TTL <= 0 ("lease not found") or the stream ended: the lease is gone.
+                debug!("lease {id:x} is gone; granting a new one");
+                self.lease = None;
+                self.keeper = None;
+                let left = timeout.saturating_sub(start.elapsed());
+                self.grant(left).await
+            }
+            Ok(Err(source)) => {
+                self.rotate();
+                Err(DcsError::Etcd {
+                    op: "keep-alive",
+                    endpoint,
+                    source,
+                })
+            }
+            Err(_) => {
+                self.rotate();
+                Err(DcsError::Timeout {
+                    op: "keep-alive",
+                    endpoint,
+                })
+            }
+        }
+    }
+
+    fn own_lease(&self) -> Result<i64, DcsError> {
+        self.lease.ok_or(DcsError::NoLease)
+    }
+
+    async fn txn(
+        &mut self,
+        op: &'static str,
+        txn: Txn,
+        timeout: Duration,
+    ) -> Result<bool, DcsError> {
+        let resp = self
+            .call(op, timeout, |mut c| async move { c.txn(txn).await })
+            .await?;
+        Ok(resp.succeeded())
+    }
+
+    /// The leader key still holds our name and our lease; on success also
+    /// writes `status`.
+    pub async fn confirm_leader(
+        &mut self,
+        status: Option<&Status>,
+        timeout: Duration,
+    ) -> Result<bool, DcsError> {
+        let lease = self.own_lease()?;
+        let leader = self.key("leader");
+        let mut ops = Vec::new();
+        if let Some(s) = status {
+            let json = serde_json::to_string(s).unwrap_or_default();
+            ops.push(TxnOp::put(self.key("status"), json, None));
+        }
+        let txn = Txn::new()
+            .when([
+                Compare::value(leader.clone(), CompareOp::Equal, self.name.clone()),
+                Compare::lease(leader, CompareOp::Equal, lease),
+            ])
+            .and_then(ops);
+        self.txn("leader confirmation", txn, timeout).await
+    }
+
+    /// Creates the leader key bound to our lease, if nobody holds it.
+    pub async fn acquire_leader(&mut self, timeout: Duration) -> Result<bool, DcsError> {
+        let lease = self.own_lease()?;
+        let leader = self.key("leader");
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                leader.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(
+                leader,
+                self.name.clone(),
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        self.txn("leader acquisition", txn, timeout).await
+    }
+
+    /// Re-binds a leader key holding our name (left by our previous process)
+    /// to our lease, if it did not change since we read it.
+    pub async fn take_over_leader(
+        &mut self,
+        observed_mod_revision: i64,
+        timeout: Duration,
+    ) -> Result<bool, DcsError> {
+        let lease = self.own_lease()?;
+        let leader = self.key("leader");
+        let txn = Txn::new()
+            .when([
+                Compare::value(leader.clone(), CompareOp::Equal, self.name.clone()),
+                Compare::mod_revision(leader.clone(), CompareOp::Equal, observed_mod_revision),
+            ])
+            .and_then([TxnOp::put(
+                leader,
+                self.name.clone(),
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        self.txn("leader take-over", txn, timeout).await
+    }
+
+    /// Deletes the leader key if it holds our name.
+    pub async fn release_leader(&mut self, timeout: Duration) -> Result<bool, DcsError> {
+        let leader = self.key("leader");
+        let txn = Txn::new()
+            .when([Compare::value(
+                leader.clone(),
+                CompareOp::Equal,
+                self.name.clone(),
+            )])
+            .and_then([TxnOp::delete(leader, None)]);
+        self.txn("leader release", txn, timeout).await
+    }
+
+    /// Writes `members/<name>` bound to our lease.
+    pub async fn put_member(
+        &mut self,
+        info: &MemberInfo,
+        timeout: Duration,
+    ) -> Result<(), DcsError> {
+        let lease = self.own_lease()?;
+        let key = self.key(&format!("members/{}", self.name));
+        let json = serde_json::to_string(info).unwrap_or_default();
+        self.call("member update", timeout, |mut c| async move {
+            c.put(key, json, Some(PutOptions::new().with_lease(lease)))
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Creates `initialize` with the system identifier if absent.
+    pub async fn initialize(
+        &mut self,
+        system_id: &str,
+        timeout: Duration,
+    ) -> Result<bool, DcsError> {
+        let key = self.key("initialize");
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, system_id, None)]);
+        self.txn("initialize", txn, timeout).await
+    }
+
+    /// Writes the `config` key (no lease).
+    pub async fn put_config(
+        &mut self,
+        cfg: &DynamicConfig,
+        timeout: Duration,
+    ) -> Result<(), DcsError> {
+        let key = self.key("config");
+        let json = serde_json::to_string(cfg).unwrap_or_default();
+        self.call("config update", timeout, |mut c| async move {
+            c.put(key, json, None).await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Writes the `failover` key (no lease).
+    pub async fn put_failover(
+        &mut self,
+        req: &FailoverRequest,
+        timeout: Duration,
+    ) -> Result<(), DcsError> {
+        let key = self.key("failover");
+        let json = serde_json::to_string(req).unwrap_or_default();
+        self.call("failover request", timeout, |mut c| async move {
+            c.put(key, json, None).await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn delete_failover(&mut self, timeout: Duration) -> Result<(), DcsError> {
+        let key = self.key("failover");
+        self.call("failover delete", timeout, |mut c| async move {
+            c.delete(key, None).await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Revokes our lease: our member key (and a leader key bound to it) go.
+    pub async fn revoke_lease(&mut self, timeout: Duration) -> Result<(), DcsError> {
+        let Some(id) = self.lease.take() else {
+            return Ok(());
+        };
+        self.keeper = None;
+        self.call("lease revoke", timeout, |mut c| async move {
+            c.lease_revoke(id).await
+        })
+        .await
+        .map(|_| ())
+    }
+}
+
+/// Stops the watch task when dropped.
+pub struct WatchHandle(tokio::task::JoinHandle<()>);
+
+impl Drop for WatchHandle {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Watches the cluster prefix and wakes the loop (`notify`) on every change.
+/// It only wakes: it never decides anything. The watch is recreated after
+/// errors, rotating endpoints, with a short backoff.
+pub fn spawn_watch(endpoints: Vec<String>, prefix: String, notify: Arc<Notify>) -> WatchHandle {
+    WatchHandle(tokio::spawn(async move {
+        let mut i = 0usize;
+        loop {
+            let endpoint = endpoints
+                .get(i % endpoints.len().max(1))
+                .cloned()
+                .unwrap_or_default();
+            i += 1;
+            let stream = tokio::time::timeout(Duration::from_secs(5), async {
+                let mut c = Client::connect([endpoint.as_str()], Some(connect_options())).await?;
+                c.watch(prefix.as_str(), Some(WatchOptions::new().with_prefix()))
+                    .await
+            })
+            .await;
+            match stream {
+                Ok(Ok(mut s)) => loop {
+                    // HTTP/2 keep-alive detects a dead connection; the outer
+                    // timeout bounds a silent one, after which we re-watch.
+                    match tokio::time::timeout(Duration::from_secs(60), s.message()).await {
+                        Ok(Ok(Some(r))) => {
+                            if !r.events().is_empty() {
+                                notify.notify_one();
+                            }
+                        }
+                        Ok(Ok(None)) | Ok(Err(_)) => break,
+                        Err(_) => break,
+                    }
+                },
+                Ok(Err(e)) => debug!("watch on {endpoint} failed: {e}"),
+                Err(_) => debug!("watch on {endpoint} timed out"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }))
+}

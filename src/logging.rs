@@ -74,9 +74,7 @@ pub fn init(level: LevelFilter) {
         }
         // No /dev/log: fall through to stderr.
     }
-    if log::set_boxed_logger(Box::new(StderrLog { journald })).is_ok() {
-        log::set_max_level(level);
-    } else {
-        log::set_max_level(level);
-    }
+    // A second init (config reload) keeps the installed logger.
+    let _ = log::set_boxed_logger(Box::new(StderrLog { journald }));
+    log::set_max_level(level);
 }

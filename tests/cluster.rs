@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 const BOOT: Duration = Duration::from_secs(90);
 
 fn count(node: &common::cluster::Node, table: &str) -> Option<i64> {
-    node.sql(&format!("SELECT count(*) FROM {table}")).ok()?.parse().ok()
+    node.sql(&format!("SELECT count(*) FROM {table}"))
+        .ok()?
+        .parse()
+        .ok()
 }
 
 #[test]
@@ -24,16 +27,31 @@ fn bootstrap_gives_one_primary_and_two_streaming_replicas() {
     let leader = wait_for("leader key", Duration::from_secs(10), || c.leader());
     assert_eq!(leader, c.nodes[p].name, "the leader key names the primary");
 
-    c.nodes[p].sql("CREATE TABLE t (id int primary key, note text)").unwrap();
-    c.nodes[p].sql("INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 100) g").unwrap();
+    c.nodes[p]
+        .sql("CREATE TABLE t (id int primary key, note text)")
+        .unwrap();
+    c.nodes[p]
+        .sql("INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 100) g")
+        .unwrap();
     for (i, n) in c.nodes.iter().enumerate() {
         if i == p {
             continue;
         }
-        wait_for("rows on the replica", Duration::from_secs(20), || (count(n, "t") == Some(100)).then_some(()));
-        assert!(n.sql("INSERT INTO t VALUES (1000, 'x')").is_err(), "replica {} must be read-only", n.name);
+        wait_for("rows on the replica", Duration::from_secs(20), || {
+            (count(n, "t") == Some(100)).then_some(())
+        });
+        assert!(
+            n.sql("INSERT INTO t VALUES (1000, 'x')").is_err(),
+            "replica {} must be read-only",
+            n.name
+        );
         // The watchdog is never opened on a replica.
-        assert!(n.watchdog_events().is_empty(), "watchdog touched on replica {}: {:?}", n.name, n.watchdog_events());
+        assert!(
+            n.watchdog_events().is_empty(),
+            "watchdog touched on replica {}: {:?}",
+            n.name,
+            n.watchdog_events()
+        );
     }
     // The primary armed its watchdog with ttl - safety_margin and feeds it.
     let ev = c.nodes[p].watchdog_events();
@@ -41,12 +59,20 @@ fn bootstrap_gives_one_primary_and_two_streaming_replicas() {
     assert_eq!(ops.first(), Some(&"open"), "{ops:?}");
     assert_eq!(ops.get(1), Some(&"timeout 4"), "{ops:?}");
     wait_for("watchdog keepalives", Duration::from_secs(10), || {
-        (c.nodes[p].watchdog_events().iter().filter(|(_, o)| o == "keepalive").count() >= 2).then_some(())
+        (c.nodes[p]
+            .watchdog_events()
+            .iter()
+            .filter(|(_, o)| o == "keepalive")
+            .count()
+            >= 2)
+            .then_some(())
     });
     // Data checksums are on.
     assert_eq!(c.nodes[p].sql("SHOW data_checksums").unwrap(), "on");
     // Each replica streams through its own slot.
-    let slots = c.nodes[p].sql("SELECT count(*) FROM pg_replication_slots WHERE active").unwrap();
+    let slots = c.nodes[p]
+        .sql("SELECT count(*) FROM pg_replication_slots WHERE active")
+        .unwrap();
     assert_eq!(slots, "2");
 }
 
@@ -54,11 +80,17 @@ fn bootstrap_gives_one_primary_and_two_streaming_replicas() {
 fn hard_failover_promotes_a_replica_and_the_old_primary_rejoins() {
     let mut c = Cluster::start(3, Opts::default());
     let p = c.wait_healthy(BOOT);
-    c.nodes[p].sql("CREATE TABLE t (id int primary key)").unwrap();
-    c.nodes[p].sql("INSERT INTO t SELECT generate_series(1, 500)").unwrap();
+    c.nodes[p]
+        .sql("CREATE TABLE t (id int primary key)")
+        .unwrap();
+    c.nodes[p]
+        .sql("INSERT INTO t SELECT generate_series(1, 500)")
+        .unwrap();
     for (i, n) in c.nodes.iter().enumerate() {
         if i != p {
-            wait_for("rows replicated", Duration::from_secs(20), || (count(n, "t") == Some(500)).then_some(()));
+            wait_for("rows replicated", Duration::from_secs(20), || {
+                (count(n, "t") == Some(500)).then_some(())
+            });
         }
     }
 
@@ -66,39 +98,86 @@ fn hard_failover_promotes_a_replica_and_the_old_primary_rejoins() {
     c.kill_agent(p);
     c.kill_postmaster(p);
     let new_p = wait_for("a new writable primary", Duration::from_secs(30), || {
-        (0..3).filter(|&i| i != p).find(|&i| c.nodes[i].sql("CREATE TABLE IF NOT EXISTS w (x int)").is_ok())
+        (0..3).filter(|&i| i != p).find(|&i| {
+            c.nodes[i]
+                .sql("CREATE TABLE IF NOT EXISTS w (x int)")
+                .is_ok()
+        })
     });
     let took = killed.elapsed();
-    eprintln!("hard failover: new primary {} writable after {:.2}s", c.nodes[new_p].name, took.as_secs_f64());
-    assert!(took < Duration::from_secs(c.opts.ttl + 4), "failover took {took:?}");
-    assert_eq!(count(&c.nodes[new_p], "t"), Some(500), "rows that reached the replica survive");
+    eprintln!(
+        "hard failover: new primary {} writable after {:.2}s",
+        c.nodes[new_p].name,
+        took.as_secs_f64()
+    );
+    assert!(
+        took < Duration::from_secs(c.opts.ttl + 4),
+        "failover took {took:?}"
+    );
+    assert_eq!(
+        count(&c.nodes[new_p], "t"),
+        Some(500),
+        "rows that reached the replica survive"
+    );
 
     // The old primary comes back as a replica of the new one.
     c.start_agent(p);
     let p2 = c.wait_healthy(Duration::from_secs(60));
     assert_eq!(p2, new_p);
     c.nodes[new_p].sql("INSERT INTO t VALUES (501)").unwrap();
-    wait_for("old primary follows", Duration::from_secs(20), || (count(&c.nodes[p], "t") == Some(501)).then_some(()));
+    wait_for("old primary follows", Duration::from_secs(20), || {
+        (count(&c.nodes[p], "t") == Some(501)).then_some(())
+    });
     assert_eq!(c.nodes[p].is_primary(), Some(false));
 }
 
 #[test]
 fn graceful_stop_hands_over_well_before_the_ttl() {
-    let mut c = Cluster::start(3, Opts { ttl: 10, loop_wait: 1, retry_timeout: 3, safety_margin: 3, ..Opts::default() });
+    let mut c = Cluster::start(
+        3,
+        Opts {
+            ttl: 10,
+            loop_wait: 1,
+            retry_timeout: 3,
+            safety_margin: 3,
+            ..Opts::default()
+        },
+    );
     let p = c.wait_healthy(BOOT);
     c.nodes[p].sql("CREATE TABLE t (id int)").unwrap();
     let t0 = Instant::now();
     let code = c.stop_agent(p, Duration::from_secs(20));
     assert_eq!(code, Some(0), "graceful stop exits 0");
     let new_p = wait_for("a new writable primary", Duration::from_secs(10), || {
-        (0..3).filter(|&i| i != p).find(|&i| c.nodes[i].sql("INSERT INTO t VALUES (1)").is_ok())
+        (0..3)
+            .filter(|&i| i != p)
+            .find(|&i| c.nodes[i].sql("INSERT INTO t VALUES (1)").is_ok())
     });
     let took = t0.elapsed();
-    eprintln!("graceful handover: {} writable {:.2}s after SIGTERM", c.nodes[new_p].name, took.as_secs_f64());
-    assert!(took < Duration::from_secs(c.opts.ttl / 2), "handover took {took:?}, ttl {}", c.opts.ttl);
-    assert!(c.nodes[p].postmaster_pid().is_none(), "old primary's PostgreSQL stopped");
-    let ops: Vec<String> = c.nodes[p].watchdog_events().into_iter().map(|(_, o)| o).collect();
-    assert_eq!(ops.last().map(String::as_str), Some("magic-close"), "{ops:?}");
+    eprintln!(
+        "graceful handover: {} writable {:.2}s after SIGTERM",
+        c.nodes[new_p].name,
+        took.as_secs_f64()
+    );
+    assert!(
+        took < Duration::from_secs(c.opts.ttl / 2),
+        "handover took {took:?}, ttl {}",
+        c.opts.ttl
+    );
+    assert!(
+        c.nodes[p].postmaster_pid().is_none(),
+        "old primary's PostgreSQL stopped"
+    );
+    let ops: Vec<String> = c.nodes[p]
+        .watchdog_events()
+        .into_iter()
+        .map(|(_, o)| o)
+        .collect();
+    assert_eq!(
+        ops.last().map(String::as_str),
+        Some("magic-close"),
+        "{ops:?}"
+    );
 }
 
 #[test]
@@ -107,7 +186,11 @@ fn hung_leader_is_fenced_before_its_lease_expires() {
     let p = c.wait_healthy(BOOT);
     let leader = c.nodes[p].name.clone();
     wait_for("watchdog fed", Duration::from_secs(10), || {
-        c.nodes[p].watchdog_events().iter().any(|(_, o)| o == "keepalive").then_some(())
+        c.nodes[p]
+            .watchdog_events()
+            .iter()
+            .any(|(_, o)| o == "keepalive")
+            .then_some(())
     });
 
     let frozen_at = monotonic_ms();
@@ -148,13 +231,21 @@ fn hung_leader_is_fenced_before_its_lease_expires() {
     );
     // No keepalive after the freeze.
     assert!(
-        c.nodes[p].watchdog_events().iter().all(|(t, o)| *t <= frozen_at + 50 || o != "keepalive"),
+        c.nodes[p]
+            .watchdog_events()
+            .iter()
+            .all(|(t, o)| *t <= frozen_at + 50 || o != "keepalive"),
         "keepalive after the freeze: {:?}",
         c.nodes[p].watchdog_events()
     );
-    assert!(reset < gone, "reset at {reset} must come before the lease expiry at {gone}");
+    assert!(
+        reset < gone,
+        "reset at {reset} must come before the lease expiry at {gone}"
+    );
     // The replica is promoted only after the lease expired.
-    let new_p = wait_for("new primary", Duration::from_secs(20), || c.sole_primary().filter(|&i| i != p));
+    let new_p = wait_for("new primary", Duration::from_secs(20), || {
+        c.sole_primary().filter(|&i| i != p)
+    });
     let promoted_seen = monotonic_ms();
     assert!(promoted_seen >= gone);
     let promoted_at: f64 = c.nodes[new_p]
@@ -171,35 +262,71 @@ fn etcd_hang_stops_the_primary_before_ttl_and_the_cluster_reforms() {
     let p = c.wait_healthy(BOOT);
     let t0 = Instant::now();
     c.etcd.freeze();
-    wait_for("primary stops accepting writes", Duration::from_secs(c.opts.ttl + 2), || {
-        (c.nodes[p].is_primary() != Some(true)).then_some(())
-    });
+    wait_for(
+        "primary stops accepting writes",
+        Duration::from_secs(c.opts.ttl + 2),
+        || (c.nodes[p].is_primary() != Some(true)).then_some(()),
+    );
     let took = t0.elapsed();
-    eprintln!("etcd frozen: primary stopped after {:.2}s (ttl {}s)", took.as_secs_f64(), c.opts.ttl);
-    assert!(took < Duration::from_secs(c.opts.ttl), "stopped after {took:?}");
-    let ops: Vec<String> = c.nodes[p].watchdog_events().into_iter().map(|(_, o)| o).collect();
-    assert_eq!(ops.last().map(String::as_str), Some("magic-close"), "disarmed after the stop: {ops:?}");
+    eprintln!(
+        "etcd frozen: primary stopped after {:.2}s (ttl {}s)",
+        took.as_secs_f64(),
+        c.opts.ttl
+    );
+    assert!(
+        took < Duration::from_secs(c.opts.ttl),
+        "stopped after {took:?}"
+    );
+    let ops: Vec<String> = c.nodes[p]
+        .watchdog_events()
+        .into_iter()
+        .map(|(_, o)| o)
+        .collect();
+    assert_eq!(
+        ops.last().map(String::as_str),
+        Some("magic-close"),
+        "disarmed after the stop: {ops:?}"
+    );
     c.etcd.thaw();
     c.wait_healthy(Duration::from_secs(60));
 }
 
 #[test]
 fn required_watchdog_that_cannot_arm_never_leads() {
-    let c = Cluster::new(1, Opts { watchdog_mode: "required", ..Opts::default() });
+    let c = Cluster::new(
+        1,
+        Opts {
+            watchdog_mode: "required",
+            ..Opts::default()
+        },
+    );
     // Point the testing device into a directory that does not exist.
     let cfg = std::fs::read_to_string(&c.nodes[0].config).unwrap();
-    let cfg = cfg.replace(&c.nodes[0].watchdog_log.display().to_string(), "/nonexistent/leasedog/watchdog");
+    let cfg = cfg.replace(
+        &c.nodes[0].watchdog_log.display().to_string(),
+        "/nonexistent/leasedog/watchdog",
+    );
     std::fs::write(&c.nodes[0].config, cfg).unwrap();
     let mut c = c;
     c.start_agent(0);
     let end = Instant::now() + Duration::from_secs(8);
     while Instant::now() < end {
-        assert_eq!(c.leader(), None, "a node that cannot arm took the leader key");
+        assert_eq!(
+            c.leader(),
+            None,
+            "a node that cannot arm took the leader key"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(!c.nodes[0].data_dir.join("PG_VERSION").exists(), "no initdb without the key");
+    assert!(
+        !c.nodes[0].data_dir.join("PG_VERSION").exists(),
+        "no initdb without the key"
+    );
     let log = c.nodes[0].agent_log_text();
-    assert!(log.contains("watchdog required but cannot be armed"), "{log}");
+    assert!(
+        log.contains("watchdog required but cannot be armed"),
+        "{log}"
+    );
     c.kill_agent(0);
 }
 
@@ -211,7 +338,10 @@ fn bad_input_is_refused_clearly_and_touches_nothing() {
     let run = |yaml: &str, cmd: &str| {
         std::fs::write(&node.config, yaml).unwrap();
         let out = c.leasedog(0).arg(cmd).output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
     // Malformed YAML: file and line.
     let (code, err) = run(&format!("{good}\n  - : : bad\n"), "check-config");
@@ -222,12 +352,18 @@ fn bad_input_is_refused_clearly_and_touches_nothing() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("ttl") && err.contains("loop_wait"), "{err}");
     // A wrong bin_dir names the key.
-    let (code, err) = run(&good.replace(common::cluster::BIN_DIR, "/usr/lib/postgresql/99/bin"), "run");
+    let (code, err) = run(
+        &good.replace(common::cluster::BIN_DIR, "/usr/lib/postgresql/99/bin"),
+        "run",
+    );
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("postgresql.bin_dir"), "{err}");
     // Unreachable etcd: `list` says so and exits 1.
     let dead = format!("127.0.0.1:{}", common::cluster::free_port());
-    let (code, err) = run(&good.replace(&c.etcd.endpoint().replace("http://", ""), &dead), "list");
+    let (code, err) = run(
+        &good.replace(&c.etcd.endpoint().replace("http://", ""), &dead),
+        "list",
+    );
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("etcd"), "{err}");
     assert!(!node.data_dir.exists(), "the data directory was touched");

@@ -54,7 +54,11 @@ fn postgres_ids() -> Option<(u32, u32)> {
 
 fn chown_r(path: &Path, ids: Option<(u32, u32)>) {
     if let Some((u, g)) = ids {
-        let st = Command::new("chown").arg("-R").arg(format!("{u}:{g}")).arg(path).status();
+        let st = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{u}:{g}"))
+            .arg(path)
+            .status();
         assert!(st.is_ok_and(|s| s.success()), "chown {}", path.display());
     }
 }
@@ -67,7 +71,10 @@ pub fn free_port() -> u16 {
 
 /// Milliseconds of CLOCK_MONOTONIC, the clock the testing watchdog logs in.
 pub fn monotonic_ms() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid timespec to write into.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
@@ -119,7 +126,16 @@ impl Node {
     /// Runs SQL through psql on this node; Err with psql's stderr.
     pub fn sql(&self, sql: &str) -> Result<String, String> {
         let out = Command::new(format!("{BIN_DIR}/psql"))
-            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-d", "postgres"])
+            .args([
+                "-X",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
             .arg("-h")
             .arg(self.socket_dir())
             .arg("-p")
@@ -175,8 +191,12 @@ impl Cluster {
     /// Writes configs for `n` nodes and starts etcd (agents not started).
     pub fn new(n: usize, opts: Opts) -> Cluster {
         let ids = postgres_ids();
-        let tmp = tempfile::Builder::new().prefix("leasedog-test").tempdir().expect("tempdir");
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let tmp = tempfile::Builder::new()
+            .prefix("leasedog-test")
+            .tempdir()
+            .expect("tempdir");
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
         let bin = tmp.path().join("leasedog");
         std::fs::copy(env!("CARGO_BIN_EXE_leasedog"), &bin).expect("copy binary");
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -198,7 +218,12 @@ impl Cluster {
                 dir,
                 agent: None,
             };
-            let extra: String = opts.extra.iter().filter(|(j, _)| *j == i).map(|(_, y)| format!("{y}\n")).collect();
+            let extra: String = opts
+                .extra
+                .iter()
+                .filter(|(j, _)| *j == i)
+                .map(|(_, y)| format!("{y}\n"))
+                .collect();
             let yaml = format!(
                 r#"scope: {scope}
 name: {name}
@@ -252,7 +277,15 @@ log:
             nodes.push(node);
         }
         chown_r(tmp.path(), ids);
-        Cluster { etcd, nodes, bin, scope, opts, ids, _tmp: tmp }
+        Cluster {
+            etcd,
+            nodes,
+            bin,
+            scope,
+            opts,
+            ids,
+            _tmp: tmp,
+        }
     }
 
     /// Starts etcd and all `n` agents.
@@ -326,7 +359,10 @@ log:
             if Instant::now() > end {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("agent {} did not exit within {timeout:?}", self.nodes[i].name);
+                panic!(
+                    "agent {} did not exit within {timeout:?}",
+                    self.nodes[i].name
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -341,7 +377,9 @@ log:
 
     /// Index of the node whose PostgreSQL accepts writes, when exactly one does.
     pub fn sole_primary(&self) -> Option<usize> {
-        let p: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.nodes[i].is_primary() == Some(true)).collect();
+        let p: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_primary() == Some(true))
+            .collect();
         (p.len() == 1).then(|| p[0])
     }
 

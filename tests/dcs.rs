@@ -1,0 +1,219 @@
+//! The etcd layer against a real etcd: leases, the leader transactions,
+//! expiry, odd data, a frozen etcd, a dead endpoint, and the watch.
+
+mod common;
+
+use common::etcd::EtcdServer;
+use leasedog::cluster::{MemberInfo, Role, Status};
+use leasedog::dcs::{Dcs, DcsError, spawn_watch};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(3);
+const PREFIX: &str = "/service/t/";
+
+fn dcs(e: &EtcdServer, name: &str, ttl: u64) -> Dcs {
+    Dcs::new(vec![e.endpoint()], PREFIX.into(), name.into(), ttl)
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn leader_race_confirm_release() {
+    let e = EtcdServer::start();
+    rt().block_on(async {
+        let (mut a, mut b) = (dcs(&e, "a", 10), dcs(&e, "b", 10));
+        let v = a.read(T).await.unwrap();
+        assert!(v.leader.is_none() && v.members.is_empty());
+
+        let ka = a.keepalive(T).await.unwrap();
+        assert!(ka.granted_new && ka.ttl_left > 0);
+        let again = a.keepalive(T).await.unwrap();
+        assert_eq!(again.lease_id, ka.lease_id);
+        assert!(!again.granted_new);
+        b.keepalive(T).await.unwrap();
+
+        // Exactly one wins.
+        let wa = a.acquire_leader(T).await.unwrap();
+        let wb = b.acquire_leader(T).await.unwrap();
+        assert!(wa && !wb);
+        assert!(
+            a.confirm_leader(
+                Some(&Status {
+                    optime: 7,
+                    timeline: Some(1)
+                }),
+                T
+            )
+            .await
+            .unwrap()
+        );
+        assert!(!b.confirm_leader(None, T).await.unwrap());
+
+        // Patroni's layout: the plain name, bound to the winner's lease.
+        let v = b.read(T).await.unwrap();
+        let l = v.leader.unwrap();
+        assert_eq!(l.name, "a");
+        assert_eq!(l.lease, ka.lease_id);
+        assert_eq!(v.status.unwrap().optime, 7);
+        assert_eq!(
+            e.ctl(&["get", "--print-value-only", "/service/t/leader"])
+                .unwrap()
+                .trim(),
+            "a"
+        );
+
+        // Only the holder can release.
+        assert!(!b.release_leader(T).await.unwrap());
+        assert!(a.release_leader(T).await.unwrap());
+        assert!(b.acquire_leader(T).await.unwrap());
+    });
+}
+
+#[test]
+fn expired_lease_removes_leader_and_member_keys() {
+    let e = EtcdServer::start();
+    rt().block_on(async {
+        let mut a = dcs(&e, "a", 2);
+        a.keepalive(T).await.unwrap();
+        let info = MemberInfo {
+            role: Role::Primary,
+            state: "running".into(),
+            ..Default::default()
+        };
+        a.put_member(&info, T).await.unwrap();
+        assert!(a.acquire_leader(T).await.unwrap());
+        let v = a.read(T).await.unwrap();
+        assert!(v.leader.is_some() && v.members.len() == 1);
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = a.read(T).await.unwrap();
+            if v.leader.is_none() && v.members.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < end, "keys outlived the lease");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The next keep-alive finds the lease gone and grants a new one.
+        let ka = a.keepalive(T).await.unwrap();
+        assert!(ka.granted_new);
+    });
+}
+
+#[test]
+fn take_over_a_key_left_by_a_previous_process() {
+    let e = EtcdServer::start();
+    rt().block_on(async {
+        let mut old = dcs(&e, "a", 30);
+        old.keepalive(T).await.unwrap();
+        assert!(old.acquire_leader(T).await.unwrap());
+        let mut new = dcs(&e, "a", 30);
+        let ka = new.keepalive(T).await.unwrap();
+        let rev = new.read(T).await.unwrap().leader.unwrap().mod_revision;
+        assert!(
+            !new.take_over_leader(rev + 100, T).await.unwrap(),
+            "a stale revision must fail"
+        );
+        assert!(new.take_over_leader(rev, T).await.unwrap());
+        assert_eq!(
+            new.read(T).await.unwrap().leader.unwrap().lease,
+            ka.lease_id
+        );
+        assert!(new.confirm_leader(None, T).await.unwrap());
+    });
+}
+
+#[test]
+fn odd_data_is_skipped() {
+    let e = EtcdServer::start();
+    e.ctl(&["put", "/service/t/members/x", "{not json"])
+        .unwrap();
+    e.ctl(&[
+        "put",
+        "/service/t/members/y",
+        r#"{"role":"replica","state":"running"}"#,
+    ])
+    .unwrap();
+    e.ctl(&["put", "/service/t/status", "garbage"]).unwrap();
+    rt().block_on(async {
+        let v = dcs(&e, "a", 10).read(T).await.unwrap();
+        assert_eq!(v.members.len(), 1);
+        assert_eq!(v.members[0].name, "y");
+        assert!(v.status.is_none());
+    });
+}
+
+#[test]
+fn frozen_etcd_times_out_and_recovers() {
+    let e = EtcdServer::start();
+    rt().block_on(async {
+        let mut a = dcs(&e, "a", 10);
+        a.keepalive(T).await.unwrap();
+        a.keepalive(T).await.unwrap();
+        e.freeze();
+        let budget = Duration::from_millis(700);
+        for what in ["keepalive", "read"] {
+            let t0 = Instant::now();
+            let r = if what == "keepalive" {
+                a.keepalive(budget).await.map(|_| ())
+            } else {
+                a.read(budget).await.map(|_| ())
+            };
+            let took = t0.elapsed();
+            assert!(matches!(r, Err(DcsError::Timeout { .. })), "{what}: {r:?}");
+            assert!(
+                took < budget + Duration::from_millis(300),
+                "{what} took {took:?}"
+            );
+        }
+        e.thaw();
+        let ka = a.keepalive(T).await.unwrap();
+        assert!(!ka.granted_new, "the lease survived a short freeze");
+    });
+}
+
+#[test]
+fn a_dead_endpoint_costs_at_most_one_failure() {
+    let e = EtcdServer::start();
+    let dead = format!("http://127.0.0.1:{}", common::cluster::free_port());
+    rt().block_on(async {
+        let mut a = Dcs::new(vec![dead, e.endpoint()], PREFIX.into(), "a".into(), 10);
+        let mut failures = 0;
+        for _ in 0..6 {
+            if a.read(Duration::from_secs(1)).await.is_err() {
+                failures += 1;
+            }
+        }
+        assert!(failures <= 1, "{failures} failures");
+        assert!(a.keepalive(T).await.is_ok());
+    });
+}
+
+#[test]
+fn watch_wakes_on_leader_change() {
+    let e = EtcdServer::start();
+    rt().block_on(async {
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let _w = spawn_watch(vec![e.endpoint()], PREFIX.into(), notify.clone());
+        let mut a = dcs(&e, "a", 10);
+        a.keepalive(T).await.unwrap();
+        // Give the watch time to be established: retry until it fires.
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            a.acquire_leader(T).await.unwrap();
+            a.release_leader(T).await.unwrap();
+            if tokio::time::timeout(Duration::from_millis(500), notify.notified())
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            assert!(Instant::now() < end, "the watch never woke us");
+        }
+    });
+}
