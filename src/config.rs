@@ -1,8 +1,10 @@
 //! The agent's configuration: YAML schema, defaults, `LEASEDOG_*` environment
 //! overrides and validation (DESIGN §1, §5). Key names follow Patroni's where
-//! the concept is the same.
+//! the concept is the same, and Patroni's own forms (`etcd3.host`,
+//! `bootstrap.dcs.ttl`, ...) are accepted so a patroni.yml moves over easily.
 //!
-//! SKELETON: types are fixed; loading and validation are to be completed.
+//! Every error names the file, the line (when the key is in the file), the
+//! dotted key and what was expected; all errors are reported at once.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -272,6 +274,866 @@ impl std::fmt::Display for ConfigError {
 /// Reads, overrides from the environment, and validates. All errors found
 /// are returned, not only the first.
 pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
-    let _ = path;
-    todo!("config helper")
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigError {
+            file: path.into(),
+            line: None,
+            key: "(file)".into(),
+            message: format!("cannot read the configuration file: {e}"),
+        }]
+    })?;
+    load_str(&text, path, &|k| std::env::var(k).ok())
+}
+
+/// Scalar keys that can be overridden as `LEASEDOG_<PATH>` (dots become
+/// underscores, upper case).
+const ENV_KEYS: &[&str] = &[
+    "scope",
+    "namespace",
+    "name",
+    "etcd3.hosts",
+    "ttl",
+    "loop_wait",
+    "retry_timeout",
+    "maximum_lag_on_failover",
+    "watchdog.mode",
+    "watchdog.device",
+    "watchdog.driver",
+    "watchdog.safety_margin",
+    "postgresql.data_dir",
+    "postgresql.bin_dir",
+    "postgresql.listen",
+    "postgresql.connect_address",
+    "postgresql.socket_dir",
+    "postgresql.authentication.superuser.username",
+    "postgresql.authentication.superuser.password",
+    "postgresql.authentication.replication.username",
+    "postgresql.authentication.replication.password",
+    "restapi.listen",
+    "restapi.connect_address",
+    "tags.nofailover",
+    "tags.noloadbalance",
+    "log.level",
+    "control.socket",
+];
+
+/// The environment variable that overrides `key`.
+pub fn env_name(key: &str) -> String {
+    format!("LEASEDOG_{}", key.replace('.', "_").to_uppercase())
+}
+
+/// The 1-based line of a dotted key in YAML text, found by indentation.
+pub fn find_line(text: &str, key: &str) -> Option<usize> {
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut depth = 0;
+    let mut parent_indent: Option<usize> = None;
+    let mut child_indent: Option<usize> = None;
+    for (i, raw) in text.lines().enumerate() {
+        let trimmed = raw.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('-') {
+            continue;
+        }
+        let indent = raw.len() - trimmed.len();
+        if parent_indent.is_some_and(|p| indent <= p) {
+            return None;
+        }
+        let level_indent = match (depth, child_indent) {
+            (0, _) => 0,
+            (_, Some(c)) => c,
+            (_, None) => {
+                child_indent = Some(indent);
+                indent
+            }
+        };
+        if indent != level_indent {
+            continue;
+        }
+        let Some((k, _)) = trimmed.split_once(':') else {
+            continue;
+        };
+        if k.trim().trim_matches(['"', '\'']) == parts[depth] {
+            if depth + 1 == parts.len() {
+                return Some(i + 1);
+            }
+            depth += 1;
+            parent_indent = Some(indent);
+            child_indent = None;
+        }
+    }
+    None
+}
+
+/// The dotted path of the key on a 1-based line of YAML text.
+fn key_path_at(text: &str, line: usize) -> Option<String> {
+    let mut stack: Vec<(usize, String)> = Vec::new();
+    for (i, raw) in text.lines().enumerate().take(line) {
+        let trimmed = raw.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('-') {
+            continue;
+        }
+        let indent = raw.len() - trimmed.len();
+        let Some((k, _)) = trimmed.split_once(':') else {
+            continue;
+        };
+        while stack.last().is_some_and(|(ind, _)| *ind >= indent) {
+            stack.pop();
+        }
+        stack.push((indent, k.trim().trim_matches(['"', '\'']).to_string()));
+        if i + 1 == line {
+            break;
+        }
+    }
+    (!stack.is_empty()).then(|| {
+        stack
+            .iter()
+            .map(|(_, k)| k.as_str())
+            .collect::<Vec<_>>()
+            .join(".")
+    })
+}
+
+fn get_path<'a>(v: &'a serde_yaml::Value, key: &str) -> Option<&'a serde_yaml::Value> {
+    key.split('.').try_fold(v, |v, k| v.get(k))
+}
+
+fn set_path(v: &mut serde_yaml::Value, key: &str, value: serde_yaml::Value) {
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut cur = v;
+    for (i, p) in parts.iter().enumerate() {
+        if !cur.is_mapping() {
+            *cur = serde_yaml::Value::Mapping(Default::default());
+        }
+        let Some(map) = cur.as_mapping_mut() else {
+            return;
+        };
+        let k = serde_yaml::Value::String((*p).to_string());
+        if i + 1 == parts.len() {
+            map.insert(k, value);
+            return;
+        }
+        cur = map
+            .entry(k)
+            .or_insert(serde_yaml::Value::Mapping(Default::default()));
+    }
+}
+
+fn remove_path(v: &mut serde_yaml::Value, key: &str) -> Option<serde_yaml::Value> {
+    let (parent, last) = match key.rsplit_once('.') {
+        Some((p, l)) => (Some(p), l),
+        None => (None, key),
+    };
+    let map = match parent {
+        Some(p) => {
+            let mut cur = v;
+            for k in p.split('.') {
+                cur = cur.get_mut(k)?;
+            }
+            cur.as_mapping_mut()?
+        }
+        None => v.as_mapping_mut()?,
+    };
+    map.remove(last)
+}
+
+/// Patroni's spellings, turned into ours.
+fn normalize(v: &mut serde_yaml::Value) {
+    use serde_yaml::Value;
+    // etcd3.host (single) -> etcd3.hosts
+    if let Some(h) = remove_path(v, "etcd3.host")
+        && get_path(v, "etcd3.hosts").is_none()
+    {
+        set_path(v, "etcd3.hosts", h);
+    }
+    // hosts as "a:1,b:2"
+    if let Some(Value::String(s)) = get_path(v, "etcd3.hosts").cloned() {
+        let list = s
+            .split(',')
+            .map(|h| Value::String(h.trim().to_string()))
+            .filter(|h| h.as_str() != Some(""))
+            .collect();
+        set_path(v, "etcd3.hosts", Value::Sequence(list));
+    }
+    // bootstrap.dcs.{ttl,...} when the top-level key is absent
+    if let Some(boot) = remove_path(v, "bootstrap") {
+        for k in [
+            "ttl",
+            "loop_wait",
+            "retry_timeout",
+            "maximum_lag_on_failover",
+        ] {
+            if get_path(v, k).is_none()
+                && let Some(x) = get_path(&boot, &format!("dcs.{k}"))
+            {
+                set_path(v, k, x.clone());
+            }
+        }
+    }
+    // Parameters may be numbers or booleans.
+    if let Some(Value::Mapping(m)) = v
+        .get_mut("postgresql")
+        .and_then(|p| p.get_mut("parameters"))
+    {
+        for (_, val) in m.iter_mut() {
+            let s = match val {
+                Value::Bool(b) => {
+                    if *b {
+                        "on".to_string()
+                    } else {
+                        "off".to_string()
+                    }
+                }
+                Value::Number(n) => n.to_string(),
+                _ => continue,
+            };
+            *val = Value::String(s);
+        }
+    }
+}
+
+/// `host:port` with a valid port.
+fn parse_host_port(s: &str) -> Option<(&str, u16)> {
+    let s = s.strip_prefix("http://").unwrap_or(s);
+    let (h, p) = s.rsplit_once(':')?;
+    let port = p.parse::<u16>().ok().filter(|&p| p > 0)?;
+    (!h.is_empty()).then_some((h, port))
+}
+
+fn concrete_host(listen: &str) -> Option<String> {
+    let (hosts, port) = parse_host_port(listen)?;
+    let first = hosts.split(',').next()?.trim();
+    if first.is_empty() || first == "*" || first == "0.0.0.0" || first == "::" || first == "[::]" {
+        return None;
+    }
+    Some(format!("{first}:{port}"))
+}
+
+/// Like `load`, from text, with the environment given as a function.
+pub fn load_str(
+    text: &str,
+    source: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<ConfigError>> {
+    let err = |line: Option<usize>, key: &str, message: String| ConfigError {
+        file: source.into(),
+        line,
+        key: key.into(),
+        message,
+    };
+    let mut value: serde_yaml::Value = if text.trim().is_empty() {
+        serde_yaml::Value::Mapping(Default::default())
+    } else {
+        serde_yaml::from_str(text).map_err(|e| {
+            vec![err(
+                e.location().map(|l| l.line()),
+                "(syntax)",
+                format!("not valid YAML: {e}"),
+            )]
+        })?
+    };
+    if !value.is_mapping() {
+        return Err(vec![err(
+            Some(1),
+            "(top level)",
+            "expected a mapping of keys (scope:, name:, ...)".into(),
+        )]);
+    }
+    normalize(&mut value);
+
+    let mut errors = Vec::new();
+    for key in ENV_KEYS {
+        let var = env_name(key);
+        if let Some(raw) = env(&var) {
+            let parsed = if *key == "etcd3.hosts" {
+                serde_yaml::Value::Sequence(
+                    raw.split(',')
+                        .map(|h| serde_yaml::Value::String(h.trim().to_string()))
+                        .collect(),
+                )
+            } else {
+                match serde_yaml::from_str::<serde_yaml::Value>(&raw) {
+                    Ok(v @ (serde_yaml::Value::Bool(_) | serde_yaml::Value::Number(_))) => v,
+                    Ok(serde_yaml::Value::String(s)) => serde_yaml::Value::String(s),
+                    _ => serde_yaml::Value::String(raw.clone()),
+                }
+            };
+            // Type check against a config with only this key.
+            let mut probe = serde_yaml::Value::Mapping(Default::default());
+            set_path(&mut probe, key, parsed.clone());
+            if let Err(e) = serde_yaml::from_value::<Config>(probe) {
+                errors.push(err(
+                    None,
+                    key,
+                    format!("environment variable {var}={raw:?} is not valid: {e}"),
+                ));
+                continue;
+            }
+            set_path(&mut value, key, parsed);
+        }
+    }
+
+    let mut cfg: Config = match serde_yaml::from_value(value.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            // Values carry no positions: re-read the normalized document as
+            // text to learn which key failed, then find it in the user's file.
+            let generated = serde_yaml::to_string(&value).unwrap_or_default();
+            let (key, message) = match serde_yaml::from_str::<Config>(&generated) {
+                Err(e2) => {
+                    let msg = e2.to_string();
+                    let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+                    let key = e2
+                        .location()
+                        .and_then(|l| key_path_at(&generated, l.line()))
+                        .unwrap_or_else(|| "(top level)".into());
+                    (key, msg)
+                }
+                Ok(_) => ("(top level)".to_string(), e.to_string()),
+            };
+            let message = message
+                .split_once(": ")
+                .filter(|(p, _)| !p.contains(' '))
+                .map(|(_, m)| m.to_string())
+                .unwrap_or(message);
+            errors.push(err(find_line(text, &key), &key, message));
+            return Err(errors);
+        }
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    cfg.source = source.into();
+    for h in &mut cfg.etcd3.hosts {
+        if let Some(rest) = h.strip_prefix("http://") {
+            *h = rest.to_string();
+        }
+    }
+    if cfg.postgresql.connect_address.is_empty()
+        && let Some(a) = concrete_host(&cfg.postgresql.listen)
+    {
+        cfg.postgresql.connect_address = a;
+    }
+    if cfg.restapi.connect_address.is_empty()
+        && let Some(a) = concrete_host(&cfg.restapi.listen)
+    {
+        cfg.restapi.connect_address = a;
+    }
+    let mut errors = validate(&cfg);
+    for e in &mut errors {
+        e.line = find_line(text, &e.key);
+    }
+    if errors.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(errors)
+    }
+}
+
+/// The rules a configuration must satisfy (DESIGN §1). Pure.
+pub fn validate(cfg: &Config) -> Vec<ConfigError> {
+    let mut out = Vec::new();
+    let mut bad = |key: &str, message: String| {
+        out.push(ConfigError {
+            file: cfg.source.clone(),
+            line: None,
+            key: key.into(),
+            message,
+        })
+    };
+    if cfg.scope.is_empty() {
+        bad(
+            "scope",
+            "required: the cluster's name, the same on every member".into(),
+        );
+    }
+    if cfg.name.is_empty() {
+        bad(
+            "name",
+            "required: this member's name, unique in the cluster".into(),
+        );
+    } else if !cfg
+        .name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    {
+        bad(
+            "name",
+            format!(
+                "expected letters, digits, '_', '.' or '-', found {:?}",
+                cfg.name
+            ),
+        );
+    }
+    if cfg.etcd3.hosts.is_empty() {
+        bad(
+            "etcd3.hosts",
+            "required: at least one etcd endpoint as host:port".into(),
+        );
+    }
+    for h in &cfg.etcd3.hosts {
+        if parse_host_port(h).is_none() {
+            bad("etcd3.hosts", format!("expected host:port, found {h:?}"));
+        }
+    }
+    if cfg.ttl == 0 {
+        bad("ttl", "expected a number of seconds >= 1, found 0".into());
+    }
+    if cfg.loop_wait == 0 {
+        bad(
+            "loop_wait",
+            "expected a number of seconds >= 1, found 0".into(),
+        );
+    }
+    if cfg.retry_timeout == 0 {
+        bad(
+            "retry_timeout",
+            "expected a number of seconds >= 1, found 0".into(),
+        );
+    }
+    if cfg.loop_wait + 2 * cfg.retry_timeout > cfg.ttl {
+        bad(
+            "ttl",
+            format!(
+                "loop_wait + 2*retry_timeout <= ttl is broken: {} + 2*{} = {} > ttl {}",
+                cfg.loop_wait,
+                cfg.retry_timeout,
+                cfg.loop_wait + 2 * cfg.retry_timeout,
+                cfg.ttl
+            ),
+        );
+    }
+    if cfg.watchdog.mode != WatchdogMode::Off {
+        let sm = cfg.watchdog.safety_margin;
+        if sm < 1 {
+            bad(
+                "watchdog.safety_margin",
+                format!("expected at least 1 second, found {sm}"),
+            );
+        } else if sm >= cfg.ttl {
+            bad(
+                "watchdog.safety_margin",
+                format!("must be less than ttl ({}), found {sm}", cfg.ttl),
+            );
+        } else {
+            let wd = cfg.ttl - sm;
+            if wd < 2 * cfg.loop_wait {
+                bad(
+                    "watchdog.safety_margin",
+                    format!(
+                        "the watchdog timeout ttl - safety_margin = {} - {sm} = {wd}s must be >= 2*loop_wait = {}s",
+                        cfg.ttl,
+                        2 * cfg.loop_wait
+                    ),
+                );
+            }
+        }
+        if cfg.watchdog.device.as_os_str().is_empty() {
+            bad(
+                "watchdog.device",
+                "required when watchdog.mode is not off (e.g. /dev/watchdog)".into(),
+            );
+        }
+    }
+    let abs = |p: &Path| p.is_absolute();
+    if cfg.postgresql.data_dir.as_os_str().is_empty() {
+        bad("postgresql.data_dir", "required: an absolute path".into());
+    } else if !abs(&cfg.postgresql.data_dir) {
+        bad(
+            "postgresql.data_dir",
+            format!(
+                "expected an absolute path, found {:?}",
+                cfg.postgresql.data_dir
+            ),
+        );
+    }
+    if !abs(&cfg.postgresql.bin_dir) {
+        bad(
+            "postgresql.bin_dir",
+            format!(
+                "expected an absolute path, found {:?}",
+                cfg.postgresql.bin_dir
+            ),
+        );
+    }
+    if !abs(&cfg.postgresql.socket_dir) {
+        bad(
+            "postgresql.socket_dir",
+            format!(
+                "expected an absolute path, found {:?}",
+                cfg.postgresql.socket_dir
+            ),
+        );
+    }
+    for (key, val, listen) in [
+        ("postgresql.listen", &cfg.postgresql.listen, true),
+        (
+            "postgresql.connect_address",
+            &cfg.postgresql.connect_address,
+            false,
+        ),
+        ("restapi.listen", &cfg.restapi.listen, true),
+        (
+            "restapi.connect_address",
+            &cfg.restapi.connect_address,
+            false,
+        ),
+    ] {
+        if !listen && val.is_empty() {
+            let from = key.replace("connect_address", "listen");
+            let from_val = if key.starts_with("postgresql") {
+                &cfg.postgresql.listen
+            } else {
+                &cfg.restapi.listen
+            };
+            if parse_host_port(from_val).is_none() {
+                continue; // the listen error says it all
+            }
+            bad(
+                key,
+                format!(
+                    "required when {from} is not a concrete address: give host:port others can reach"
+                ),
+            );
+        } else if parse_host_port(val).is_none() {
+            bad(key, format!("expected host:port, found {val:?}"));
+        }
+    }
+    if !["error", "warn", "info", "debug", "trace"].contains(&cfg.log.level.as_str()) {
+        bad(
+            "log.level",
+            format!(
+                "expected error, warn, info, debug or trace, found {:?}",
+                cfg.log.level
+            ),
+        );
+    }
+    out
+}
+
+/// Checks what the configuration points at on this machine: the PostgreSQL
+/// programs. Touches nothing.
+pub fn check_environment(cfg: &Config) -> Vec<ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let text = std::fs::read_to_string(&cfg.source).unwrap_or_default();
+    let line = find_line(&text, "postgresql.bin_dir");
+    let mut out = Vec::new();
+    for prog in [
+        "postgres",
+        "pg_ctl",
+        "initdb",
+        "pg_basebackup",
+        "pg_rewind",
+        "pg_controldata",
+    ] {
+        let p = cfg.postgresql.bin_dir.join(prog);
+        let ok =
+            std::fs::metadata(&p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        if !ok {
+            out.push(ConfigError {
+                file: cfg.source.clone(),
+                line,
+                key: "postgresql.bin_dir".into(),
+                message: format!(
+                    "{} has no executable {prog}: expected the directory of the PostgreSQL server programs (e.g. /usr/lib/postgresql/15/bin)",
+                    cfg.postgresql.bin_dir.display()
+                ),
+            });
+        }
+    }
+    out
+}
+
+impl Config {
+    /// etcd endpoints as URLs.
+    pub fn etcd_endpoints(&self) -> Vec<String> {
+        self.etcd3
+            .hosts
+            .iter()
+            .map(|h| format!("http://{h}"))
+            .collect()
+    }
+
+    /// The port PostgreSQL listens on.
+    pub fn pg_port(&self) -> u16 {
+        parse_host_port(&self.postgresql.listen)
+            .map(|(_, p)| p)
+            .unwrap_or(5432)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "scope: demo
+name: pg1
+etcd3:
+  hosts: [\"127.0.0.1:2379\"]
+ttl: 6
+loop_wait: 1
+retry_timeout: 2
+watchdog:
+  mode: required
+  safety_margin: 2
+postgresql:
+  data_dir: /var/lib/postgresql/15/demo
+  listen: 127.0.0.1:5432
+restapi:
+  listen: 127.0.0.1:8008
+";
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn load_text(t: &str) -> Result<Config, Vec<ConfigError>> {
+        load_str(t, Path::new("/etc/leasedog/leasedog.yml"), &no_env)
+    }
+
+    fn one_error(t: &str) -> ConfigError {
+        let errs = load_text(t).expect_err("should fail");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        errs.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn good_config_loads_with_defaults() {
+        let c = load_text(GOOD).unwrap();
+        assert_eq!(c.ttl, 6);
+        assert_eq!(c.watchdog.mode, WatchdogMode::Required);
+        assert_eq!(c.watchdog.device, PathBuf::from("/dev/watchdog"));
+        assert_eq!(c.maximum_lag_on_failover, 1 << 20);
+        assert_eq!(c.postgresql.connect_address, "127.0.0.1:5432");
+        assert_eq!(c.restapi.connect_address, "127.0.0.1:8008");
+        assert_eq!(c.prefix(), "/service/demo/");
+        assert_eq!(c.etcd_endpoints(), vec!["http://127.0.0.1:2379"]);
+        assert_eq!(c.watchdog_timeout(), 4);
+    }
+
+    #[test]
+    fn example_config_passes() {
+        let c = load_str(
+            include_str!("../config/leasedog.yml"),
+            Path::new("config/leasedog.yml"),
+            &no_env,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(c.ttl, 30);
+        assert_eq!(c.loop_wait, 10);
+    }
+
+    #[test]
+    fn timing_rule_names_the_values_and_line() {
+        let e = one_error(
+            &GOOD
+                .replace("ttl: 6", "ttl: 4")
+                .replace("safety_margin: 2", "safety_margin: 1"),
+        );
+        assert_eq!(e.key, "ttl");
+        assert_eq!(e.line, Some(5));
+        assert!(e.message.contains("1 + 2*2 = 5 > ttl 4"), "{}", e.message);
+        assert!(
+            e.to_string()
+                .starts_with("/etc/leasedog/leasedog.yml:5: ttl:"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn watchdog_rules() {
+        let e = one_error(&GOOD.replace("safety_margin: 2", "safety_margin: 0"));
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("watchdog.safety_margin", Some(10))
+        );
+        let e = one_error(&GOOD.replace("safety_margin: 2", "safety_margin: 5"));
+        assert!(
+            e.message.contains("6 - 5 = 1s must be >= 2*loop_wait = 2s"),
+            "{}",
+            e.message
+        );
+        let e = one_error(&GOOD.replace("safety_margin: 2", "safety_margin: 6"));
+        assert!(e.message.contains("less than ttl"), "{}", e.message);
+        let e =
+            one_error(&GOOD.replace("  safety_margin: 2", "  safety_margin: 2\n  device: \"\""));
+        assert_eq!(e.key, "watchdog.device");
+        // mode off skips the watchdog rules
+        assert!(
+            load_text(
+                &GOOD
+                    .replace("mode: required", "mode: off")
+                    .replace("safety_margin: 2", "safety_margin: 0")
+            )
+            .is_ok()
+        );
+        // settings the tests use
+        for (t, l, r, m) in [(6, 1, 2, 2), (8, 1, 2, 2), (10, 1, 3, 3), (30, 10, 10, 5)] {
+            let y = GOOD
+                .replace("ttl: 6", &format!("ttl: {t}"))
+                .replace("loop_wait: 1", &format!("loop_wait: {l}"))
+                .replace("retry_timeout: 2", &format!("retry_timeout: {r}"))
+                .replace("safety_margin: 2", &format!("safety_margin: {m}"));
+            assert!(load_text(&y).is_ok(), "{t}/{l}/{r}/{m}");
+        }
+    }
+
+    #[test]
+    fn zero_durations() {
+        let errs = load_text(
+            &GOOD
+                .replace("loop_wait: 1", "loop_wait: 0")
+                .replace("retry_timeout: 2", "retry_timeout: 0"),
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert!(
+            keys.contains(&"loop_wait") && keys.contains(&"retry_timeout"),
+            "{keys:?}"
+        );
+        let errs = load_text(&GOOD.replace("ttl: 6", "ttl: 0")).unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.key == "ttl" && e.message.contains(">= 1")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn required_and_malformed_values() {
+        let e = one_error(&GOOD.replace("scope: demo\n", ""));
+        assert_eq!((e.key.as_str(), e.line), ("scope", None));
+        let e = one_error(&GOOD.replace("name: pg1", "name: \"pg 1\""));
+        assert_eq!((e.key.as_str(), e.line), ("name", Some(2)));
+        let e = one_error(&GOOD.replace("name: pg1\n", ""));
+        assert_eq!(e.key, "name");
+        let e = one_error(&GOOD.replace("127.0.0.1:2379", "localhost"));
+        assert_eq!((e.key.as_str(), e.line), ("etcd3.hosts", Some(4)));
+        let e = one_error(&GOOD.replace("  hosts: [\"127.0.0.1:2379\"]", "  hosts: []"));
+        assert_eq!(e.key, "etcd3.hosts");
+        let e = one_error(&GOOD.replace(
+            "data_dir: /var/lib/postgresql/15/demo",
+            "data_dir: relative/dir",
+        ));
+        assert_eq!((e.key.as_str(), e.line), ("postgresql.data_dir", Some(12)));
+        let e = one_error(&GOOD.replace("  data_dir: /var/lib/postgresql/15/demo\n", ""));
+        assert_eq!(e.key, "postgresql.data_dir");
+        let e = one_error(&GOOD.replace(
+            "  listen: 127.0.0.1:5432",
+            "  listen: 127.0.0.1:5432\n  bin_dir: bin",
+        ));
+        assert_eq!(e.key, "postgresql.bin_dir");
+        let e = one_error(&GOOD.replace(
+            "  listen: 127.0.0.1:5432",
+            "  listen: 127.0.0.1:5432\n  socket_dir: sock",
+        ));
+        assert_eq!(e.key, "postgresql.socket_dir");
+        let errs = load_text(&GOOD.replace("listen: 127.0.0.1:5432", "listen: 127.0.0.1:99999"))
+            .unwrap_err();
+        assert_eq!(
+            (errs[0].key.as_str(), errs[0].line),
+            ("postgresql.listen", Some(13))
+        );
+        let e = one_error(&GOOD.replace("listen: 127.0.0.1:5432", "listen: 0.0.0.0:5432"));
+        assert_eq!(e.key, "postgresql.connect_address");
+        assert!(e.message.contains("postgresql.listen"), "{}", e.message);
+        let e = one_error(&GOOD.replace("listen: 127.0.0.1:8008", "listen: nonsense"));
+        assert_eq!(e.key, "restapi.listen");
+        let e = one_error(&GOOD.replace("listen: 127.0.0.1:8008", "listen: 0.0.0.0:8008"));
+        assert_eq!(e.key, "restapi.connect_address");
+        let e = one_error(&format!("{GOOD}log:\n  level: loud\n"));
+        assert_eq!((e.key.as_str(), e.line), ("log.level", Some(17)));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_types_have_lines() {
+        let e = one_error(&GOOD.replace("  safety_margin: 2", "  safety_margin: 2\n  colour: red"));
+        assert_eq!((e.key.as_str(), e.line), ("watchdog.colour", Some(11)));
+        assert!(e.message.contains("unknown field"), "{}", e.message);
+        let e = one_error(&GOOD.replace("ttl: 6", "ttl: abc"));
+        assert_eq!((e.key.as_str(), e.line), ("ttl", Some(5)));
+        let e = one_error(&GOOD.replace("mode: required", "mode: sometimes"));
+        assert_eq!(e.key, "watchdog.mode");
+        assert!(
+            e.message.contains("off") && e.message.contains("required"),
+            "{}",
+            e.message
+        );
+        let e = one_error("scope: [unclosed\n");
+        assert_eq!(e.key, "(syntax)");
+        assert!(e.line.is_some());
+    }
+
+    #[test]
+    fn patroni_forms_are_accepted() {
+        let y = "scope: demo
+name: pg1
+etcd3:
+  host: 10.0.0.1:2379
+bootstrap:
+  dcs:
+    ttl: 20
+    loop_wait: 2
+    retry_timeout: 3
+    postgresql:
+      use_pg_rewind: true
+postgresql:
+  data_dir: /d
+  listen: 127.0.0.1:5432
+  parameters:
+    max_connections: 100
+    hot_standby: true
+restapi:
+  listen: 127.0.0.1:8008
+";
+        let c = load_text(y).unwrap();
+        assert_eq!(c.etcd3.hosts, vec!["10.0.0.1:2379"]);
+        assert_eq!((c.ttl, c.loop_wait, c.retry_timeout), (20, 2, 3));
+        assert_eq!(
+            c.postgresql.parameters.get("hot_standby"),
+            Some(&serde_yaml::Value::String("on".into()))
+        );
+        let c = load_text(&y.replace("  host: 10.0.0.1:2379", "  hosts: http://a:1, b:2")).unwrap();
+        assert_eq!(c.etcd3.hosts, vec!["a:1", "b:2"]);
+        // top level wins over bootstrap.dcs
+        let c = load_text(&format!("ttl: 25\n{y}")).unwrap();
+        assert_eq!(c.ttl, 25);
+    }
+
+    #[test]
+    fn environment_overrides() {
+        let env = |k: &str| match k {
+            "LEASEDOG_NAME" => Some("pg9".to_string()),
+            "LEASEDOG_POSTGRESQL_DATA_DIR" => Some("/srv/pg".to_string()),
+            "LEASEDOG_ETCD3_HOSTS" => Some("a:1,b:2".to_string()),
+            "LEASEDOG_TAGS_NOFAILOVER" => Some("true".to_string()),
+            "LEASEDOG_TTL" => Some("8".to_string()),
+            _ => None,
+        };
+        let c = load_str(GOOD, Path::new("x.yml"), &env).unwrap();
+        assert_eq!(c.name, "pg9");
+        assert_eq!(c.postgresql.data_dir, PathBuf::from("/srv/pg"));
+        assert_eq!(c.etcd3.hosts, vec!["a:1", "b:2"]);
+        assert!(c.tags.nofailover);
+        assert_eq!(c.ttl, 8);
+        let env = |k: &str| (k == "LEASEDOG_WATCHDOG_SAFETY_MARGIN").then(|| "lots".to_string());
+        let errs = load_str(GOOD, Path::new("x.yml"), &env).unwrap_err();
+        assert!(
+            errs[0].message.contains("LEASEDOG_WATCHDOG_SAFETY_MARGIN"),
+            "{errs:?}"
+        );
+        assert_eq!(
+            env_name("postgresql.data_dir"),
+            "LEASEDOG_POSTGRESQL_DATA_DIR"
+        );
+    }
+
+    #[test]
+    fn line_locator() {
+        let t = "a: 1\nb:\n  c: 2\n  # note\n  d:\n    e: 3\nf: 4\n";
+        assert_eq!(find_line(t, "a"), Some(1));
+        assert_eq!(find_line(t, "b.c"), Some(3));
+        assert_eq!(find_line(t, "b.d.e"), Some(6));
+        assert_eq!(find_line(t, "f"), Some(7));
+        assert_eq!(find_line(t, "b.x"), None);
+        assert_eq!(find_line(t, "e"), None);
+    }
 }
