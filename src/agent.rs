@@ -50,7 +50,12 @@ pub enum Exit {
 impl Agent {
     pub fn new(cfg: Config) -> Agent {
         let ha = HaConfig::from_config(&cfg);
-        let dcs = Dcs::new(cfg.etcd_endpoints(), cfg.prefix(), cfg.name.clone(), cfg.ttl);
+        let dcs = Dcs::new(
+            cfg.etcd_endpoints(),
+            cfg.prefix(),
+            cfg.name.clone(),
+            cfg.ttl,
+        );
         let pg = Postgres::new(cfg.postgresql.clone(), cfg.name.clone());
         Agent {
             cfg,
@@ -97,14 +102,22 @@ impl Agent {
         }
         if self.cfg.watchdog.mode != WatchdogMode::Off {
             match watchdog::boot_status(self.cfg.watchdog.driver, &self.cfg.watchdog.device) {
-                Ok(true) => warn!("the last reboot of this machine was caused by the watchdog"),
+                Ok(true) => warn!(
+                    "the last reboot of this machine was caused by the watchdog (WDIOF_CARDRESET)"
+                ),
                 Ok(false) => {}
                 Err(e) => debug!("watchdog boot status unavailable: {e}"),
             }
         }
-        let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
-        let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
-        let _watch = dcs::spawn_watch(self.cfg.etcd_endpoints(), self.cfg.prefix(), self.wake.clone());
+        let mut term =
+            signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+        let mut int =
+            signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+        let _watch = dcs::spawn_watch(
+            self.cfg.etcd_endpoints(),
+            self.cfg.prefix(),
+            self.wake.clone(),
+        );
         info!(
             "leasedog {} starting: member {} of cluster {} (ttl {}s, loop_wait {}s, retry_timeout {}s, watchdog {:?})",
             env!("CARGO_PKG_VERSION"),
@@ -197,12 +210,24 @@ impl Agent {
                 Ok(())
             }
             Action::ConfirmLeader { status } => {
-                let ok = self.dcs.confirm_leader(status.as_ref(), t).await.map_err(|e| e.to_string())?;
+                let ok = self
+                    .dcs
+                    .confirm_leader(status.as_ref(), t)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 self.node.on_leader_txn(ok);
-                if ok { Ok(()) } else { Err("the leader key is no longer ours".into()) }
+                if ok {
+                    Ok(())
+                } else {
+                    Err("the leader key is no longer ours".into())
+                }
             }
             Action::AcquireLeader => {
-                let won = self.dcs.acquire_leader(t).await.map_err(|e| e.to_string())?;
+                let won = self
+                    .dcs
+                    .acquire_leader(t)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 self.node.on_leader_txn(won);
                 if won {
                     info!("acquired the leader key");
@@ -218,11 +243,18 @@ impl Agent {
                     .await
                     .map_err(|e| e.to_string())?;
                 self.node.on_leader_txn(won);
-                if won { Ok(()) } else { Err("the leader key changed meanwhile".into()) }
+                if won {
+                    Ok(())
+                } else {
+                    Err("the leader key changed meanwhile".into())
+                }
             }
             Action::ReleaseLeader => {
                 self.node.on_released();
-                self.dcs.release_leader(t).await.map_err(|e| e.to_string())?;
+                self.dcs
+                    .release_leader(t)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 info!("released the leader key");
                 Ok(())
             }
@@ -236,19 +268,27 @@ impl Agent {
                 Ok(())
             }
             Action::Initdb => {
-                info!("running initdb in {}", self.cfg.postgresql.data_dir.display());
+                info!(
+                    "running initdb in {}",
+                    self.cfg.postgresql.data_dir.display()
+                );
                 self.pg.initdb(LONG_OP).await.map_err(|e| e.to_string())
             }
             Action::StartPrimary => {
-                self.pg.write_standby(None).map_err(|e| e.to_string())?;
+                self.pg.write_primary_conf().map_err(|e| e.to_string())?;
                 self.pg.start(t).await.map_err(|e| e.to_string())?;
                 info!("PostgreSQL started as primary");
                 Ok(())
             }
             Action::StartReplica { upstream } => {
                 let up = upstream.as_ref().map(|u| self.upstream(u)).transpose()?;
-                self.pg.write_standby(up.as_ref()).map_err(|e| e.to_string())?;
-                self.pg.start(self.slow_timeout()).await.map_err(|e| e.to_string())?;
+                self.pg
+                    .write_standby(up.as_ref())
+                    .map_err(|e| e.to_string())?;
+                self.pg
+                    .start(self.slow_timeout())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 match upstream {
                     Some(u) => info!("PostgreSQL started as a replica of {}", u.member),
                     None => info!("PostgreSQL started read-only"),
@@ -257,7 +297,9 @@ impl Agent {
             }
             Action::Follow { upstream } => {
                 let up = self.upstream(upstream)?;
-                self.pg.write_standby(Some(&up)).map_err(|e| e.to_string())?;
+                self.pg
+                    .write_standby(Some(&up))
+                    .map_err(|e| e.to_string())?;
                 self.pg.reload(t).await.map_err(|e| e.to_string())?;
                 info!("now following {}", upstream.member);
                 Ok(())
@@ -271,24 +313,43 @@ impl Agent {
             Action::Clone { upstream } => {
                 let up = self.upstream(upstream)?;
                 info!("cloning from {} with pg_basebackup", upstream.member);
-                self.pg.basebackup(&up, LONG_OP).await.map_err(|e| e.to_string())
+                self.pg
+                    .basebackup(&up, LONG_OP)
+                    .await
+                    .map_err(|e| e.to_string())
             }
             Action::Rewind { upstream } => {
                 let up = self.upstream(upstream)?;
-                info!("rewinding onto {}'s history with pg_rewind", upstream.member);
-                self.pg.rewind(&up, LONG_OP).await.map_err(|e| e.to_string())
+                info!(
+                    "rewinding onto {}'s history with pg_rewind",
+                    upstream.member
+                );
+                self.pg
+                    .rewind(&up, LONG_OP)
+                    .await
+                    .map_err(|e| e.to_string())
             }
-            Action::CreateReplicationUser => {
-                self.pg.create_replication_user(t).await.map_err(|e| e.to_string())
-            }
+            Action::CreateReplicationUser => self
+                .pg
+                .create_replication_user(t)
+                .await
+                .map_err(|e| e.to_string()),
             Action::WriteInitialize { system_id } => {
-                let won = self.dcs.initialize(system_id, t).await.map_err(|e| e.to_string())?;
+                let won = self
+                    .dcs
+                    .initialize(system_id, t)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 if won {
                     info!("cluster initialized with system identifier {system_id}");
                 }
                 Ok(())
             }
-            Action::SyncSlots { slots } => self.pg.sync_slots(slots, t).await.map_err(|e| e.to_string()),
+            Action::SyncSlots { slots } => self
+                .pg
+                .sync_slots(slots, t)
+                .await
+                .map_err(|e| e.to_string()),
         }
     }
 
@@ -307,7 +368,12 @@ impl Agent {
             &self.cfg.postgresql.authentication.replication,
             &self.cfg.name,
         )
-        .ok_or_else(|| format!("member {} publishes an unusable conn_url {:?}", u.member, u.conn_url))
+        .ok_or_else(|| {
+            format!(
+                "member {} publishes an unusable conn_url {:?}",
+                u.member, u.conn_url
+            )
+        })
     }
 
     fn arm_watchdog(&mut self, required: bool) -> Result<(), String> {
@@ -333,7 +399,9 @@ impl Agent {
                 if required {
                     Err(format!("watchdog required but cannot be armed: {e}"))
                 } else {
-                    self.warn_limited(format!("running WITHOUT fencing: watchdog cannot be armed: {e}"));
+                    self.warn_limited(format!(
+                        "running WITHOUT fencing: watchdog cannot be armed: {e}"
+                    ));
                     Ok(())
                 }
             }
@@ -343,10 +411,14 @@ impl Agent {
     fn feed_watchdog(&mut self) {
         let now = self.now();
         if !ha::may_feed(&self.ha, now, self.node.last_renewal) {
-            self.warn_limited("lease renewal answered late: not feeding the watchdog this cycle".into());
+            self.warn_limited(
+                "lease renewal answered late: not feeding the watchdog this cycle".into(),
+            );
             return;
         }
-        let Some(w) = self.watchdog.as_mut() else { return };
+        let Some(w) = self.watchdog.as_mut() else {
+            return;
+        };
         match w.keepalive() {
             Ok(()) => {
                 let before = self.node.watchdog_deadline;
@@ -382,7 +454,11 @@ impl Agent {
         };
         let fast = Duration::from_millis((total * 6 / 10).max(500));
         let immediate = Duration::from_millis((total * 4 / 10).max(500));
-        let outcome = self.pg.stop(fast, immediate).await.map_err(|e| e.to_string())?;
+        let outcome = self
+            .pg
+            .stop(fast, immediate)
+            .await
+            .map_err(|e| e.to_string())?;
         info!("PostgreSQL stopped ({outcome:?})");
         Ok(())
     }
@@ -408,17 +484,31 @@ impl Agent {
         } else {
             Role::Primary
         };
-        let role = if role == Role::Unknown && self.node.leader_confirmed { Role::Primary } else { role };
+        let role = if role == Role::Unknown && self.node.leader_confirmed {
+            Role::Primary
+        } else {
+            role
+        };
         MemberInfo {
-            conn_url: format!("postgres://{}/postgres", self.cfg.postgresql.connect_address),
+            conn_url: format!(
+                "postgres://{}/postgres",
+                self.cfg.postgresql.connect_address
+            ),
             api_url: format!("http://{}/patroni", self.cfg.restapi.connect_address),
             state: if l.running { "running" } else { "stopped" }.into(),
             role: if l.running { role } else { Role::Unknown },
             xlog_location: l.lsn.map(|x| x.0),
             timeline: l.timeline,
-            tags: Tags { nofailover: self.cfg.tags.nofailover, noloadbalance: self.cfg.tags.noloadbalance },
+            tags: Tags {
+                nofailover: self.cfg.tags.nofailover,
+                noloadbalance: self.cfg.tags.noloadbalance,
+            },
             version: env!("CARGO_PKG_VERSION").into(),
-            epoch: self.last_view.as_ref().and_then(|v| v.leader.as_ref()).map(|l| l.create_revision),
+            epoch: self
+                .last_view
+                .as_ref()
+                .and_then(|v| v.leader.as_ref())
+                .map(|l| l.create_revision),
             streaming: l.streaming,
         }
     }

@@ -59,10 +59,13 @@ pub fn main(args: Args) -> ExitCode {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
-        eprintln!("error: cannot start the runtime: {e}");
-        ExitCode::from(1)
-    })
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        })
 }
 
 fn run(args: Args) -> Result<(), ExitCode> {
@@ -76,7 +79,13 @@ fn run(args: Args) -> Result<(), ExitCode> {
             if !errors.is_empty() {
                 return Err(ExitCode::from(1));
             }
-            println!("{}: ok (member {} of cluster {}, etcd {})", args.config.display(), cfg.name, cfg.scope, cfg.etcd3.hosts.join(","));
+            println!(
+                "{}: ok (member {} of cluster {}, etcd {})",
+                args.config.display(),
+                cfg.name,
+                cfg.scope,
+                cfg.etcd3.hosts.join(",")
+            );
             Ok(())
         }
         Command::Run => {
@@ -101,11 +110,19 @@ fn run(args: Args) -> Result<(), ExitCode> {
         Command::List { json } => {
             let cfg = load(&args.config)?;
             let rt = runtime()?;
-            let mut dcs = Dcs::new(cfg.etcd_endpoints(), cfg.prefix(), cfg.name.clone(), cfg.ttl);
+            let mut dcs = Dcs::new(
+                cfg.etcd_endpoints(),
+                cfg.prefix(),
+                cfg.name.clone(),
+                cfg.ttl,
+            );
             let view = rt
                 .block_on(dcs.read(Duration::from_secs(cfg.retry_timeout.max(1))))
                 .map_err(|e| {
-                    eprintln!("error: cannot read the cluster from etcd ({}): {e}", cfg.etcd3.hosts.join(","));
+                    eprintln!(
+                        "error: cannot read the cluster from etcd ({}): {e}",
+                        cfg.etcd3.hosts.join(",")
+                    );
                     ExitCode::from(1)
                 })?;
             if json {
@@ -121,7 +138,10 @@ fn run(args: Args) -> Result<(), ExitCode> {
             match watchdog::check(cfg.watchdog.driver, &cfg.watchdog.device, secs) {
                 Ok(report) => {
                     if json {
-                        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&report).unwrap_or_default()
+                        );
                     } else {
                         print!("{report}");
                     }
@@ -163,7 +183,11 @@ fn role_label(leader: Option<&str>, m: &crate::cluster::Member) -> &'static str 
     if leader == Some(m.name.as_str()) {
         "Leader"
     } else if m.info.role == crate::cluster::Role::Replica {
-        if m.info.streaming { "Replica" } else { "Replica (not streaming)" }
+        if m.info.streaming {
+            "Replica"
+        } else {
+            "Replica (not streaming)"
+        }
     } else if m.info.role == crate::cluster::Role::Primary {
         "Primary (no key)"
     } else {
@@ -176,18 +200,26 @@ fn lag_bytes(view: &crate::cluster::ClusterView, m: &crate::cluster::Member) -> 
     if leader.name == m.name {
         return None;
     }
-    let top = view.member(&leader.name).and_then(|l| l.info.xlog_location)?;
+    let top = view
+        .member(&leader.name)
+        .and_then(|l| l.info.xlog_location)?;
     Some(top.saturating_sub(m.info.xlog_location?))
 }
 
 /// The cluster as a table for people (as `patronictl list`).
 pub fn list_table(scope: &str, view: &crate::cluster::ClusterView) -> String {
     let leader = view.leader.as_ref().map(|l| l.name.as_str());
-    let mut rows = vec![["Member", "Host", "Role", "State", "TL", "Lag in MB"].map(String::from).to_vec()];
+    let mut rows = vec![
+        ["Member", "Host", "Role", "State", "TL", "Lag in MB"]
+            .map(String::from)
+            .to_vec(),
+    ];
     let mut members: Vec<_> = view.members.iter().collect();
     members.sort_by(|a, b| a.name.cmp(&b.name));
     for m in members {
-        let lag = lag_bytes(view, m).map(|b| format!("{:.1}", b as f64 / 1048576.0)).unwrap_or_default();
+        let lag = lag_bytes(view, m)
+            .map(|b| format!("{:.1}", b as f64 / 1048576.0))
+            .unwrap_or_default();
         rows.push(vec![
             m.name.clone(),
             crate::cluster::conn_host_port(&m.info.conn_url).unwrap_or_default(),
@@ -197,8 +229,17 @@ pub fn list_table(scope: &str, view: &crate::cluster::ClusterView) -> String {
             lag,
         ]);
     }
-    let widths: Vec<usize> = (0..6).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
-    let rule: String = format!("+{}+\n", widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("+"));
+    let widths: Vec<usize> = (0..6)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let rule: String = format!(
+        "+{}+\n",
+        widths
+            .iter()
+            .map(|w| "-".repeat(w + 2))
+            .collect::<Vec<_>>()
+            .join("+")
+    );
     let mut out = format!("+ Cluster: {scope} ");
     let total = rule.len() - 1;
     while out.len() < total - 1 {
@@ -206,7 +247,11 @@ pub fn list_table(scope: &str, view: &crate::cluster::ClusterView) -> String {
     }
     out.push_str("+\n");
     for (i, r) in rows.iter().enumerate() {
-        let cells: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!(" {c:w$} ")).collect();
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!(" {c:w$} "))
+            .collect();
         out.push_str(&format!("|{}|\n", cells.join("|")));
         if i == 0 {
             out.push_str(&rule);

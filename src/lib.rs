@@ -1,6 +1,8 @@
 //! leasedog: a PostgreSQL high-availability agent that fences with the
 //! hardware watchdog. See ARCHITECTURE.md for the map of this crate.
 
+pub mod agent;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod dcs;

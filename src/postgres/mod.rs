@@ -1,1 +1,524 @@
-//! The local PostgreSQL instance (skeleton).
+//! The local PostgreSQL instance: what it is (probe), what it runs with
+//! (conf), and what we do to it (ctl): initdb, start, stop (fast, then
+//! immediate), promote, follow, clone, rewind, slots.
+//!
+//! Every operation takes the caller's timeout; processes run with
+//! tokio::process and are killed when they run over.
+
+pub mod conf;
+pub mod ctl;
+pub mod probe;
+
+pub use conf::Upstream;
+
+use crate::cluster::{DataDir, LocalPostgres};
+use crate::config::PostgresqlConfig;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// What went wrong, for the log.
+#[derive(Debug)]
+pub enum PgError {
+    Spawn {
+        program: &'static str,
+        source: std::io::Error,
+    },
+    Timeout {
+        program: &'static str,
+        after: Duration,
+    },
+    Failed {
+        program: &'static str,
+        code: Option<i32>,
+        output: String,
+    },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    Query(String),
+    NotEmpty(PathBuf),
+}
+
+impl std::fmt::Display for PgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PgError::Spawn { program, source } => write!(f, "cannot run {program}: {source}"),
+            PgError::Timeout { program, after } => {
+                write!(f, "{program} did not finish within {after:?}")
+            }
+            PgError::Failed {
+                program,
+                code,
+                output,
+            } => {
+                write!(
+                    f,
+                    "{program} failed (exit {}): {output}",
+                    code.map(|c| c.to_string()).unwrap_or("by signal".into())
+                )
+            }
+            PgError::Io { what, source } => write!(f, "{what}: {source}"),
+            PgError::Query(e) => write!(f, "query failed: {e}"),
+            PgError::NotEmpty(p) => {
+                write!(f, "{} is not empty: refusing to overwrite it", p.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for PgError {}
+
+/// How PostgreSQL was stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopOutcome {
+    AlreadyStopped,
+    Fast,
+    Immediate,
+}
+
+fn secs(d: Duration) -> String {
+    d.as_secs().max(1).to_string()
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PgError {
+    let what = what.into();
+    move |source| PgError::Io { what, source }
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The local instance.
+pub struct Postgres {
+    cfg: PostgresqlConfig,
+    member: String,
+    client: Option<tokio_postgres::Client>,
+}
+
+impl Postgres {
+    pub fn new(cfg: PostgresqlConfig, member: String) -> Postgres {
+        Postgres {
+            cfg,
+            member,
+            client: None,
+        }
+    }
+
+    fn data(&self) -> &Path {
+        &self.cfg.data_dir
+    }
+
+    fn bin(&self) -> &Path {
+        &self.cfg.bin_dir
+    }
+
+    fn data_str(&self) -> String {
+        self.cfg.data_dir.display().to_string()
+    }
+
+    fn log(&self) -> PathBuf {
+        ctl::log_path(self.data())
+    }
+
+    fn port(&self) -> u16 {
+        conf::split_listen(&self.cfg.listen).1
+    }
+
+    async fn client(&mut self, timeout: Duration) -> Result<&tokio_postgres::Client, PgError> {
+        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            let mut c = tokio_postgres::Config::new();
+            c.host_path(&self.cfg.socket_dir)
+                .port(self.port())
+                .user(&self.cfg.authentication.superuser.username)
+                .dbname("postgres")
+                .application_name("leasedog")
+                .connect_timeout(timeout)
+                .options(format!(
+                    "-c statement_timeout={}",
+                    timeout.as_millis().max(100)
+                ));
+            if let Some(p) = &self.cfg.authentication.superuser.password {
+                c.password(p);
+            }
+            let (client, conn) = tokio::time::timeout(timeout, c.connect(tokio_postgres::NoTls))
+                .await
+                .map_err(|_| PgError::Query("connect timed out".into()))?
+                .map_err(|e| PgError::Query(e.to_string()))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            self.client = Some(client);
+        }
+        self.client
+            .as_ref()
+            .ok_or_else(|| PgError::Query("no connection".into()))
+    }
+
+    /// Runs SQL (no result) within the timeout.
+    pub async fn execute(&mut self, sql: &str, timeout: Duration) -> Result<(), PgError> {
+        let client = self.client(timeout).await?;
+        match tokio::time::timeout(timeout, client.batch_execute(sql)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(PgError::Query(e.to_string())),
+            Err(_) => {
+                self.client = None;
+                Err(PgError::Query(format!("timed out after {timeout:?}")))
+            }
+        }
+    }
+
+    /// How the instance is, this cycle.
+    pub async fn probe(&mut self, timeout: Duration) -> LocalPostgres {
+        match self.query_state(timeout).await {
+            Ok(l) => l,
+            Err(e) => {
+                log::debug!("probe: {e}");
+                self.client = None;
+                LocalPostgres {
+                    data_dir: self.controldata(timeout).await,
+                    ..Default::default()
+                }
+            }
+        }
+    }
+
+    async fn query_state(&mut self, timeout: Duration) -> Result<LocalPostgres, PgError> {
+        let client = self.client(timeout).await?;
+        let row = tokio::time::timeout(timeout, client.query_one(probe::PROBE_SQL, &[]))
+            .await
+            .map_err(|_| PgError::Query("probe timed out".into()))?
+            .map_err(|e| PgError::Query(e.to_string()))?;
+        let get = |e: tokio_postgres::Error| PgError::Query(e.to_string());
+        Ok(probe::from_row(
+            row.try_get(0).map_err(get)?,
+            row.try_get(1).map_err(get)?,
+            row.try_get(2).map_err(get)?,
+            row.try_get(3).map_err(get)?,
+            row.try_get(4).map_err(get)?,
+            row.try_get(5).map_err(get)?,
+        ))
+    }
+
+    /// The data directory as the control file describes it.
+    pub async fn controldata(&self, timeout: Duration) -> DataDir {
+        if ctl::dir_is_empty(self.data()) {
+            return DataDir::Empty;
+        }
+        if !self.data().join("global/pg_control").exists() {
+            return DataDir::Invalid(format!(
+                "{} is not empty but holds no PostgreSQL cluster",
+                self.data_str()
+            ));
+        }
+        let mut cmd = ctl::command(self.bin(), "pg_controldata");
+        cmd.arg("-D").arg(self.data());
+        match ctl::run_captured(cmd, "pg_controldata", timeout).await {
+            Ok(text) => ctl::parse_controldata(&text),
+            Err(e) => DataDir::Invalid(e.to_string()),
+        }
+    }
+
+    /// Creates a new cluster in an empty data directory, checksums on.
+    pub async fn initdb(&self, timeout: Duration) -> Result<(), PgError> {
+        if !ctl::dir_is_empty(self.data()) {
+            return Err(PgError::NotEmpty(self.data().into()));
+        }
+        create_dir_0700(self.data())?;
+        let mut cmd = ctl::command(self.bin(), "initdb");
+        cmd.arg("-D")
+            .arg(self.data())
+            .arg("--data-checksums")
+            .arg("-U")
+            .arg(&self.cfg.authentication.superuser.username);
+        if !self.cfg.initdb.iter().any(|a| a.starts_with("--auth")) {
+            cmd.arg("--auth-local=trust")
+                .arg("--auth-host=scram-sha-256");
+        }
+        cmd.args(&self.cfg.initdb);
+        ctl::run_captured(cmd, "initdb", timeout).await?;
+        self.write_primary_conf()
+    }
+
+    fn ensure_include_and_hba(&self) -> Result<(), PgError> {
+        let pc = self.data().join("postgresql.conf");
+        let text = std::fs::read_to_string(&pc).map_err(io(format!("reading {}", pc.display())))?;
+        if let Some(new) = conf::with_include(&text) {
+            conf::write_atomic(&pc, &new).map_err(io(format!("writing {}", pc.display())))?;
+        }
+        if !self.cfg.pg_hba.is_empty() {
+            let p = self.data().join("pg_hba.conf");
+            conf::write_atomic(&p, &conf::hba_conf(&self.cfg.pg_hba))
+                .map_err(io(format!("writing {}", p.display())))?;
+        }
+        Ok(())
+    }
+
+    fn write_managed(&self, upstream: Option<&Upstream>) -> Result<(), PgError> {
+        self.ensure_include_and_hba()?;
+        let p = self.data().join(conf::MANAGED_FILE);
+        conf::write_atomic(&p, &conf::managed_conf(&self.cfg, &self.member, upstream))
+            .map_err(io(format!("writing {}", p.display())))
+    }
+
+    /// Configures a primary start: managed settings, no standby.signal.
+    pub fn write_primary_conf(&self) -> Result<(), PgError> {
+        self.write_managed(None)?;
+        let s = self.data().join("standby.signal");
+        if s.exists() {
+            std::fs::remove_file(&s).map_err(io(format!("removing {}", s.display())))?;
+        }
+        Ok(())
+    }
+
+    /// Configures a read-only start: standby.signal, streaming from
+    /// `upstream` when given.
+    pub fn write_standby(&self, upstream: Option<&Upstream>) -> Result<(), PgError> {
+        self.write_managed(upstream)?;
+        let s = self.data().join("standby.signal");
+        std::fs::write(&s, b"").map_err(io(format!("writing {}", s.display())))
+    }
+
+    async fn postmaster_running(&self, timeout: Duration) -> bool {
+        let mut cmd = ctl::command(self.bin(), "pg_ctl");
+        cmd.arg("status").arg("-D").arg(self.data());
+        ctl::run_captured(cmd, "pg_ctl status", timeout)
+            .await
+            .is_ok()
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub async fn start(&mut self, timeout: Duration) -> Result<(), PgError> {
+        self.client = None;
+        let data = self.data_str();
+        let log = self.log();
+        if self.postmaster_running(timeout).await {
+            // Already up (still starting?): wait for it rather than fail.
+            let end = tokio::time::Instant::now() + timeout;
+            while tokio::time::Instant::now() < end {
+                if self.query_state(Duration::from_millis(500)).await.is_ok() {
+                    return Ok(());
+                }
+                self.client = None;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            return Err(PgError::Timeout {
+                program: "pg_ctl start",
+                after: timeout,
+            });
+        }
+        let t = secs(timeout);
+        ctl::run_pg_ctl(
+            self.bin(),
+            &["start", "-w", "-s", "-t", &t, "-D", &data],
+            &log,
+            timeout + Duration::from_secs(1),
+        )
+        .await
+        .map_err(|e| match e {
+            PgError::Failed { program, code, .. } => PgError::Failed {
+                program,
+                code,
+                output: ctl::tail(&std::fs::read_to_string(&log).unwrap_or_default()),
+            },
+            e => e,
+        })
+    }
+
+    /// Stops the server: fast, then immediate.
+    pub async fn stop(
+        &mut self,
+        fast: Duration,
+        immediate: Duration,
+    ) -> Result<StopOutcome, PgError> {
+        self.client = None;
+        if !self.postmaster_running(immediate).await {
+            return Ok(StopOutcome::AlreadyStopped);
+        }
+        let data = self.data_str();
+        let log = self.log();
+        let t = secs(fast);
+        match ctl::run_pg_ctl(
+            self.bin(),
+            &["stop", "-m", "fast", "-w", "-s", "-t", &t, "-D", &data],
+            &log,
+            fast,
+        )
+        .await
+        {
+            Ok(()) => return Ok(StopOutcome::Fast),
+            Err(e) => log::warn!("fast shutdown did not finish ({e}): escalating to immediate"),
+        }
+        let t = secs(immediate);
+        ctl::run_pg_ctl(
+            self.bin(),
+            &["stop", "-m", "immediate", "-w", "-s", "-t", &t, "-D", &data],
+            &log,
+            immediate,
+        )
+        .await?;
+        Ok(StopOutcome::Immediate)
+    }
+
+    /// Promotes a replica and waits until it accepts writes.
+    pub async fn promote(&mut self, timeout: Duration) -> Result<(), PgError> {
+        let data = self.data_str();
+        let t = secs(timeout);
+        ctl::run_pg_ctl(
+            self.bin(),
+            &["promote", "-w", "-s", "-t", &t, "-D", &data],
+            &self.log(),
+            timeout,
+        )
+        .await
+    }
+
+    /// Re-reads the configuration files (primary_conninfo is reloadable).
+    pub async fn reload(&mut self, timeout: Duration) -> Result<(), PgError> {
+        let data = self.data_str();
+        ctl::run_pg_ctl(
+            self.bin(),
+            &["reload", "-s", "-D", &data],
+            &self.log(),
+            timeout,
+        )
+        .await
+    }
+
+    /// Clones the upstream into the empty data directory.
+    pub async fn basebackup(&mut self, from: &Upstream, timeout: Duration) -> Result<(), PgError> {
+        if !ctl::dir_is_empty(self.data()) {
+            return Err(PgError::NotEmpty(self.data().into()));
+        }
+        create_dir_0700(self.data())?;
+        let mut cmd = ctl::command(self.bin(), "pg_basebackup");
+        cmd.arg("-D")
+            .arg(self.data())
+            .args(["-X", "stream", "-c", "fast", "--no-password", "-d"])
+            .arg(from.conninfo(None));
+        if let Err(e) = ctl::run_captured(cmd, "pg_basebackup", timeout).await {
+            // The directory was empty before: leave it empty again.
+            if let Ok(entries) = std::fs::read_dir(self.data()) {
+                for e in entries.flatten() {
+                    let p = e.path();
+                    let _ = if p.is_dir() {
+                        std::fs::remove_dir_all(&p)
+                    } else {
+                        std::fs::remove_file(&p)
+                    };
+                }
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Rewinds a former primary onto the upstream's history. A cluster that
+    /// crashed is first brought to a clean shutdown by single-user crash
+    /// recovery (it accepts no connections, so it cannot take writes).
+    pub async fn rewind(&mut self, from: &Upstream, timeout: Duration) -> Result<(), PgError> {
+        self.client = None;
+        if let DataDir::Initialized { crashed: true, .. } = self.controldata(timeout).await {
+            log::info!("running crash recovery in single-user mode before pg_rewind");
+            let s = self.data().join("standby.signal");
+            let _ = std::fs::remove_file(&s);
+            let mut cmd = ctl::command(self.bin(), "postgres");
+            cmd.arg("--single")
+                .arg("-D")
+                .arg(self.data())
+                .arg("-c")
+                .arg("listen_addresses=")
+                .arg("postgres");
+            ctl::run_captured(cmd, "postgres --single", timeout).await?;
+        }
+        let mut source = from.clone();
+        source.user = self.cfg.authentication.superuser.username.clone();
+        source.password = self.cfg.authentication.superuser.password.clone();
+        let mut cmd = ctl::command(self.bin(), "pg_rewind");
+        cmd.arg("--target-pgdata").arg(self.data()).arg(format!(
+            "--source-server={}",
+            source.conninfo(Some("postgres"))
+        ));
+        let out = ctl::run_captured(cmd, "pg_rewind", timeout).await?;
+        log::info!("pg_rewind: {}", ctl::tail(&out).replace('\n', "; "));
+        Ok(())
+    }
+
+    /// Creates the replication role after bootstrap (unless it is the superuser).
+    pub async fn create_replication_user(&mut self, timeout: Duration) -> Result<(), PgError> {
+        let r = self.cfg.authentication.replication.clone();
+        if r.username == self.cfg.authentication.superuser.username {
+            return Ok(());
+        }
+        let pw = r
+            .password
+            .as_deref()
+            .map(|p| format!(" PASSWORD {}", quote_literal(p)))
+            .unwrap_or_default();
+        let sql = format!(
+            "DO $$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {lit}) THEN CREATE ROLE {id} WITH REPLICATION LOGIN{pw}; END IF; END$$",
+            lit = quote_literal(&r.username),
+            id = quote_ident(&r.username),
+        );
+        self.execute(&sql, timeout).await
+    }
+
+    /// Keeps one physical slot per other member; drops inactive unknown ones.
+    pub async fn sync_slots(
+        &mut self,
+        wanted: &[String],
+        timeout: Duration,
+    ) -> Result<(), PgError> {
+        let client = self.client(timeout).await?;
+        let rows = tokio::time::timeout(
+            timeout,
+            client.query("SELECT slot_name::text, active FROM pg_replication_slots WHERE slot_type = 'physical'", &[]),
+        )
+        .await
+        .map_err(|_| PgError::Query("slot query timed out".into()))?
+        .map_err(|e| PgError::Query(e.to_string()))?;
+        let existing: Vec<(String, bool)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let mut sql = String::new();
+        for w in wanted {
+            if !existing.iter().any(|(n, _)| n == w) {
+                sql.push_str(&format!(
+                    "SELECT pg_create_physical_replication_slot({}, true);",
+                    quote_literal(w)
+                ));
+            }
+        }
+        for (n, active) in &existing {
+            if !active && !wanted.contains(n) {
+                sql.push_str(&format!(
+                    "SELECT pg_drop_replication_slot({});",
+                    quote_literal(n)
+                ));
+            }
+        }
+        if sql.is_empty() {
+            return Ok(());
+        }
+        self.execute(&sql, timeout).await
+    }
+}
+
+fn create_dir_0700(p: &Path) -> Result<(), PgError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !p.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(p)
+            .map_err(io(format!("creating {}", p.display())))?;
+    }
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))
+        .map_err(io(format!("chmod {}", p.display())))
+}

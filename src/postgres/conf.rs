@@ -1,0 +1,277 @@
+//! The settings leasedog manages, as text: `leasedog.conf` (included from
+//! postgresql.conf), `pg_hba.conf`, and connection strings. Pure functions;
+//! writing the files is `write_atomic`.
+
+use crate::cluster::slot_name;
+use crate::config::PostgresqlConfig;
+use std::path::Path;
+
+/// The include line appended to postgresql.conf.
+pub const INCLUDE_LINE: &str = "include_if_exists = 'leasedog.conf'";
+/// The managed file's name inside the data directory.
+pub const MANAGED_FILE: &str = "leasedog.conf";
+
+/// Quotes a value for postgresql.conf.
+pub fn quote(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// Quotes a value for a libpq connection string.
+pub fn conninfo_quote(v: &str) -> String {
+    if !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/:".contains(c))
+    {
+        v.to_string()
+    } else {
+        format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+    }
+}
+
+/// `host:port` split, the host part possibly a comma list.
+pub fn split_listen(listen: &str) -> (String, u16) {
+    match listen.rsplit_once(':') {
+        Some((h, p)) => (h.to_string(), p.parse().unwrap_or(5432)),
+        None => (listen.to_string(), 5432),
+    }
+}
+
+/// A server to stream from, clone from or rewind from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub application_name: String,
+}
+
+impl Upstream {
+    /// From a member's `postgres://host:port/db` URL and our credentials.
+    pub fn from_conn_url(
+        conn_url: &str,
+        creds: &crate::config::Credentials,
+        application_name: &str,
+    ) -> Option<Upstream> {
+        let hp = crate::cluster::conn_host_port(conn_url)?;
+        let (host, port) = hp.rsplit_once(':')?;
+        Some(Upstream {
+            host: host.to_string(),
+            port: port.parse().ok()?,
+            user: creds.username.clone(),
+            password: creds.password.clone(),
+            application_name: application_name.to_string(),
+        })
+    }
+
+    /// A libpq connection string for replication or pg_rewind.
+    pub fn conninfo(&self, dbname: Option<&str>) -> String {
+        let mut s = format!(
+            "host={} port={} user={} application_name={} connect_timeout=2 keepalives=1 keepalives_idle=2 keepalives_interval=1 keepalives_count=3",
+            conninfo_quote(&self.host),
+            self.port,
+            conninfo_quote(&self.user),
+            conninfo_quote(&self.application_name)
+        );
+        if let Some(p) = &self.password {
+            s.push_str(&format!(" password={}", conninfo_quote(p)));
+        }
+        if let Some(db) = dbname {
+            s.push_str(&format!(" dbname={}", conninfo_quote(db)));
+        }
+        s
+    }
+}
+
+fn yaml_scalar(v: &serde_yaml::Value) -> String {
+    match v {
+        serde_yaml::Value::String(s) => s.clone(),
+        serde_yaml::Value::Bool(b) => if *b { "on" } else { "off" }.to_string(),
+        serde_yaml::Value::Number(n) => n.to_string(),
+        other => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    }
+}
+
+/// The text of `leasedog.conf`. `upstream` is set for a replica that streams.
+pub fn managed_conf(cfg: &PostgresqlConfig, member: &str, upstream: Option<&Upstream>) -> String {
+    let (hosts, port) = split_listen(&cfg.listen);
+    let hosts = if hosts == "0.0.0.0" {
+        "*".to_string()
+    } else {
+        hosts
+    };
+    let mut out = String::from(
+        "# Managed by leasedog: rewritten before every start. Edit leasedog.yml instead.\n",
+    );
+    let mut set = |k: &str, v: &str| out.push_str(&format!("{k} = {}\n", quote(v)));
+    let fixed = [
+        ("wal_level", "replica"),
+        ("hot_standby", "on"),
+        ("max_wal_senders", "10"),
+        ("max_replication_slots", "10"),
+        ("wal_keep_size", "128MB"),
+        ("wal_log_hints", "on"),
+        ("hot_standby_feedback", "on"),
+        ("wal_receiver_status_interval", "1s"),
+        ("wal_retrieve_retry_interval", "1s"),
+    ];
+    for (k, v) in fixed {
+        if !cfg.parameters.contains_key(k) {
+            set(k, v);
+        }
+    }
+    for (k, v) in &cfg.parameters {
+        if ["port", "listen_addresses", "unix_socket_directories"].contains(&k.as_str()) {
+            continue;
+        }
+        set(k, &yaml_scalar(v));
+    }
+    set("listen_addresses", &hosts);
+    set("port", &port.to_string());
+    set(
+        "unix_socket_directories",
+        &cfg.socket_dir.display().to_string(),
+    );
+    if let Some(up) = upstream {
+        set("primary_conninfo", &up.conninfo(None));
+        set("primary_slot_name", &slot_name(member));
+        set("recovery_target_timeline", "latest");
+    }
+    out
+}
+
+/// The text of pg_hba.conf from the configured lines.
+pub fn hba_conf(lines: &[String]) -> String {
+    let mut s = String::from("# Managed by leasedog (postgresql.pg_hba in leasedog.yml).\n");
+    for l in lines {
+        s.push_str(l);
+        s.push('\n');
+    }
+    s
+}
+
+/// postgresql.conf with the include line appended once.
+pub fn with_include(postgresql_conf: &str) -> Option<String> {
+    if postgresql_conf.lines().any(|l| l.trim() == INCLUDE_LINE) {
+        return None;
+    }
+    let mut s = postgresql_conf.to_string();
+    if !s.ends_with('\n') && !s.is_empty() {
+        s.push('\n');
+    }
+    s.push_str(INCLUDE_LINE);
+    s.push('\n');
+    Some(s)
+}
+
+/// Writes through a temporary file and a rename, mode 0600.
+pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("leasedog-tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Credentials;
+    use std::path::PathBuf;
+
+    fn cfg() -> PostgresqlConfig {
+        let mut c = PostgresqlConfig {
+            listen: "127.0.0.1:6543".into(),
+            socket_dir: PathBuf::from("/tmp/s"),
+            ..Default::default()
+        };
+        c.parameters.insert(
+            "max_connections".into(),
+            serde_yaml::Value::Number(42.into()),
+        );
+        c.parameters
+            .insert("port".into(), serde_yaml::Value::Number(1.into()));
+        c.parameters
+            .insert("hot_standby".into(), serde_yaml::Value::Bool(false));
+        c
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote("it's"), "'it''s'");
+        assert_eq!(conninfo_quote("plain"), "plain");
+        assert_eq!(conninfo_quote("a b'c"), "'a b\\'c'");
+    }
+
+    #[test]
+    fn managed_conf_primary_and_replica() {
+        let c = cfg();
+        let p = managed_conf(&c, "Node-1", None);
+        assert!(p.contains("port = '6543'\n"), "{p}");
+        assert!(
+            !p.contains("port = '1'"),
+            "listen wins over parameters.port: {p}"
+        );
+        assert!(p.contains("max_connections = '42'"));
+        assert!(p.contains("hot_standby = 'off'"), "user values win: {p}");
+        assert!(p.contains("listen_addresses = '127.0.0.1'"));
+        assert!(p.contains("unix_socket_directories = '/tmp/s'"));
+        assert!(!p.contains("primary_conninfo"));
+        let up = Upstream {
+            host: "10.0.0.2".into(),
+            port: 5432,
+            user: "replicator".into(),
+            password: Some("s3'cret".into()),
+            application_name: "Node-1".into(),
+        };
+        let r = managed_conf(&c, "Node-1", Some(&up));
+        assert!(r.contains("primary_slot_name = 'node_1'"), "{r}");
+        assert!(r.contains("recovery_target_timeline = 'latest'"));
+        assert!(
+            r.contains("host=10.0.0.2 port=5432 user=replicator application_name=Node-1"),
+            "{r}"
+        );
+        assert!(r.contains("password=''s3\\''cret''"), "{r}");
+    }
+
+    #[test]
+    fn upstream_from_conn_url() {
+        let creds = Credentials {
+            username: "rep".into(),
+            password: None,
+        };
+        let u =
+            Upstream::from_conn_url("postgres://127.0.0.1:5433/postgres", &creds, "n1").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.user.as_str()),
+            ("127.0.0.1", 5433, "rep")
+        );
+        assert!(u.conninfo(Some("postgres")).ends_with("dbname=postgres"));
+        assert!(Upstream::from_conn_url("garbage", &creds, "n1").is_none());
+    }
+
+    #[test]
+    fn include_line_is_added_once() {
+        let once = with_include("a = 1").unwrap();
+        assert!(once.ends_with("include_if_exists = 'leasedog.conf'\n"));
+        assert_eq!(with_include(&once), None);
+    }
+
+    #[test]
+    fn listen_split() {
+        assert_eq!(
+            split_listen("127.0.0.1,10.0.0.1:5433"),
+            ("127.0.0.1,10.0.0.1".into(), 5433)
+        );
+    }
+}

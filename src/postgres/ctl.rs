@@ -1,0 +1,235 @@
+//! Running PostgreSQL's programs: pg_ctl, initdb, pg_basebackup, pg_rewind,
+//! pg_controldata, each under the caller's timeout and killed when it runs
+//! over. pg_ctl's postmaster inherits stdio, so pg_ctl's output goes to the
+//! server log file, never to a pipe we would wait on.
+
+use super::PgError;
+use crate::cluster::{DataDir, Lsn};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::Command;
+
+/// A command for one of the server programs, with a clean environment for
+/// what matters: C locale, no NOTIFY_SOCKET (systemd would take the
+/// postmaster's messages for ours).
+pub fn command(bin_dir: &Path, program: &str) -> Command {
+    let mut c = Command::new(bin_dir.join(program));
+    c.env("LC_ALL", "C")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("PGDATA")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    c
+}
+
+/// Runs a program that exits, capturing its output.
+pub async fn run_captured(
+    mut cmd: Command,
+    what: &'static str,
+    timeout: Duration,
+) -> Result<String, PgError> {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().map_err(|e| PgError::Spawn {
+        program: what,
+        source: e,
+    })?;
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Err(_) => Err(PgError::Timeout {
+            program: what,
+            after: timeout,
+        }),
+        Ok(Err(e)) => Err(PgError::Spawn {
+            program: what,
+            source: e,
+        }),
+        Ok(Ok(out)) => {
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            if out.status.success() {
+                Ok(text)
+            } else {
+                Err(PgError::Failed {
+                    program: what,
+                    code: out.status.code(),
+                    output: tail(&format!("{text}{}", String::from_utf8_lossy(&out.stderr))),
+                })
+            }
+        }
+    }
+}
+
+/// Runs pg_ctl with its output appended to `log`.
+pub async fn run_pg_ctl(
+    bin_dir: &Path,
+    args: &[&str],
+    log: &Path,
+    timeout: Duration,
+) -> Result<(), PgError> {
+    let mut cmd = command(bin_dir, "pg_ctl");
+    cmd.args(args);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| PgError::Io {
+            what: format!("opening {}", log.display()),
+            source: e,
+        })?;
+    let err = file.try_clone().map_err(|e| PgError::Io {
+        what: "log file".into(),
+        source: e,
+    })?;
+    cmd.stdout(file).stderr(err);
+    let mut child = cmd.spawn().map_err(|e| PgError::Spawn {
+        program: "pg_ctl",
+        source: e,
+    })?;
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Err(_) => Err(PgError::Timeout {
+            program: "pg_ctl",
+            after: timeout,
+        }),
+        Ok(Err(e)) => Err(PgError::Spawn {
+            program: "pg_ctl",
+            source: e,
+        }),
+        Ok(Ok(st)) if st.success() => Ok(()),
+        Ok(Ok(st)) => {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            Err(PgError::Failed {
+                program: "pg_ctl",
+                code: st.code(),
+                output: tail(&text),
+            })
+        }
+    }
+}
+
+/// The last few lines of a program's output, for an error message.
+pub fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(6)..].join("\n")
+}
+
+/// The server log beside the data directory (`<data_dir>.log`), so a base
+/// backup never copies it.
+pub fn log_path(data_dir: &Path) -> PathBuf {
+    let mut s = data_dir.as_os_str().to_owned();
+    s.push(".log");
+    PathBuf::from(s)
+}
+
+/// Parses `pg_controldata` output (C locale).
+pub fn parse_controldata(text: &str) -> DataDir {
+    let field = |name: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|r| r.strip_prefix(':'))
+                .map(|v| v.trim().to_string())
+        })
+    };
+    let Some(system_id) = field("Database system identifier") else {
+        return DataDir::Invalid("pg_controldata shows no system identifier".into());
+    };
+    let state = field("Database cluster state").unwrap_or_default();
+    let (was_primary, crashed) = match state.as_str() {
+        "in production" => (true, true),
+        "shut down" => (true, false),
+        "in crash recovery" | "shutting down" => (true, true),
+        "shut down in recovery" => (false, false),
+        "in archive recovery" => (false, true),
+        other => return DataDir::Invalid(format!("unexpected cluster state {other:?}")),
+    };
+    let timeline = field("Latest checkpoint's TimeLineID")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let checkpoint = field("Latest checkpoint location")
+        .and_then(|l| Lsn::parse(&l))
+        .unwrap_or_default();
+    DataDir::Initialized {
+        system_id,
+        was_primary,
+        crashed,
+        timeline,
+        checkpoint,
+    }
+}
+
+/// True when the directory is missing or empty.
+pub fn dir_is_empty(p: &Path) -> bool {
+    match std::fs::read_dir(p) {
+        Ok(mut it) => it.next().is_none(),
+        Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "pg_control version number:            1300
+Catalog version number:               202209061
+Database system identifier:           7312345678901234567
+Database cluster state:               in production
+pg_control last modified:             Mon Nov 23 03:00:00 2026
+Latest checkpoint location:           0/3000060
+Latest checkpoint's REDO location:    0/3000028
+Latest checkpoint's TimeLineID:       2
+";
+
+    #[test]
+    fn controldata_primary_replica_and_garbage() {
+        match parse_controldata(SAMPLE) {
+            DataDir::Initialized {
+                system_id,
+                was_primary,
+                crashed,
+                timeline,
+                checkpoint,
+            } => {
+                assert_eq!(system_id, "7312345678901234567");
+                assert!(was_primary && crashed);
+                assert_eq!(timeline, 2);
+                assert_eq!(checkpoint, Lsn(0x3000060));
+            }
+            other => panic!("{other:?}"),
+        }
+        let replica = SAMPLE.replace("in production", "shut down in recovery");
+        assert!(matches!(
+            parse_controldata(&replica),
+            DataDir::Initialized {
+                was_primary: false,
+                crashed: false,
+                ..
+            }
+        ));
+        let clean = SAMPLE.replace("in production", "shut down");
+        assert!(matches!(
+            parse_controldata(&clean),
+            DataDir::Initialized {
+                was_primary: true,
+                crashed: false,
+                ..
+            }
+        ));
+        assert!(matches!(parse_controldata("nonsense"), DataDir::Invalid(_)));
+        assert!(matches!(
+            parse_controldata(&SAMPLE.replace("in production", "weird")),
+            DataDir::Invalid(_)
+        ));
+    }
+
+    #[test]
+    fn log_beside_data_dir() {
+        assert_eq!(
+            log_path(Path::new("/var/lib/pg/data")),
+            PathBuf::from("/var/lib/pg/data.log")
+        );
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        let s: String = (0..10).map(|i| format!("l{i}\n")).collect();
+        assert_eq!(tail(&s), "l4\nl5\nl6\nl7\nl8\nl9");
+    }
+}
