@@ -152,7 +152,8 @@ impl Agent {
         };
         let t = self.io_timeout();
         let local = self.pg.probe(t).await;
-        self.observe(view.as_ref());
+        let now = self.now();
+        self.node.observe(&self.ha, view.as_ref(), &local, now);
 
         let now = self.now();
         let decision = ha::decide(Input {
@@ -178,12 +179,6 @@ impl Agent {
             next = next.min(now.plus(self.ha.loop_wait_ms.min(1000)));
         }
         next
-    }
-
-    /// Folds facts from the read into the node state.
-    fn observe(&mut self, view: Option<&ClusterView>) {
-        let now = self.now();
-        self.node.observe(&self.ha, view, now);
     }
 
     /// Runs the actions in order; false when one failed.

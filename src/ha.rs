@@ -78,6 +78,9 @@ pub struct NodeState {
     pub watchdog_arm_failed: bool,
     /// The cluster was paused at the last successful read.
     pub paused: bool,
+    /// Since when this replica has not streamed while the leader is on a
+    /// later timeline (it may have diverged and need a rewind).
+    pub stalled_since: Option<Millis>,
 }
 
 impl NodeState {
@@ -109,8 +112,29 @@ impl NodeState {
 impl NodeState {
     /// After this cycle's etcd read: the leader key is ours only if it holds
     /// our name *and* our lease; a lease past its local deadline is gone.
-    pub fn observe(&mut self, cfg: &HaConfig, view: Option<&ClusterView>, now: Millis) {
+    pub fn observe(
+        &mut self,
+        cfg: &HaConfig,
+        view: Option<&ClusterView>,
+        local: &LocalPostgres,
+        now: Millis,
+    ) {
         if let Some(v) = view {
+            let leader_tl = v
+                .leader
+                .as_ref()
+                .filter(|l| l.name != cfg.name)
+                .and_then(|l| v.member(&l.name))
+                .and_then(|m| m.info.timeline);
+            let stalled = local.running
+                && local.in_recovery
+                && !local.streaming
+                && leader_tl.is_some_and(|tl| local.timeline.is_some_and(|mine| mine < tl));
+            self.stalled_since = if stalled {
+                self.stalled_since.or(Some(now))
+            } else {
+                None
+            };
             self.paused = v.paused();
             let ours = v
                 .leader
@@ -185,6 +209,12 @@ pub fn io_timeout_ms(cfg: &HaConfig, node: &NodeState, now: Millis) -> u64 {
         t = t.min(stop.since(now).max(100));
     }
     t
+}
+
+/// How long a replica may fail to follow a leader on a later timeline before
+/// it is stopped and rewound.
+pub fn stall_limit_ms(cfg: &HaConfig) -> u64 {
+    (3 * cfg.loop_wait_ms).max(5000)
 }
 
 /// A member to stream from, clone from or rewind from.
@@ -613,6 +643,22 @@ fn decide_follower(mut p: Plan<'_>, view: &ClusterView, leader: String) -> Decis
             p.done(format!("starting as a replica of {leader}"))
         }
         _ if local.running => {
+            if p.i
+                .node
+                .stalled_since
+                .is_some_and(|t| p.i.now.since(t) >= stall_limit_ms(p.i.cfg))
+            {
+                p.push(Action::StopPostgres);
+                p.push(Action::Rewind {
+                    upstream: upstream.clone(),
+                });
+                p.push(Action::StartReplica {
+                    upstream: Some(upstream),
+                });
+                return p.done(format!(
+                    "not streaming from {leader}, which is on a later timeline: rewinding"
+                ));
+            }
             let target = conn_host_port(&upstream.conn_url);
             if target.is_some() && local.following != target {
                 p.push(Action::Follow { upstream });
@@ -1227,6 +1273,34 @@ mod tests {
         );
         let d = run(&c, 11_000, Some(&v), &replica(900, &a_addr), &n);
         assert_eq!(d.actions, vec![KeepAlive]);
+
+        // A replica stuck on an old timeline is rewound after the stall limit.
+        let mut stuck = replica(900, &a_addr);
+        stuck.streaming = false;
+        let mut n2 = n.clone();
+        n2.observe(&c, Some(&v), &stuck, Millis(11_000));
+        assert_eq!(n2.stalled_since, Some(Millis(11_000)));
+        assert_eq!(
+            run(&c, 12_000, Some(&v), &stuck, &n2).actions,
+            vec![KeepAlive]
+        );
+        let d = run(&c, 11_000 + stall_limit_ms(&c), Some(&v), &stuck, &n2);
+        assert_eq!(
+            d.actions,
+            vec![
+                KeepAlive,
+                StopPostgres,
+                Rewind {
+                    upstream: up.clone()
+                },
+                StartReplica {
+                    upstream: Some(up.clone())
+                }
+            ]
+        );
+        // Streaming again clears it.
+        n2.observe(&c, Some(&v), &replica(900, &a_addr), Millis(12_000));
+        assert_eq!(n2.stalled_since, None);
 
         // A leader that is not running yet: no clone, no rewind.
         let mut a_down = a.clone();

@@ -520,10 +520,33 @@ pub fn check(
     }
 }
 
-/// Locks the agent's memory (mlockall) so paging cannot stall the loop.
+/// Locks the agent's memory so paging cannot stall the loop: pages are
+/// locked as they are touched (MCL_ONFAULT), so the resident size stays what
+/// is used. Skipped, with the reason, when RLIMIT_MEMLOCK is too small to
+/// allow it (locking under a small limit would make later allocations fail):
+/// the systemd unit sets LimitMEMLOCK=infinity.
 pub fn lock_memory() -> Result<(), String> {
-    use nix::sys::mman::{MlockAllFlags, mlockall};
-    mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE).map_err(|e| e.to_string())
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: lim is a valid rlimit for the kernel to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+        return Err("getrlimit(RLIMIT_MEMLOCK) failed".into());
+    }
+    if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < 256 << 20 {
+        return Err(format!(
+            "RLIMIT_MEMLOCK is {} KiB; set LimitMEMLOCK=infinity (systemd) to lock memory",
+            lim.rlim_cur / 1024
+        ));
+    }
+    // SAFETY: mlockall has no memory-safety preconditions.
+    let r = unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().to_string())
+    }
 }
 
 #[cfg(test)]

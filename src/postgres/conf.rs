@@ -241,7 +241,8 @@ mod tests {
             r.contains("host=10.0.0.2 port=5432 user=replicator application_name=Node-1"),
             "{r}"
         );
-        assert!(r.contains("password=''s3\\''cret''"), "{r}");
+        // libpq's \' inside the conninfo, its backslash doubled for postgresql.conf
+        assert!(r.contains("password=''s3\\\\''cret''"), "{r}");
     }
 
     #[test]

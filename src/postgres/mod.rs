@@ -442,6 +442,10 @@ impl Postgres {
         let mut source = from.clone();
         source.user = self.cfg.authentication.superuser.username.clone();
         source.password = self.cfg.authentication.superuser.password.clone();
+        // A just-promoted source may not have checkpointed its new timeline
+        // into its control file yet; pg_rewind would then see one timeline
+        // and rewind nothing. Ask it for a checkpoint first.
+        checkpoint_upstream(&source, timeout).await?;
         let mut cmd = ctl::command(self.bin(), "pg_rewind");
         cmd.arg("--target-pgdata").arg(self.data()).arg(format!(
             "--source-server={}",
@@ -507,6 +511,40 @@ impl Postgres {
             return Ok(());
         }
         self.execute(&sql, timeout).await
+    }
+}
+
+/// Runs CHECKPOINT on a remote server (as superuser, over TCP).
+async fn checkpoint_upstream(up: &Upstream, timeout: Duration) -> Result<(), PgError> {
+    let mut c = tokio_postgres::Config::new();
+    c.host(&up.host)
+        .port(up.port)
+        .user(&up.user)
+        .dbname("postgres")
+        .application_name("leasedog")
+        .connect_timeout(timeout);
+    if let Some(p) = &up.password {
+        c.password(p);
+    }
+    let work = async {
+        let (client, conn) = c.connect(tokio_postgres::NoTls).await?;
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let r = client.batch_execute("CHECKPOINT").await;
+        task.abort();
+        r
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(PgError::Query(format!(
+            "CHECKPOINT on {}:{}: {e}",
+            up.host, up.port
+        ))),
+        Err(_) => Err(PgError::Query(format!(
+            "CHECKPOINT on {}:{} timed out",
+            up.host, up.port
+        ))),
     }
 }
 

@@ -387,6 +387,13 @@ log:
     pub fn wait_healthy(&self, timeout: Duration) -> usize {
         wait_for("one primary and streaming replicas", timeout, || {
             let p = self.sole_primary()?;
+            // Every other running node is a replica (a base backup's WAL
+            // stream also shows as 'streaming' in pg_stat_replication).
+            for (i, n) in self.nodes.iter().enumerate() {
+                if i != p && n.agent.is_some() && n.is_primary() != Some(false) {
+                    return None;
+                }
+            }
             let streaming: usize = self.nodes[p]
                 .sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")
                 .ok()?
@@ -406,6 +413,12 @@ log:
     pub fn dump_logs(&self) {
         for n in &self.nodes {
             eprintln!("===== {} agent log =====\n{}", n.name, n.agent_log_text());
+            let pg_log = std::fs::read_to_string(n.dir.join("data.log")).unwrap_or_default();
+            let tail: Vec<&str> = pg_log.lines().rev().take(15).collect();
+            eprintln!("===== {} postgres log (tail) =====", n.name);
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
         }
     }
 }
