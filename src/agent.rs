@@ -36,8 +36,8 @@ pub struct Agent {
     last_summary: String,
     last_view: Option<ClusterView>,
     last_local: LocalPostgres,
-    /// Rate limit for repeated warnings (message, instant).
-    last_warning: Option<(String, Millis)>,
+    /// When each recent warning was last logged, to rate-limit repeats.
+    warned: std::collections::HashMap<String, Millis>,
 }
 
 /// Why the loop ended.
@@ -69,7 +69,7 @@ impl Agent {
             last_summary: String::new(),
             last_view: None,
             last_local: LocalPostgres::default(),
-            last_warning: None,
+            warned: std::collections::HashMap::new(),
         }
     }
 
@@ -84,15 +84,19 @@ impl Agent {
     /// Logs a warning, but the same text at most once per 30 s.
     fn warn_limited(&mut self, msg: String) {
         let now = self.now();
-        if let Some((last, at)) = &self.last_warning
-            && *last == msg
-            && now.since(*at) < 30_000
+        if self
+            .warned
+            .get(&msg)
+            .is_some_and(|at| now.since(*at) < 30_000)
         {
             debug!("{msg}");
             return;
         }
+        if self.warned.len() > 64 {
+            self.warned.retain(|_, at| now.since(*at) < 30_000);
+        }
         warn!("{msg}");
-        self.last_warning = Some((msg, now));
+        self.warned.insert(msg, now);
     }
 
     /// Runs until SIGTERM/SIGINT.

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Benchmark: runs the 3-node loopback cluster and prints, for the timings
+# given, hard-failover time (SIGKILL of agent + postmaster -> new primary
+# writable), graceful-handover time (SIGTERM -> new primary writable), and
+# for one agent over an idle period: RSS, threads, CPU seconds, and the etcd
+# requests per minute of the whole cluster.
+#
+#   bash scripts/bench.sh                       # ttl 8 / loop_wait 1 / retry 2 / margin 2
+#   TTL=30 LOOP_WAIT=10 RETRY_TIMEOUT=10 SAFETY_MARGIN=5 bash scripts/bench.sh
+#   IDLE_SECS=60 bash scripts/bench.sh          # idle window (default 60)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" -eq 0 ] || { echo "bench: run as root"; exit 2; }
+bash scripts/setup.sh >/dev/null
+cargo build --release --quiet
+TTL=${TTL:-8} LOOP_WAIT=${LOOP_WAIT:-1} RETRY_TIMEOUT=${RETRY_TIMEOUT:-2} SAFETY_MARGIN=${SAFETY_MARGIN:-2}
+IDLE_SECS=${IDLE_SECS:-60}
+source scripts/cluster-lib.sh
+
+cluster_up
+echo "settings: ttl $TTL, loop_wait $LOOP_WAIT, retry_timeout $RETRY_TIMEOUT, safety_margin $SAFETY_MARGIN"
+
+# Idle footprint of one replica's agent and the cluster's etcd traffic.
+p=$(primary); r=$(( p % 3 + 1 ))
+pid=${agent[$r]}
+etcd_requests() { curl -s "http://127.0.0.1:$etcd_port/metrics" | awk '/^grpc_server_started_total/ {s+=$2} END {print s+0}'; }
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+tick=$(getconf CLK_TCK)
+c0=$(cpu_ticks "$pid"); e0=$(etcd_requests)
+sleep "$IDLE_SECS"
+c1=$(cpu_ticks "$pid"); e1=$(etcd_requests)
+rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+threads=$(awk '/Threads/ {print $2}' "/proc/$pid/status")
+lp=${agent[$p]}
+rss_leader=$(awk '/VmRSS/ {print $2}' "/proc/$lp/status")
+echo "agent RSS: replica $(python3 -c "print(f'{$rss/1024:.1f}')") MiB, leader $(python3 -c "print(f'{$rss_leader/1024:.1f}')") MiB; threads: $threads"
+echo "agent CPU over ${IDLE_SECS}s idle: $(python3 -c "print(f'{($c1-$c0)/$tick:.2f}')") s"
+echo "etcd requests per minute (3 agents): $(python3 -c "print(round(($e1-$e0)*60/$IDLE_SECS))")"
+
+# Hard failover.
+t0=$(now)
+kill -KILL "${agent[$p]}" "$(postmaster_of "$p")"
+new=$(wait_new_primary "$p")
+t1=$(now)
+echo "hard failover: node$new writable $(elapsed "$t0" "$t1") s after SIGKILL of node$p (ttl $TTL)"
+start_agent "$p"
+wait_healthy
+
+# Graceful handover.
+p=$(primary)
+t0=$(now)
+kill -TERM "${agent[$p]}"
+new=$(wait_new_primary "$p")
+t1=$(now)
+echo "graceful handover: node$new writable $(elapsed "$t0" "$t1") s after SIGTERM of node$p's agent"

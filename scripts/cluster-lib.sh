@@ -1,0 +1,125 @@
+# A 3-node leasedog cluster on loopback for the demo and the benchmark:
+# etcd + 3 PostgreSQL 15 + 3 agents run as the postgres user. Source it after
+# setting TTL LOOP_WAIT RETRY_TIMEOUT SAFETY_MARGIN; call cluster_up, and the
+# EXIT trap stops everything by PID.
+BIN_DIR=/usr/lib/postgresql/15/bin
+work=$(mktemp -d /tmp/leasedog-cluster.XXXXXX)
+chmod 755 "$work"
+cp target/release/leasedog "$work/leasedog"
+pids=()
+
+cluster_down() {
+  set +e
+  for pid in "${pids[@]}"; do kill -CONT "$pid" 2>/dev/null; kill -TERM "$pid" 2>/dev/null; done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null
+  done
+  for d in "$work"/node*/data; do
+    [ -f "$d/postmaster.pid" ] && kill -QUIT "$(head -1 "$d/postmaster.pid")" 2>/dev/null
+  done
+  [ -n "${KEEP:-}" ] || rm -rf "$work"
+}
+trap cluster_down EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+now() { date +%s.%N; }
+elapsed() { python3 -c "print(f'{$2-$1:.2f}')"; }
+
+start_etcd() {
+  etcd_port=$(free_port); local peer_port; peer_port=$(free_port)
+  etcd --name demo --data-dir "$work/etcd" \
+    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+    --initial-cluster "demo=http://127.0.0.1:$peer_port" >"$work/etcd.log" 2>&1 &
+  etcd_pid=$!
+  pids+=("$etcd_pid")
+}
+
+write_configs() {
+  for i in 1 2 3; do
+    local d="$work/node$i" port api
+    mkdir -p "$d/sock"
+    port=$(free_port); api=$(free_port)
+    echo "$port" >"$d/port"
+    cat >"$d/leasedog.yml" <<YAML
+scope: demo
+name: node$i
+etcd3:
+  hosts: ["127.0.0.1:$etcd_port"]
+ttl: $TTL
+loop_wait: $LOOP_WAIT
+retry_timeout: $RETRY_TIMEOUT
+watchdog:
+  mode: automatic
+  driver: testing        # a real node uses the default: /dev/watchdog
+  device: $d/watchdog.log
+  safety_margin: $SAFETY_MARGIN
+postgresql:
+  data_dir: $d/data
+  bin_dir: $BIN_DIR
+  listen: 127.0.0.1:$port
+  connect_address: 127.0.0.1:$port
+  socket_dir: $d/sock
+  pg_hba:
+    - local all all trust
+    - host all all 127.0.0.1/32 trust
+    - host replication all 127.0.0.1/32 trust
+  parameters:
+    shared_buffers: 16MB
+restapi:
+  listen: 127.0.0.1:$api
+  connect_address: 127.0.0.1:$api
+control:
+  socket: $d/leasedog.sock
+YAML
+  done
+  chown -R postgres:postgres "$work"
+}
+
+declare -A agent
+start_agent() {
+  # setpriv execs the agent, so $! is the agent's own PID.
+  setpriv --reuid postgres --regid postgres --init-groups \
+    "$work/leasedog" -c "$work/node$1/leasedog.yml" run >>"$work/node$1/agent.log" 2>&1 &
+  agent[$1]=$!
+  pids+=("$!")
+}
+ld() { "$work/leasedog" -c "$work/node1/leasedog.yml" "$@"; }
+psql_on() { "$BIN_DIR/psql" -X -At -U postgres -d postgres -h "$work/node$1/sock" -p "$(cat "$work/node$1/port")" -c "$2" 2>/dev/null; }
+primary() { for i in 1 2 3; do [ "$(psql_on "$i" 'select pg_is_in_recovery()')" = f ] && { echo "$i"; return 0; }; done; return 1; }
+streaming() { psql_on "$1" "select count(*) from pg_stat_replication where state='streaming' and application_name like 'node%'"; }
+postmaster_of() { head -1 "$work/node$1/data/postmaster.pid"; }
+
+wait_healthy() {
+  local deadline=$((SECONDS + 120)) p
+  while [ $SECONDS -lt $deadline ]; do
+    if p=$(primary) && [ "$(streaming "$p")" = 2 ]; then
+      local ok=1
+      for i in 1 2 3; do [ "$i" = "$p" ] || [ "$(psql_on "$i" 'select pg_is_in_recovery()')" = t ] || ok=0; done
+      [ $ok = 1 ] && return 0
+    fi
+    sleep 0.2
+  done
+  echo "the cluster did not become healthy; logs in $work/node*/agent.log"; KEEP=1; exit 1
+}
+
+# Waits until a node other than $1 accepts a write; prints its number.
+wait_new_primary() {
+  local old=$1 deadline=$((SECONDS + 120))
+  while [ $SECONDS -lt $deadline ]; do
+    for i in 1 2 3; do
+      [ "$i" = "$old" ] && continue
+      if psql_on "$i" "create table if not exists probe_writes (x int); insert into probe_writes values (1)" >/dev/null; then echo "$i"; return 0; fi
+    done
+    sleep 0.02
+  done
+  return 1
+}
+
+cluster_up() {
+  start_etcd
+  write_configs
+  for i in 1 2 3; do start_agent "$i"; done
+  wait_healthy
+}
