@@ -7,11 +7,14 @@
 //! Lease renewal and watchdog feeding happen *only* here, inside a cycle: if
 //! this loop stalls, renewal and feeding stop, and the hardware fences.
 
+use crate::cluster::FailoverRequest;
 use crate::cluster::{ClusterView, LocalPostgres, MemberInfo, Millis, Role, Tags};
 use crate::config::{Config, WatchdogMode};
+use crate::control::Command;
 use crate::dcs::{self, Dcs};
 use crate::ha::{self, Action, Decision, HaConfig, Input, NodeState};
 use crate::postgres::{self, Postgres};
+use crate::snapshot::{self, Shared, Snapshot};
 use crate::watchdog::{self, Watchdog};
 use log::{debug, error, info, warn};
 use std::sync::Arc;
@@ -36,6 +39,10 @@ pub struct Agent {
     last_summary: String,
     last_view: Option<ClusterView>,
     last_local: LocalPostgres,
+    /// The last cycle, for the HTTP API and the control socket.
+    shared: Shared,
+    /// When the watchdog was last armed or fed.
+    last_feed: Option<Instant>,
     /// When each recent warning was last logged, to rate-limit repeats.
     warned: std::collections::HashMap<String, Millis>,
 }
@@ -57,6 +64,7 @@ impl Agent {
             cfg.ttl,
         );
         let pg = Postgres::new(cfg.postgresql.clone(), cfg.name.clone());
+        let shared = Arc::new(std::sync::Mutex::new(Snapshot::new(&cfg.scope, &cfg.name)));
         Agent {
             cfg,
             ha,
@@ -70,6 +78,8 @@ impl Agent {
             last_view: None,
             last_local: LocalPostgres::default(),
             warned: std::collections::HashMap::new(),
+            shared,
+            last_feed: None,
         }
     }
 
@@ -113,10 +123,29 @@ impl Agent {
                 Err(e) => debug!("watchdog boot status unavailable: {e}"),
             }
         }
-        let mut term =
-            signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
-        let mut int =
-            signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+        let sig = |k: SignalKind, name: &str| signal(k).map_err(|e| format!("{name} handler: {e}"));
+        let mut term = sig(SignalKind::terminate(), "SIGTERM")?;
+        let mut int = sig(SignalKind::interrupt(), "SIGINT")?;
+        let mut usr1 = sig(SignalKind::user_defined1(), "SIGUSR1")?;
+        let mut usr2 = sig(SignalKind::user_defined2(), "SIGUSR2")?;
+        let mut hup = sig(SignalKind::hangup(), "SIGHUP")?;
+        let (ctl_tx, mut ctl_rx) = tokio::sync::mpsc::channel::<crate::control::Request>(8);
+        let control = crate::control::bind(&self.cfg.control.socket)?;
+        let _control = AbortOnDrop(tokio::spawn(crate::control::serve(
+            control,
+            self.shared.clone(),
+            ctl_tx,
+        )));
+        let listener = tokio::net::TcpListener::bind(&self.cfg.restapi.listen)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot listen on restapi.listen {}: {e}",
+                    self.cfg.restapi.listen
+                )
+            })?;
+        let api = tokio::spawn(crate::api::serve(listener, self.shared.clone()));
+        let _api = AbortOnDrop(api);
         let _watch = dcs::spawn_watch(
             self.cfg.etcd_endpoints(),
             self.cfg.prefix(),
@@ -140,12 +169,116 @@ impl Agent {
                 _ = self.wake.notified() => {}
                 _ = term.recv() => { self.shutdown().await; return Ok(Exit::Graceful); }
                 _ = int.recv() => { self.shutdown().await; return Ok(Exit::Graceful); }
+                _ = usr1.recv() => { self.command_logged(Command::Pause).await; }
+                _ = usr2.recv() => { self.command_logged(Command::Resume).await; }
+                _ = hup.recv() => { self.reload(); }
+                Some((cmd, answer)) = ctl_rx.recv() => {
+                    let r = self.command(cmd).await;
+                    let _ = answer.send(r);
+                }
             }
+        }
+    }
+
+    /// Runs an operator command (from a signal or the control socket):
+    /// writes it to etcd, where every member's loop picks it up.
+    async fn command(&mut self, cmd: Command) -> Result<String, String> {
+        let t = Duration::from_millis(self.ha.retry_timeout_ms);
+        let result = match cmd {
+            Command::Pause | Command::Resume => {
+                let pause = cmd == Command::Pause;
+                let view = self.dcs.read(t).await.map_err(|e| e.to_string())?;
+                let mut c = view.config.clone();
+                c.pause = pause;
+                self.dcs
+                    .put_config(&c, t)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(if pause {
+                    "maintenance mode on"
+                } else {
+                    "maintenance mode off"
+                }
+                .to_string())
+            }
+            Command::Switchover { to } => {
+                let view = self.dcs.read(t).await.map_err(|e| e.to_string())?;
+                let leader = view
+                    .leader
+                    .as_ref()
+                    .map(|l| l.name.clone())
+                    .ok_or("there is no leader to switch over from")?;
+                let req = FailoverRequest {
+                    leader: Some(leader),
+                    member: to,
+                    scheduled_at: None,
+                };
+                self.dcs
+                    .put_failover(&req, t)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok("switchover requested".to_string())
+            }
+        };
+        self.wake.notify_one();
+        result
+    }
+
+    async fn command_logged(&mut self, cmd: Command) {
+        match self.command(cmd.clone()).await {
+            Ok(msg) => info!("{msg} (signal)"),
+            Err(e) => error!("{cmd:?} by signal failed: {e}"),
+        }
+    }
+
+    /// SIGHUP: re-reads the configuration file; applies what can change
+    /// while running and says what needs a restart.
+    fn reload(&mut self) {
+        let new = match crate::config::load(&self.cfg.source) {
+            Ok(c) => c,
+            Err(errors) => {
+                for e in errors {
+                    error!("reload refused: {e}");
+                }
+                return;
+            }
+        };
+        let mut restart = Vec::new();
+        if new.etcd3 != self.cfg.etcd3
+            || new.scope != self.cfg.scope
+            || new.name != self.cfg.name
+            || new.namespace != self.cfg.namespace
+        {
+            restart.push("scope/name/namespace/etcd3");
+        }
+        if new.restapi != self.cfg.restapi || new.control != self.cfg.control {
+            restart.push("restapi/control");
+        }
+        crate::logging::init(crate::logging::level(&new.log.level));
+        let mut applied = new;
+        applied.etcd3 = self.cfg.etcd3.clone();
+        applied.scope = self.cfg.scope.clone();
+        applied.name = self.cfg.name.clone();
+        applied.namespace = self.cfg.namespace.clone();
+        applied.restapi = self.cfg.restapi.clone();
+        applied.control = self.cfg.control.clone();
+        self.ha = HaConfig::from_config(&applied);
+        self.pg = Postgres::new(applied.postgresql.clone(), applied.name.clone());
+        self.cfg = applied;
+        info!(
+            "configuration reloaded: timings, tags, watchdog, postgresql settings (at the next start) and log level applied"
+        );
+        if !restart.is_empty() {
+            warn!(
+                "changed settings that need a restart of leasedog: {}",
+                restart.join(", ")
+            );
         }
     }
 
     /// One HA cycle. Returns when the next one should run at the latest.
     async fn cycle(&mut self) -> Millis {
+        let started = Instant::now();
         let t = self.io_timeout();
         let view = match self.dcs.read(t).await {
             Ok(v) => Some(v),
@@ -154,6 +287,30 @@ impl Agent {
                 None
             }
         };
+        // A switchover scheduled for later is not yet a request.
+        let mut view = view;
+        let mut wake_at_schedule = None;
+        if let Some(v) = view.as_mut()
+            && let Some(at) = v.failover.as_ref().and_then(|f| f.scheduled_at.as_deref())
+        {
+            let unix_now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            match crate::cluster::parse_time(at) {
+                Some(when) if when > unix_now => {
+                    v.failover = None;
+                    wake_at_schedule = Some((when - unix_now) * 1000);
+                }
+                Some(_) => {}
+                None => {
+                    self.warn_limited(format!(
+                        "ignoring a switchover scheduled at an unreadable time {at:?}"
+                    ));
+                    v.failover = None;
+                }
+            }
+        }
         let t = self.io_timeout();
         let local = self.pg.probe(t).await;
         let now = self.now();
@@ -177,8 +334,12 @@ impl Agent {
         self.last_view = view;
         self.last_local = local;
         self.publish().await;
+        self.update_snapshot(&decision.summary, started);
 
         let mut next = decision.next_cycle;
+        if let Some(ms) = wake_at_schedule {
+            next = next.min(now.plus(ms));
+        }
         if !ok {
             next = next.min(now.plus(self.ha.loop_wait_ms.min(1000)));
         }
@@ -344,6 +505,7 @@ impl Agent {
                 }
                 Ok(())
             }
+            Action::DeleteFailover => self.dcs.delete_failover(t).await.map_err(|e| e.to_string()),
             Action::SyncSlots { slots } => self
                 .pg
                 .sync_slots(slots, t)
@@ -390,6 +552,7 @@ impl Agent {
                     w.timeout()
                 );
                 self.node.on_armed(now, w.timeout());
+                self.last_feed = Some(Instant::now());
                 self.watchdog = Some(w);
                 Ok(())
             }
@@ -422,6 +585,7 @@ impl Agent {
             Ok(()) => {
                 let before = self.node.watchdog_deadline;
                 self.node.on_fed(now, w.timeout());
+                self.last_feed = Some(Instant::now());
                 if before.is_some_and(|d| d.since(now) < self.ha.loop_wait_ms) {
                     warn!(
                         "cycle late against the watchdog: fed {} ms before it would have fired",
@@ -460,6 +624,30 @@ impl Agent {
             .map_err(|e| e.to_string())?;
         info!("PostgreSQL stopped ({outcome:?})");
         Ok(())
+    }
+
+    fn update_snapshot(&self, summary: &str, started: Instant) {
+        let now = self.now();
+        snapshot::write(
+            &self.shared,
+            Snapshot {
+                scope: self.cfg.scope.clone(),
+                name: self.cfg.name.clone(),
+                local: self.last_local.clone(),
+                view: self.last_view.clone(),
+                leader: self.node.leader_confirmed,
+                paused: self.node.paused,
+                nofailover: self.cfg.tags.nofailover,
+                noloadbalance: self.cfg.tags.noloadbalance,
+                watchdog_armed: self.node.watchdog_armed,
+                watchdog_last_feed: self.last_feed,
+                lease_left_ms: self.node.lease_deadline(&self.ha).map(|d| d.since(now)),
+                cycle_at: Instant::now(),
+                cycle_ms: started.elapsed().as_millis() as u64,
+                stale_after_ms: self.ha.ttl_ms + self.ha.loop_wait_ms,
+                summary: summary.to_string(),
+            },
+        );
     }
 
     /// Writes this member's key.
@@ -509,6 +697,7 @@ impl Agent {
                 .and_then(|v| v.leader.as_ref())
                 .map(|l| l.create_revision),
             streaming: l.streaming,
+            pause: self.node.paused,
         }
     }
 
@@ -545,6 +734,15 @@ impl Agent {
     }
 }
 
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn describe(a: &Action) -> &'static str {
     match a {
         Action::KeepAlive => "lease keep-alive",
@@ -566,5 +764,6 @@ fn describe(a: &Action) -> &'static str {
         Action::CreateReplicationUser => "creating the replication user",
         Action::WriteInitialize { .. } => "writing the initialize key",
         Action::SyncSlots { .. } => "replication slots",
+        Action::DeleteFailover => "clearing the switchover request",
     }
 }

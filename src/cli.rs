@@ -34,6 +34,45 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// This node's state, from the local agent's control socket.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Maintenance mode on: no automatic promote, demote, start or stop anywhere.
+    Pause {
+        /// Wait until every member has seen it.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Maintenance mode off.
+    Resume {
+        /// Wait until every member has seen it.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Planned handover of the primary role to a healthy replica.
+    Switchover {
+        /// The member to hand over to (default: the most advanced healthy replica).
+        #[arg(long)]
+        to: Option<String>,
+        /// When: ISO 8601 UTC (2026-11-23T05:00:00Z) or unix seconds.
+        #[arg(long)]
+        at: Option<String>,
+        /// Do not ask for confirmation (leasedog never asks; accepted for patronictl habits).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make a named member the leader, also when there is no healthy leader.
+    Failover {
+        /// The member to promote.
+        #[arg(long)]
+        to: String,
+        /// Accepted for patronictl habits.
+        #[arg(long)]
+        force: bool,
+    },
     /// Open the watchdog device, set the timeout, read it back, then disarm it.
     WatchdogCheck {
         /// Print JSON instead of a table.
@@ -132,6 +171,44 @@ fn run(args: Args) -> Result<(), ExitCode> {
             }
             Ok(())
         }
+        Command::Status { json } => {
+            let cfg = load(&args.config)?;
+            let rt = runtime()?;
+            let reply = rt
+                .block_on(crate::control::request(
+                    &cfg.control.socket,
+                    &serde_json::json!({"cmd": "status"}),
+                    Duration::from_secs(5),
+                ))
+                .map_err(|e| {
+                    fail(&format!(
+                        "no local agent answers on {}: {e}",
+                        cfg.control.socket.display()
+                    ))
+                })?;
+            let st = &reply["status"];
+            if json {
+                println!("{st}");
+            } else {
+                println!(
+                    "{} ({}): {} {}, timeline {}, leader key: {}, paused: {}, watchdog armed: {}\n{}",
+                    st["patroni"]["name"].as_str().unwrap_or("?"),
+                    st["patroni"]["scope"].as_str().unwrap_or("?"),
+                    st["role"].as_str().unwrap_or("?"),
+                    st["state"].as_str().unwrap_or("?"),
+                    st["timeline"],
+                    st["leader"],
+                    st["pause"],
+                    st["watchdog"]["armed"],
+                    st["leasedog"]["summary"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        Command::Pause { wait } => set_pause(&args.config, true, wait),
+        Command::Resume { wait } => set_pause(&args.config, false, wait),
+        Command::Switchover { to, at, force: _ } => switchover(&args.config, to, at),
+        Command::Failover { to, force: _ } => failover(&args.config, &to),
         Command::WatchdogCheck { json } => {
             let cfg = load(&args.config)?;
             let secs = cfg.watchdog_timeout() as u32;
@@ -262,4 +339,219 @@ pub fn list_table(scope: &str, view: &crate::cluster::ClusterView) -> String {
         out.push_str(" Maintenance mode: on\n");
     }
     out
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(1)
+}
+
+fn dcs_of(cfg: &Config) -> Dcs {
+    Dcs::new(
+        cfg.etcd_endpoints(),
+        cfg.prefix(),
+        cfg.name.clone(),
+        cfg.ttl,
+    )
+}
+
+fn timeout_of(cfg: &Config) -> Duration {
+    Duration::from_secs(cfg.retry_timeout.max(1))
+}
+
+/// Polls the cluster until `done` says so or the time is up.
+async fn wait_until(
+    dcs: &mut Dcs,
+    t: Duration,
+    limit: Duration,
+    mut done: impl FnMut(&crate::cluster::ClusterView) -> bool,
+) -> bool {
+    let end = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < end {
+        if let Ok(v) = dcs.read(t).await
+            && done(&v)
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// pause/resume: through the local agent's socket when there is one, else
+/// straight to etcd.
+fn set_pause(path: &std::path::Path, pause: bool, wait: bool) -> Result<(), ExitCode> {
+    let cfg = load(path)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let t = timeout_of(&cfg);
+        let cmd = if pause { "pause" } else { "resume" };
+        let via_socket = cfg.control.socket.exists()
+            && match crate::control::request(
+                &cfg.control.socket,
+                &serde_json::json!({ "cmd": cmd }),
+                t * 2,
+            )
+            .await
+            {
+                Ok(r) if r["ok"] == true => true,
+                Ok(r) => return Err(fail(r["error"].as_str().unwrap_or("refused"))),
+                Err(_) => false,
+            };
+        let mut dcs = dcs_of(&cfg);
+        if !via_socket {
+            let view = dcs
+                .read(t)
+                .await
+                .map_err(|e| fail(&format!("cannot read the cluster from etcd: {e}")))?;
+            let mut c = view.config.clone();
+            c.pause = pause;
+            dcs.put_config(&c, t)
+                .await
+                .map_err(|e| fail(&format!("cannot write the config key: {e}")))?;
+        }
+        if wait {
+            let seen = wait_until(&mut dcs, t, Duration::from_secs(cfg.ttl.max(30)), |v| {
+                v.members.iter().all(|m| m.info.pause == pause)
+            })
+            .await;
+            if !seen {
+                return Err(fail("not every member acknowledged in time"));
+            }
+        }
+        println!(
+            "{}",
+            if pause {
+                "Maintenance mode: on"
+            } else {
+                "Maintenance mode: off"
+            }
+        );
+        Ok(())
+    })
+}
+
+fn switchover(
+    path: &std::path::Path,
+    to: Option<String>,
+    at: Option<String>,
+) -> Result<(), ExitCode> {
+    let cfg = load(path)?;
+    if let Some(a) = &at
+        && crate::cluster::parse_time(a).is_none()
+    {
+        return Err(fail(&format!(
+            "--at {a:?}: expected ISO 8601 UTC (2026-11-23T05:00:00Z) or unix seconds"
+        )));
+    }
+    let rt = runtime()?;
+    rt.block_on(async {
+        let t = timeout_of(&cfg);
+        let mut dcs = dcs_of(&cfg);
+        let view = dcs
+            .read(t)
+            .await
+            .map_err(|e| fail(&format!("cannot read the cluster from etcd: {e}")))?;
+        if view.paused() {
+            return Err(fail("the cluster is in maintenance mode: resume it first"));
+        }
+        let leader = view
+            .leader
+            .as_ref()
+            .map(|l| l.name.clone())
+            .ok_or_else(|| fail("there is no leader: use failover --to NAME"))?;
+        let lm = view
+            .member(&leader)
+            .ok_or_else(|| fail(&format!("the leader {leader} publishes no member key")))?;
+        let local = crate::cluster::LocalPostgres {
+            lsn: Some(lm.lsn()),
+            running: true,
+            ..Default::default()
+        };
+        let mut ha = crate::ha::HaConfig::from_config(&cfg);
+        ha.name = leader.clone();
+        let target = crate::ha::switchover_target(&ha, &view, &local, to.as_deref())
+            .map_err(|e| fail(&format!("switchover refused: {e}")))?;
+        let req = crate::cluster::FailoverRequest {
+            leader: Some(leader.clone()),
+            member: to.clone(),
+            scheduled_at: at.clone(),
+        };
+        dcs.put_failover(&req, t)
+            .await
+            .map_err(|e| fail(&format!("cannot write the failover key: {e}")))?;
+        if let Some(a) = at {
+            println!("switchover from {leader} scheduled at {a}");
+            return Ok(());
+        }
+        let limit = Duration::from_secs(cfg.ttl.max(30));
+        let mut new_leader = None;
+        let done = wait_until(&mut dcs, t, limit, |v| {
+            let l = v.leader.as_ref().map(|l| l.name.clone());
+            if l.as_ref().is_some_and(|l| *l != leader) {
+                new_leader = l;
+                return true;
+            }
+            v.failover.is_none() && l.as_deref() == Some(leader.as_str())
+        })
+        .await;
+        match new_leader {
+            Some(n) => {
+                println!("switched over from {leader} to {n} (asked for {target})");
+                Ok(())
+            }
+            None if done => Err(fail(&format!(
+                "switchover refused by the leader {leader}: see its log"
+            ))),
+            None => Err(fail("the switchover did not complete in time")),
+        }
+    })
+}
+
+fn failover(path: &std::path::Path, to: &str) -> Result<(), ExitCode> {
+    let cfg = load(path)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let t = timeout_of(&cfg);
+        let mut dcs = dcs_of(&cfg);
+        let view = dcs
+            .read(t)
+            .await
+            .map_err(|e| fail(&format!("cannot read the cluster from etcd: {e}")))?;
+        let m = view
+            .member(to)
+            .ok_or_else(|| fail(&format!("failover refused: no member named {to}")))?;
+        if m.info.tags.nofailover {
+            return Err(fail(&format!(
+                "failover refused: {to} is tagged nofailover"
+            )));
+        }
+        if m.info.state != "running" {
+            return Err(fail(&format!("failover refused: {to} is not running")));
+        }
+        if view.leader.as_ref().is_some_and(|l| l.name == to) {
+            return Err(fail(&format!(
+                "failover refused: {to} is already the leader"
+            )));
+        }
+        let leader = view.leader.as_ref().map(|l| l.name.clone());
+        let req = crate::cluster::FailoverRequest {
+            leader,
+            member: Some(to.to_string()),
+            scheduled_at: None,
+        };
+        dcs.put_failover(&req, t)
+            .await
+            .map_err(|e| fail(&format!("cannot write the failover key: {e}")))?;
+        let ok = wait_until(&mut dcs, t, Duration::from_secs(cfg.ttl.max(30) * 2), |v| {
+            v.leader.as_ref().is_some_and(|l| l.name == to)
+        })
+        .await;
+        if ok {
+            println!("{to} is the leader");
+            Ok(())
+        } else {
+            Err(fail(&format!("{to} did not become the leader in time")))
+        }
+    })
 }

@@ -119,6 +119,9 @@ pub struct MemberInfo {
     /// True while this replica's WAL receiver is streaming.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub streaming: bool,
+    /// This member saw the cluster paused (maintenance mode) in its last cycle.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pause: bool,
 }
 
 /// A member as read from etcd.
@@ -337,6 +340,43 @@ pub fn conn_host_port(conn_url: &str) -> Option<String> {
     Some(format!("{host}:{port}"))
 }
 
+/// Parses a switchover time: unix seconds, or ISO 8601 in UTC
+/// (`2026-11-23T05:00:00Z`, a `+00:00` suffix, or no suffix). Returns unix seconds.
+pub fn parse_time(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<u64>() {
+        return Some(n);
+    }
+    let s = s
+        .strip_suffix('Z')
+        .or_else(|| s.strip_suffix("+00:00"))
+        .unwrap_or(s);
+    let (date, time) = s.split_once(['T', ' '])?;
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    let t: Vec<f64> = time
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    if d.len() != 3 || t.len() < 2 || !(1..=12).contains(&d[1]) || !(1..=31).contains(&d[2]) {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let (y, m, day) = (if d[1] <= 2 { d[0] - 1 } else { d[0] }, d[1], d[2]);
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    let secs = days * 86400
+        + (t[0] as i64) * 3600
+        + (t[1] as i64) * 60
+        + t.get(2).copied().unwrap_or(0.0) as i64;
+    u64::try_from(secs).ok()
+}
+
 /// A replication slot name for a member: lowercase, [a-z0-9_], as Patroni.
 pub fn slot_name(member: &str) -> String {
     let mut s: String = member
@@ -425,6 +465,15 @@ mod tests {
         );
         assert_eq!(conn_host_port("postgres://h/postgres"), None);
         assert_eq!(conn_host_port("http://h:1"), None);
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time("0"), Some(0));
+        assert_eq!(parse_time("1970-01-02T00:00:00Z"), Some(86400));
+        assert_eq!(parse_time("2026-11-23T05:00:00+00:00"), Some(1795410000));
+        assert_eq!(parse_time("2000-03-01 00:00"), Some(951868800));
+        assert_eq!(parse_time("tomorrow"), None);
     }
 
     #[test]

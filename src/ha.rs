@@ -283,6 +283,8 @@ pub enum Action {
     SyncSlots {
         slots: Vec<String>,
     },
+    /// Delete the `failover` key: the request is done or refused.
+    DeleteFailover,
 }
 
 /// What to do this cycle.
@@ -536,6 +538,36 @@ fn decide_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
             .map(|m| slot_name(&m.name))
             .collect();
         p.push(Action::SyncSlots { slots });
+        if let Some(req) = &view.failover {
+            if req.member.as_deref() == Some(cfg.name.as_str())
+                || req.leader.as_deref().is_some_and(|l| l != cfg.name)
+            {
+                // The request brought us here (or names someone else as
+                // leader): it is done.
+                p.push(Action::DeleteFailover);
+                return p.done("switchover done: I am the new leader");
+            }
+            match switchover_target(cfg, view, local, req.member.as_deref()) {
+                Ok(target) => {
+                    // Stop cleanly first (replicas receive the shutdown
+                    // checkpoint), then let the key go; disarm only once
+                    // PostgreSQL is stopped.
+                    p.push(Action::StopPostgres);
+                    p.push(Action::ReleaseLeader);
+                    if node.watchdog_armed {
+                        p.push(Action::DisarmWatchdog);
+                    }
+                    p.recheck_in(0);
+                    return p.done(format!(
+                        "switchover: stopping PostgreSQL and handing the leader key to {target}"
+                    ));
+                }
+                Err(why) => {
+                    p.push(Action::DeleteFailover);
+                    return p.done(format!("switchover refused: {why}"));
+                }
+            }
+        }
         if view.initialize.is_none()
             && let Some(id) = local.system_id()
         {
@@ -582,6 +614,55 @@ fn decide_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
             p.done("starting PostgreSQL read-only before promoting")
         }
         DataDir::Invalid(why) => p.done(format!("data directory unusable: {why}")),
+    }
+}
+
+/// Whether a member can take over in a planned switchover: running,
+/// streaming, not nofailover, within maximum_lag_on_failover of the leader.
+pub fn switchover_candidate_ok(cfg: &HaConfig, m: &Member, leader_lsn: Lsn) -> Result<(), String> {
+    if m.info.tags.nofailover {
+        return Err(format!("{} is tagged nofailover", m.name));
+    }
+    if m.info.state != "running" || m.info.role != Role::Replica {
+        return Err(format!("{} is not a running replica", m.name));
+    }
+    if !m.info.streaming {
+        return Err(format!("{} is not streaming", m.name));
+    }
+    let lag = leader_lsn.0.saturating_sub(m.lsn().0);
+    if lag > cfg.maximum_lag_on_failover {
+        return Err(format!(
+            "{} is {lag} bytes behind (maximum_lag_on_failover {})",
+            m.name, cfg.maximum_lag_on_failover
+        ));
+    }
+    Ok(())
+}
+
+/// The member a switchover hands over to: the named one if it qualifies,
+/// else the most advanced one that does.
+pub fn switchover_target(
+    cfg: &HaConfig,
+    view: &ClusterView,
+    local: &LocalPostgres,
+    named: Option<&str>,
+) -> Result<String, String> {
+    let top = local.lsn.unwrap_or_default();
+    match named {
+        Some(n) if n == cfg.name => Err(format!("{n} is already the leader")),
+        Some(n) => {
+            let m = view
+                .member(n)
+                .ok_or_else(|| format!("no member named {n}"))?;
+            switchover_candidate_ok(cfg, m, top).map(|_| n.to_string())
+        }
+        None => view
+            .members
+            .iter()
+            .filter(|m| m.name != cfg.name && switchover_candidate_ok(cfg, m, top).is_ok())
+            .max_by(|a, b| a.lsn().cmp(&b.lsn()).then(b.name.cmp(&a.name)))
+            .map(|m| m.name.clone())
+            .ok_or_else(|| "no healthy replica to hand over to".to_string()),
     }
 }
 
@@ -747,6 +828,28 @@ fn decide_no_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
                 cfg.maximum_lag_on_failover
             ));
         }
+    }
+    // A switchover or failover names who takes over: the others wait, as
+    // long as the named member is alive to do it.
+    if let Some(target) = view.failover.as_ref().and_then(|f| f.member.as_deref())
+        && target != cfg.name
+        && view
+            .member(target)
+            .is_some_and(|m| m.info.state == "running" && !m.info.tags.nofailover)
+    {
+        if local.writable() {
+            p.stop_and_disarm();
+        }
+        p.recheck_in(p.i.cfg.loop_wait_ms.min(1000));
+        return p.done(format!("no leader: {target} was asked to take over"));
+    }
+    let named_me =
+        view.failover.as_ref().and_then(|f| f.member.as_deref()) == Some(cfg.name.as_str());
+    if named_me {
+        p.fence_for_acquire();
+        p.push(Action::AcquireLeader);
+        p.recheck_in(0);
+        return p.done("no leader: I was asked to take over, taking the key");
     }
     // Compare against fresh positions only: wait until our own published
     // position is current, so peers compare against it too.

@@ -2,11 +2,14 @@
 //! hardware watchdog. See ARCHITECTURE.md for the map of this crate.
 
 pub mod agent;
+pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod dcs;
 pub mod ha;
 pub mod logging;
 pub mod postgres;
+pub mod snapshot;
 pub mod watchdog;

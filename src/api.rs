@@ -1,0 +1,410 @@
+//! The read-only HTTP API (default :8008): health checks with Patroni's
+//! paths and status codes, so HAProxy configurations written for Patroni
+//! (`option httpchk OPTIONS /primary`) work unchanged; member and cluster
+//! JSON; Prometheus metrics.
+//!
+//! Served by hyper on the loop's runtime from the last cycle's [`Snapshot`];
+//! a request never waits on, or blocks, the HA cycle. [`route`] is pure.
+
+use crate::cluster::Role;
+use crate::snapshot::{self, Shared, Snapshot};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Method, Request, Response, StatusCode};
+use log::debug;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+/// A response before it becomes HTTP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+fn json(status: u16, v: serde_json::Value) -> Reply {
+    Reply {
+        status,
+        content_type: "application/json",
+        body: v.to_string(),
+    }
+}
+
+/// Parses `?lag=` as bytes, with optional kB/MB/GB units (as Patroni).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1 << 10,
+        "mb" => 1 << 20,
+        "gb" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query.split('&').find_map(|kv| {
+        kv.split_once('=')
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    })
+}
+
+/// This member as `/patroni` shows it.
+pub fn member_json(s: &Snapshot) -> serde_json::Value {
+    let role = s.role();
+    let state = if s.local.running {
+        "running"
+    } else {
+        "stopped"
+    };
+    let mut xlog = serde_json::Map::new();
+    if let Some(l) = s.local.lsn {
+        if role == Role::Replica {
+            xlog.insert("received_location".into(), l.0.into());
+            xlog.insert("replayed_location".into(), l.0.into());
+        } else {
+            xlog.insert("location".into(), l.0.into());
+        }
+    }
+    serde_json::json!({
+        "state": state,
+        "role": role.to_string(),
+        "timeline": s.local.timeline,
+        "xlog": xlog,
+        "database_system_identifier": s.local.system_id(),
+        "pause": s.paused,
+        "leader": s.leader,
+        "streaming": s.local.streaming,
+        "watchdog": { "armed": s.watchdog_armed },
+        "tags": { "nofailover": s.nofailover, "noloadbalance": s.noloadbalance },
+        "patroni": { "version": env!("CARGO_PKG_VERSION"), "scope": s.scope, "name": s.name },
+        "leasedog": { "version": env!("CARGO_PKG_VERSION"), "summary": s.summary },
+    })
+}
+
+/// All members as `/cluster` shows them.
+pub fn cluster_json(s: &Snapshot) -> serde_json::Value {
+    let Some(v) = &s.view else {
+        return serde_json::json!({ "members": [], "error": "etcd not readable in the last cycle" });
+    };
+    let leader = v.leader.as_ref().map(|l| l.name.as_str());
+    let members: Vec<_> = v
+        .members
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "name": m.name,
+                "role": if leader == Some(m.name.as_str()) { "leader" } else if m.info.role == Role::Replica { "replica" } else { "unknown" },
+                "state": m.info.state,
+                "api_url": m.info.api_url,
+                "conn_url": m.info.conn_url,
+                "timeline": m.info.timeline,
+                "xlog_location": m.info.xlog_location,
+                "tags": m.info.tags,
+            })
+        })
+        .collect();
+    serde_json::json!({ "scope": s.scope, "leader": leader, "pause": v.paused(), "members": members })
+}
+
+/// Prometheus text format.
+pub fn metrics(s: &Snapshot, now: Instant) -> String {
+    let b = |x: bool| if x { 1 } else { 0 };
+    let mut out = String::new();
+    let mut m = |name: &str, help: &str, value: String| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{scope=\"{}\",name=\"{}\"}} {value}\n", s.scope, s.name));
+    };
+    m(
+        "leasedog_primary",
+        "1 when this node holds the leader key with PostgreSQL writable.",
+        b(s.leader && s.local.writable()).to_string(),
+    );
+    m(
+        "leasedog_replica",
+        "1 when PostgreSQL runs as a replica.",
+        b(s.role() == Role::Replica).to_string(),
+    );
+    m(
+        "leasedog_postgres_running",
+        "1 when PostgreSQL answers.",
+        b(s.local.running).to_string(),
+    );
+    m(
+        "leasedog_lease_seconds_left",
+        "Time left on this node's etcd lease.",
+        format!("{:.3}", s.lease_left_ms.unwrap_or(0) as f64 / 1000.0),
+    );
+    m(
+        "leasedog_watchdog_armed",
+        "1 when the watchdog is armed.",
+        b(s.watchdog_armed).to_string(),
+    );
+    m(
+        "leasedog_watchdog_last_feed_age_seconds",
+        "Seconds since the watchdog was last fed (-1 when never).",
+        s.watchdog_last_feed
+            .map(|t| format!("{:.3}", now.duration_since(t).as_secs_f64()))
+            .unwrap_or("-1".into()),
+    );
+    m(
+        "leasedog_loop_duration_seconds",
+        "Duration of the last HA cycle.",
+        format!("{:.3}", s.cycle_ms as f64 / 1000.0),
+    );
+    m(
+        "leasedog_replication_lag_bytes",
+        "Bytes behind the leader (replicas).",
+        s.lag_bytes().unwrap_or(0).to_string(),
+    );
+    m(
+        "leasedog_paused",
+        "1 in maintenance mode.",
+        b(s.paused).to_string(),
+    );
+    m(
+        "leasedog_timeline",
+        "PostgreSQL timeline.",
+        s.local.timeline.unwrap_or(0).to_string(),
+    );
+    out
+}
+
+/// The answer to a request, from the snapshot alone.
+pub fn route(method: &Method, path: &str, query: &str, s: &Snapshot, now: Instant) -> Reply {
+    if ![Method::GET, Method::HEAD, Method::OPTIONS].contains(method) {
+        return json(
+            405,
+            serde_json::json!({ "error": "read-only API: use GET, HEAD or OPTIONS" }),
+        );
+    }
+    let running = s.local.running;
+    let primary = s.leader && s.local.writable();
+    let replica = running && s.local.in_recovery;
+    let code = |ok: bool| if ok { 200 } else { 503 };
+    let body = member_json(s);
+    match path.trim_end_matches('/') {
+        "" | "/primary" | "/leader" | "/master" | "/read-write" => json(code(primary), body),
+        "/replica" => {
+            let lag_ok = match query_param(query, "lag") {
+                None => true,
+                Some(v) => match parse_size(v) {
+                    Some(max) => s.lag_bytes().is_some_and(|l| l <= max),
+                    None => {
+                        return json(
+                            400,
+                            serde_json::json!({ "error": format!("bad lag value {v:?}: bytes, or a number with kB/MB/GB") }),
+                        );
+                    }
+                },
+            };
+            json(code(replica && !s.noloadbalance && lag_ok), body)
+        }
+        "/read-only" => json(code(primary || replica), body),
+        "/health" => json(code(running), body),
+        "/liveness" => {
+            let age = now.duration_since(s.cycle_at);
+            json(
+                code(age < Duration::from_millis(s.stale_after_ms)),
+                serde_json::json!({ "last_cycle_ms_ago": age.as_millis() as u64 }),
+            )
+        }
+        "/readiness" => json(code(primary || replica), body),
+        "/patroni" => json(200, body),
+        "/cluster" => json(200, cluster_json(s)),
+        "/metrics" => Reply {
+            status: 200,
+            content_type: "text/plain; version=0.0.4",
+            body: metrics(s, now),
+        },
+        _ => json(
+            404,
+            serde_json::json!({ "error": format!("no such endpoint: {path}") }),
+        ),
+    }
+}
+
+/// Serves the API until the task is dropped. Each connection gets a header
+/// timeout; malformed requests get 400 from hyper and the listener goes on.
+pub async fn serve(listener: TcpListener, shared: Shared) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                debug!("API accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let snap = snapshot::read(&shared);
+                let r = route(
+                    req.method(),
+                    req.uri().path(),
+                    req.uri().query().unwrap_or(""),
+                    &snap,
+                    Instant::now(),
+                );
+                let body = if req.method() == Method::GET {
+                    r.body
+                } else {
+                    String::new()
+                };
+                let resp = Response::builder()
+                    .status(
+                        StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    )
+                    .header("Content-Type", r.content_type)
+                    .body(Full::new(Bytes::from(body)));
+                async move { resp }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            if let Err(e) = tokio::time::timeout(Duration::from_secs(30), conn)
+                .await
+                .unwrap_or(Ok(()))
+            {
+                debug!("API connection from {peer}: {e}");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{DataDir, LocalPostgres, Lsn};
+
+    fn snap(running: bool, in_recovery: bool, leader: bool) -> Snapshot {
+        let mut s = Snapshot::new("demo", "n1");
+        s.local = LocalPostgres {
+            data_dir: DataDir::Empty,
+            running,
+            in_recovery,
+            timeline: Some(1),
+            lsn: Some(Lsn(100)),
+            streaming: in_recovery,
+            following: None,
+        };
+        s.leader = leader;
+        s
+    }
+
+    fn status(path: &str, s: &Snapshot) -> u16 {
+        let (p, q) = path.split_once('?').unwrap_or((path, ""));
+        route(&Method::GET, p, q, s, Instant::now()).status
+    }
+
+    #[test]
+    fn patroni_status_codes() {
+        let primary = snap(true, false, true);
+        let replica = snap(true, true, false);
+        let stopped = snap(false, false, false);
+        let unconfirmed = snap(true, false, false);
+        for p in ["/", "/primary", "/leader", "/master", "/read-write"] {
+            assert_eq!(status(p, &primary), 200, "{p}");
+            assert_eq!(status(p, &replica), 503, "{p}");
+            assert_eq!(status(p, &stopped), 503, "{p}");
+            assert_eq!(
+                status(p, &unconfirmed),
+                503,
+                "a writable PostgreSQL without the key is not the primary"
+            );
+        }
+        assert_eq!(status("/replica", &replica), 200);
+        assert_eq!(status("/replica", &primary), 503);
+        assert_eq!(status("/replica", &stopped), 503);
+        assert_eq!(
+            (
+                status("/read-only", &primary),
+                status("/read-only", &replica),
+                status("/read-only", &stopped)
+            ),
+            (200, 200, 503)
+        );
+        assert_eq!(
+            (status("/health", &replica), status("/health", &stopped)),
+            (200, 503)
+        );
+        assert_eq!(
+            (
+                status("/readiness", &primary),
+                status("/readiness", &stopped)
+            ),
+            (200, 503)
+        );
+        assert_eq!(status("/liveness", &stopped), 200);
+        let mut stale = stopped.clone();
+        stale.stale_after_ms = 0;
+        assert_eq!(status("/liveness", &stale), 503);
+        assert_eq!(status("/patroni", &stopped), 200);
+        assert_eq!(status("/nope", &stopped), 404);
+        assert_eq!(
+            route(&Method::POST, "/primary", "", &primary, Instant::now()).status,
+            405
+        );
+        assert_eq!(
+            route(&Method::OPTIONS, "/primary", "", &primary, Instant::now()).status,
+            200
+        );
+    }
+
+    #[test]
+    fn replica_lag_and_noloadbalance() {
+        let mut r = snap(true, true, false);
+        let v = crate::cluster::ClusterView {
+            leader: Some(crate::cluster::Leader {
+                name: "p".into(),
+                lease: 1,
+                create_revision: 1,
+                mod_revision: 1,
+            }),
+            members: vec![crate::cluster::Member {
+                name: "p".into(),
+                info: crate::cluster::MemberInfo {
+                    xlog_location: Some(100 + 2048),
+                    ..Default::default()
+                },
+            }],
+            ..Default::default()
+        };
+        r.view = Some(v);
+        assert_eq!(r.lag_bytes(), Some(2048));
+        assert_eq!(status("/replica?lag=4kB", &r), 200);
+        assert_eq!(status("/replica?lag=1024", &r), 503);
+        assert_eq!(status("/replica?lag=lots", &r), 400);
+        r.noloadbalance = true;
+        assert_eq!(status("/replica", &r), 503);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("16MB"), Some(16 << 20));
+        assert_eq!(parse_size("1024"), Some(1024));
+        assert_eq!(parse_size("x"), None);
+    }
+
+    #[test]
+    fn metrics_text() {
+        let mut s = snap(true, false, true);
+        s.paused = true;
+        let m = metrics(&s, Instant::now());
+        assert!(
+            m.contains("leasedog_primary{scope=\"demo\",name=\"n1\"} 1"),
+            "{m}"
+        );
+        assert!(m.contains("leasedog_paused{scope=\"demo\",name=\"n1\"} 1"));
+        let j = member_json(&s);
+        assert_eq!(j["role"], "primary");
+        assert_eq!(j["pause"], true);
+    }
+}
