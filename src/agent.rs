@@ -41,6 +41,8 @@ pub struct Agent {
     last_local: LocalPostgres,
     /// The last cycle, for the HTTP API and the control socket.
     shared: Shared,
+    /// The member key as last written, with the lease it was bound to.
+    published: Option<(Option<i64>, MemberInfo)>,
     /// When the watchdog was last armed or fed.
     last_feed: Option<Instant>,
     /// When each recent warning was last logged, to rate-limit repeats.
@@ -80,6 +82,7 @@ impl Agent {
             warned: std::collections::HashMap::new(),
             shared,
             last_feed: None,
+            published: None,
         }
     }
 
@@ -656,9 +659,16 @@ impl Agent {
             return;
         }
         let info = self.member_info();
+        // The key lives as long as the lease: write it only when it changed
+        // or the lease is new.
+        let current = (self.dcs.lease_id(), info.clone());
+        if self.published.as_ref() == Some(&current) {
+            return;
+        }
         let t = self.io_timeout();
-        if let Err(e) = self.dcs.put_member(&info, t).await {
-            self.warn_limited(format!("publishing member key failed: {e}"));
+        match self.dcs.put_member(&info, t).await {
+            Ok(()) => self.published = Some(current),
+            Err(e) => self.warn_limited(format!("publishing member key failed: {e}")),
         }
     }
 

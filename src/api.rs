@@ -294,6 +294,7 @@ mod tests {
             lsn: Some(Lsn(100)),
             streaming: in_recovery,
             following: None,
+            replication: Vec::new(),
         };
         s.leader = leader;
         s

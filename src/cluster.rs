@@ -310,6 +310,18 @@ pub struct LocalPostgres {
     /// Replica: the `application_name`-independent host:port it follows,
     /// as configured in primary_conninfo (None when not a replica).
     pub following: Option<String>,
+    /// Primary: its replication connections (pg_stat_replication), live.
+    pub replication: Vec<ReplicaStat>,
+}
+
+/// One replication connection as the primary sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReplicaStat {
+    /// The replica's application_name: its member name.
+    pub name: String,
+    pub streaming: bool,
+    /// Flushed on the replica.
+    pub flush: Lsn,
 }
 
 impl LocalPostgres {

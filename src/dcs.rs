@@ -477,7 +477,8 @@ impl Drop for WatchHandle {
     }
 }
 
-/// Watches the cluster prefix and wakes the loop (`notify`) on every change.
+/// Watches the cluster prefix and wakes the loop (`notify`) when the leader,
+/// config, failover or initialize key changes.
 /// It only wakes: it never decides anything. The watch is recreated after
 /// errors, rotating endpoints, with a short backoff.
 pub fn spawn_watch(endpoints: Vec<String>, prefix: String, notify: Arc<Notify>) -> WatchHandle {
@@ -501,7 +502,20 @@ pub fn spawn_watch(endpoints: Vec<String>, prefix: String, notify: Arc<Notify>) 
                     // timeout bounds a silent one, after which we re-watch.
                     match tokio::time::timeout(Duration::from_secs(60), s.message()).await {
                         Ok(Ok(Some(r))) => {
-                            if !r.events().is_empty() {
+                            // Member keys change every cycle; waking on them
+                            // would make the agents wake each other forever.
+                            let wakes = r.events().iter().any(|e| {
+                                e.kv()
+                                    .and_then(|kv| std::str::from_utf8(kv.key()).ok())
+                                    .is_some_and(|k| {
+                                        let rel = k.strip_prefix(prefix.as_str()).unwrap_or(k);
+                                        matches!(
+                                            rel,
+                                            "leader" | "config" | "failover" | "initialize"
+                                        )
+                                    })
+                            });
+                            if wakes {
                                 notify.notify_one();
                             }
                         }

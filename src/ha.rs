@@ -619,17 +619,28 @@ fn decide_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
 
 /// Whether a member can take over in a planned switchover: running,
 /// streaming, not nofailover, within maximum_lag_on_failover of the leader.
-pub fn switchover_candidate_ok(cfg: &HaConfig, m: &Member, leader_lsn: Lsn) -> Result<(), String> {
+/// The leader's live view of its replication connections, when it has one,
+/// is preferred to the members' published positions.
+pub fn switchover_candidate_ok(
+    cfg: &HaConfig,
+    m: &Member,
+    leader: &LocalPostgres,
+) -> Result<(), String> {
     if m.info.tags.nofailover {
         return Err(format!("{} is tagged nofailover", m.name));
     }
     if m.info.state != "running" || m.info.role != Role::Replica {
         return Err(format!("{} is not a running replica", m.name));
     }
-    if !m.info.streaming {
+    let live = leader.replication.iter().find(|r| r.name == m.name);
+    let (streaming, lsn) = match live {
+        Some(r) => (r.streaming, r.flush),
+        None => (m.info.streaming, m.lsn()),
+    };
+    if !streaming {
         return Err(format!("{} is not streaming", m.name));
     }
-    let lag = leader_lsn.0.saturating_sub(m.lsn().0);
+    let lag = leader.lsn.unwrap_or_default().0.saturating_sub(lsn.0);
     if lag > cfg.maximum_lag_on_failover {
         return Err(format!(
             "{} is {lag} bytes behind (maximum_lag_on_failover {})",
@@ -647,7 +658,7 @@ pub fn switchover_target(
     local: &LocalPostgres,
     named: Option<&str>,
 ) -> Result<String, String> {
-    let top = local.lsn.unwrap_or_default();
+    let top = local;
     match named {
         Some(n) if n == cfg.name => Err(format!("{n} is already the leader")),
         Some(n) => {
@@ -794,6 +805,15 @@ fn decide_no_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
         return p.done("no leader; tagged nofailover: not a candidate");
     }
 
+    // The member that handed over in a switchover does not take the key back.
+    if view.failover.as_ref().is_some_and(|f| {
+        f.leader.as_deref() == Some(cfg.name.as_str())
+            && f.member.as_deref() != Some(cfg.name.as_str())
+    }) {
+        p.disarm_if_armed();
+        p.recheck_in(p.i.cfg.loop_wait_ms.min(1000));
+        return p.done("no leader: I handed over in a switchover, waiting for the new leader");
+    }
     match &local.data_dir {
         DataDir::Empty => {
             return p.done("no leader and no data: waiting for a leader to clone from");
@@ -943,6 +963,7 @@ mod tests {
             lsn: Some(Lsn(lsn)),
             streaming: true,
             following: Some(following.into()),
+            replication: Vec::new(),
         }
     }
 
@@ -1548,6 +1569,86 @@ mod tests {
             run(&c, 11_000, Some(&v), &primary(1000), &n).actions,
             vec![KeepAlive, StopPostgres]
         );
+    }
+
+    #[test]
+    fn switchover_decisions() {
+        let c = cfg(WatchdogMode::Automatic);
+        let mut a = member("a", Role::Replica, 1000, 1);
+        a.info.streaming = true;
+        let mut v = view(
+            leader("b", 9),
+            vec![a.clone(), member("b", Role::Primary, 1000, 1)],
+        );
+        v.failover = Some(crate::cluster::FailoverRequest {
+            leader: Some("b".into()),
+            member: Some("a".into()),
+            scheduled_at: None,
+        });
+        // The leader stops, releases, then disarms.
+        let d = run(&c, 11_000, Some(&v), &primary(1000), &leading(true));
+        assert!(
+            d.actions
+                .ends_with(&[StopPostgres, ReleaseLeader, DisarmWatchdog]),
+            "{:?}",
+            d.actions
+        );
+        // A non-streaming or lagging target is refused and the request cleared.
+        let mut v2 = v.clone();
+        v2.members[0].info.streaming = false;
+        let d = run(&c, 11_000, Some(&v2), &primary(1000), &leading(true));
+        assert_eq!(d.actions.last(), Some(&DeleteFailover));
+        assert!(d.summary.contains("not streaming"), "{}", d.summary);
+        let d = run(
+            &c,
+            11_000,
+            Some(&v),
+            &primary(1000 + (1 << 20) + 1),
+            &leading(true),
+        );
+        assert!(d.summary.contains("behind"), "{}", d.summary);
+        // With no leader, the named member takes the key; the old leader and
+        // the others wait.
+        let mut nv = v.clone();
+        nv.leader = None;
+        let mut ca = c.clone();
+        ca.name = "a".into();
+        assert!(
+            run(
+                &ca,
+                11_000,
+                Some(&nv),
+                &replica(1000, "x:1"),
+                &replica_node()
+            )
+            .actions
+            .contains(&AcquireLeader)
+        );
+        let d = run(&c, 11_000, Some(&nv), &stopped(true), &replica_node());
+        assert!(
+            !d.actions.contains(&AcquireLeader)
+                && !d.actions.iter().any(|a| matches!(a, StartReplica { .. })),
+            "{d:?}"
+        );
+        let mut cc = c.clone();
+        cc.name = "c".into();
+        nv.members.push(member("c", Role::Replica, 2000, 1));
+        assert!(
+            !run(
+                &cc,
+                11_000,
+                Some(&nv),
+                &replica(2000, "x:1"),
+                &replica_node()
+            )
+            .actions
+            .contains(&AcquireLeader)
+        );
+        // The new leader clears the request.
+        let mut done = v.clone();
+        done.leader = leader("a", 9);
+        let d = run(&ca, 11_000, Some(&done), &primary(1000), &leading(true));
+        assert_eq!(d.actions.last(), Some(&DeleteFailover));
     }
 
     #[test]

@@ -99,6 +99,8 @@ pub struct Postgres {
     cfg: PostgresqlConfig,
     member: String,
     client: Option<tokio_postgres::Client>,
+    /// The newest timeline the WAL receiver reported since the last start.
+    streamed_tli: Option<u32>,
 }
 
 impl Postgres {
@@ -107,6 +109,7 @@ impl Postgres {
             cfg,
             member,
             client: None,
+            streamed_tli: None,
         }
     }
 
@@ -198,14 +201,40 @@ impl Postgres {
             .map_err(|_| PgError::Query("probe timed out".into()))?
             .map_err(|e| PgError::Query(e.to_string()))?;
         let get = |e: tokio_postgres::Error| PgError::Query(e.to_string());
-        Ok(probe::from_row(
+        let mut state = probe::from_row(
             row.try_get(0).map_err(get)?,
             row.try_get(1).map_err(get)?,
             row.try_get(2).map_err(get)?,
             row.try_get(3).map_err(get)?,
             row.try_get(4).map_err(get)?,
             row.try_get(5).map_err(get)?,
-        ))
+        );
+        if state.in_recovery {
+            // Once the WAL receiver stops, PostgreSQL only reports the
+            // last restartpoint's timeline: remember the newest it streamed.
+            if state.streaming {
+                self.streamed_tli = state.timeline.max(self.streamed_tli);
+            }
+            state.timeline = state.timeline.max(self.streamed_tli);
+        } else {
+            let rows = tokio::time::timeout(timeout, client.query(probe::REPLICATION_SQL, &[]))
+                .await
+                .map_err(|_| PgError::Query("replication query timed out".into()))?
+                .map_err(|e| PgError::Query(e.to_string()))?;
+            for r in rows {
+                let name: Option<String> = r.try_get(0).map_err(get)?;
+                let lsn: String = r.try_get(2).map_err(get)?;
+                state.replication.push(crate::cluster::ReplicaStat {
+                    name: name.unwrap_or_default(),
+                    streaming: r.try_get(1).map_err(get)?,
+                    flush: crate::cluster::Lsn::parse(&lsn).unwrap_or_default(),
+                });
+            }
+        }
+        if !state.in_recovery {
+            self.streamed_tli = None;
+        }
+        Ok(state)
     }
 
     /// The data directory as the control file describes it.
@@ -298,6 +327,7 @@ impl Postgres {
     /// Starts the server and waits until it accepts connections.
     pub async fn start(&mut self, timeout: Duration) -> Result<(), PgError> {
         self.client = None;
+        self.streamed_tli = None;
         let data = self.data_str();
         let log = self.log();
         if self.postmaster_running(timeout).await {

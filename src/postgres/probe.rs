@@ -19,6 +19,11 @@ pub const PROBE_SQL: &str = "SELECT pg_is_in_recovery(),
   current_setting('primary_conninfo'),
   (SELECT system_identifier FROM pg_control_system())::text";
 
+/// The primary's replication connections.
+pub const REPLICATION_SQL: &str =
+    "SELECT application_name, state = 'streaming', COALESCE(flush_lsn, '0/0')::text
+  FROM pg_stat_replication WHERE NOT pg_is_in_recovery()";
+
 /// `host:port` from a primary_conninfo string (None when empty).
 pub fn conninfo_host_port(conninfo: &str) -> Option<String> {
     let mut host = None;
@@ -65,6 +70,7 @@ pub fn from_row(
         } else {
             None
         },
+        replication: Vec::new(),
     }
 }
 

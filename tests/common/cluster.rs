@@ -80,6 +80,19 @@ pub fn monotonic_ms() -> u64 {
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
+/// The process exists and is not a zombie (a killed postmaster whose parent
+/// does not reap it stays a zombie).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
 /// Polls `f` until it returns Some or the deadline passes.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let end = Instant::now() + timeout;
@@ -115,8 +128,7 @@ impl Node {
     pub fn postmaster_pid(&self) -> Option<i32> {
         let text = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
         let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-        // SAFETY: signal 0 only checks that the process exists.
-        (unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
+        alive(pid).then_some(pid)
     }
 
     pub fn agent_pid(&self) -> Option<i32> {
@@ -410,6 +422,22 @@ log:
         v["leader"].as_str().map(String::from)
     }
 
+    /// Waits until etcd shows every other running member as a streaming
+    /// replica (member keys are published once per cycle).
+    pub fn wait_published_streaming(&self, timeout: Duration) {
+        let want = self.nodes.iter().filter(|n| n.agent.is_some()).count() - 1;
+        wait_for("members published as streaming", timeout, || {
+            let out = self.leasedog(0).args(["list", "--json"]).output().ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let n = v["members"]
+                .as_array()?
+                .iter()
+                .filter(|m| m["role"] == "Replica")
+                .count();
+            (n == want).then_some(())
+        });
+    }
+
     pub fn dump_logs(&self) {
         for n in &self.nodes {
             eprintln!("===== {} agent log =====\n{}", n.name, n.agent_log_text());
@@ -437,8 +465,7 @@ impl Drop for Cluster {
                 // SAFETY: SIGQUIT asks the postmaster for an immediate shutdown.
                 unsafe { libc::kill(pid, libc::SIGQUIT) };
                 let end = Instant::now() + Duration::from_secs(5);
-                // SAFETY: signal 0 checks existence.
-                while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < end {
+                while alive(pid) && Instant::now() < end {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 // SAFETY: last resort.

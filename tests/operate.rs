@@ -1,0 +1,382 @@
+//! Operating a real cluster: the HTTP health API, HAProxy in front of it,
+//! pause/resume by CLI, socket and signal, switchover (named, unnamed,
+//! refused, scheduled), and garbage on the socket and the HTTP port.
+
+mod common;
+
+use common::cluster::{Cluster, Opts, free_port, wait_for};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BOOT: Duration = Duration::from_secs(90);
+
+/// Sends raw bytes to the API port and returns the whole response.
+fn raw_http(port: u16, request: &[u8]) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect API");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// The status code of `METHOD path`.
+fn http(port: u16, method: &str, path: &str) -> u16 {
+    let resp = raw_http(
+        port,
+        format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn http_body(port: u16, path: &str) -> String {
+    let resp = raw_http(
+        port,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    resp.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// One line to the control socket, one line back.
+fn socket(c: &Cluster, i: usize, line: &str) -> serde_json::Value {
+    let mut s = UnixStream::connect(c.nodes[i].dir.join("leasedog.sock")).expect("control socket");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(format!("{line}\n").as_bytes()).unwrap();
+    let mut reply = String::new();
+    BufReader::new(s).read_line(&mut reply).unwrap();
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("bad reply {reply:?}: {e}"))
+}
+
+fn cli(c: &Cluster, i: usize, args: &[&str]) -> (i32, String) {
+    let out = c.leasedog(i).args(args).output().expect("run CLI");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn paused(c: &Cluster) -> bool {
+    let out = c.leasedog(0).args(["list", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["paused"] == true
+}
+
+#[test]
+fn health_endpoints_garbage_and_status() {
+    let c = Cluster::start(3, Opts::default());
+    let p = c.wait_healthy(BOOT);
+    let r = (p + 1) % 3;
+    let (pa, ra) = (c.nodes[p].api_port, c.nodes[r].api_port);
+    wait_for("API reflects roles", Duration::from_secs(10), || {
+        (http(pa, "GET", "/primary") == 200 && http(ra, "GET", "/replica") == 200).then_some(())
+    });
+    for path in ["/", "/primary", "/leader", "/master", "/read-write"] {
+        assert_eq!(http(pa, "GET", path), 200, "primary {path}");
+        assert_eq!(http(ra, "GET", path), 503, "replica {path}");
+    }
+    assert_eq!(http(pa, "OPTIONS", "/primary"), 200);
+    assert_eq!(http(pa, "HEAD", "/primary"), 200);
+    assert_eq!(http(pa, "GET", "/replica"), 503);
+    assert_eq!(http(ra, "GET", "/replica?lag=1GB"), 200);
+    assert_eq!(http(ra, "GET", "/replica?lag=huge"), 400);
+    for path in ["/read-only", "/health", "/liveness", "/readiness"] {
+        assert_eq!(http(pa, "GET", path), 200, "primary {path}");
+        assert_eq!(http(ra, "GET", path), 200, "replica {path}");
+    }
+    let me: serde_json::Value = serde_json::from_str(&http_body(pa, "/patroni")).unwrap();
+    assert_eq!(me["role"], "primary");
+    assert_eq!(me["watchdog"]["armed"], true);
+    let cl: serde_json::Value = serde_json::from_str(&http_body(ra, "/cluster")).unwrap();
+    assert_eq!(cl["members"].as_array().map(|m| m.len()), Some(3));
+    assert!(http_body(pa, "/metrics").contains("leasedog_primary{"));
+
+    // Garbage on the HTTP port: an error reply, and the agent goes on.
+    let resp = raw_http(pa, b"\x00\x01garbage\r\n\r\n");
+    assert!(
+        resp.is_empty() || resp.starts_with("HTTP/1.1 400"),
+        "{resp:?}"
+    );
+    assert_eq!(http(pa, "POST", "/primary"), 405);
+    // Garbage on the socket: an error reply, then a good request works.
+    let bad = socket(&c, p, "{{{ not json");
+    assert_eq!(bad["ok"], false);
+    let st = socket(&c, p, r#"{"cmd":"status"}"#);
+    assert_eq!(st["status"]["role"], "primary");
+    assert_eq!(
+        http(pa, "GET", "/primary"),
+        200,
+        "role unchanged after garbage"
+    );
+    let (code, out) = cli(&c, p, &["status"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("primary"), "{out}");
+
+    // Paused, and a replica's PostgreSQL stopped: its checks fail, the
+    // primary's keep passing, /patroni shows the pause.
+    let (code, out) = cli(&c, 0, &["pause", "--wait"]);
+    assert_eq!(code, 0, "{out}");
+    c.kill_postmaster(r);
+    wait_for("replica checks fail", Duration::from_secs(10), || {
+        (http(ra, "GET", "/health") == 503 && http(ra, "GET", "/replica") == 503).then_some(())
+    });
+    assert_eq!(http(ra, "GET", "/read-only"), 503);
+    assert_eq!(http(pa, "GET", "/primary"), 200);
+    let me: serde_json::Value = serde_json::from_str(&http_body(pa, "/patroni")).unwrap();
+    assert_eq!(me["pause"], true);
+    let (_, list) = cli(&c, 0, &["list"]);
+    assert!(list.contains("Maintenance mode: on"), "{list}");
+}
+
+#[test]
+fn pause_and_resume_by_cli_socket_and_signal() {
+    let c = Cluster::start(3, Opts::default());
+    let p = c.wait_healthy(BOOT);
+    let leader = c.nodes[p].name.clone();
+
+    // Pause by the CLI: the watchdog is disarmed.
+    let (code, out) = cli(&c, p, &["pause", "--wait"]);
+    assert_eq!(code, 0, "{out}");
+    wait_for("magic close while paused", Duration::from_secs(5), || {
+        c.nodes[p]
+            .watchdog_events()
+            .last()
+            .filter(|(_, o)| o == "magic-close")
+            .map(|_| ())
+    });
+    // The primary's postmaster dies: nobody promotes, nobody restarts it.
+    c.kill_postmaster(p);
+    wait_for("postmaster gone", Duration::from_secs(5), || {
+        c.nodes[p].postmaster_pid().is_none().then_some(())
+    });
+    let end = Instant::now() + Duration::from_secs(c.opts.ttl + 2);
+    while Instant::now() < end {
+        assert!(
+            c.nodes[p].postmaster_pid().is_none(),
+            "restarted while paused"
+        );
+        assert!(
+            (0..3).all(|i| c.nodes[i].is_primary() != Some(true)),
+            "promoted while paused"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        c.leader().as_deref(),
+        Some(leader.as_str()),
+        "the leader keeps its key while paused"
+    );
+
+    // Resume by the socket: PostgreSQL comes back as primary, the watchdog
+    // re-armed before its next keepalive.
+    let closed_at = c.nodes[p].watchdog_events().len();
+    let r = socket(&c, p, r#"{"cmd":"resume"}"#);
+    assert_eq!(r["ok"], true, "{r}");
+    let p2 = c.wait_healthy(Duration::from_secs(60));
+    assert_eq!(p2, p, "the leader restarts its own PostgreSQL");
+    let after: Vec<String> = c.nodes[p].watchdog_events()[closed_at..]
+        .iter()
+        .map(|(_, o)| o.clone())
+        .collect();
+    assert_eq!(
+        after.first().map(String::as_str),
+        Some("open"),
+        "re-armed first: {after:?}"
+    );
+
+    // Pause by SIGUSR1, resume by SIGUSR2 (sent to a replica's agent: the
+    // flag is cluster-wide).
+    let r_i = (p + 1) % 3;
+    let pid = c.nodes[r_i].agent_pid().unwrap();
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    wait_for("paused by SIGUSR1", Duration::from_secs(10), || {
+        paused(&c).then_some(())
+    });
+    // Socket pause from a replica, CLI resume.
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGUSR2) };
+    wait_for("resumed by SIGUSR2", Duration::from_secs(10), || {
+        (!paused(&c)).then_some(())
+    });
+    assert_eq!(socket(&c, r_i, r#"{"cmd":"pause"}"#)["ok"], true);
+    assert!(paused(&c));
+    let (code, out) = cli(&c, 0, &["resume", "--wait"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!paused(&c));
+}
+
+#[test]
+fn switchover_named_unnamed_refused_and_scheduled() {
+    let opts = Opts {
+        extra: vec![(2, "tags:\n  nofailover: true".into())],
+        ..Opts::default()
+    };
+    let c = Cluster::start(3, opts);
+    let p = c.wait_healthy(BOOT);
+    let name = |i: usize| c.nodes[i].name.clone();
+
+    // Refused: unknown member, nofailover member. Nothing changes.
+    let (code, out) = cli(&c, 0, &["switchover", "--to", "nosuch"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("no member named nosuch"), "{out}");
+    if p != 2 {
+        let (code, out) = cli(&c, 0, &["switchover", "--to", &name(2)]);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains("nofailover"), "{out}");
+    }
+    assert_eq!(c.leader(), Some(name(p)));
+    let (code, _) = cli(&c, 0, &["switchover", "--bogus"]);
+    assert_eq!(code, 2, "usage errors exit 2");
+
+    // Named: to the other failover-capable node.
+    c.wait_published_streaming(Duration::from_secs(10));
+    let target = (0..2).find(|&i| i != p).unwrap_or(0);
+    let t0 = Instant::now();
+    let (code, out) = cli(&c, 0, &["switchover", "--to", &name(target), "--force"]);
+    assert_eq!(code, 0, "{out}");
+    wait_for("target writable", Duration::from_secs(20), || {
+        (c.nodes[target].is_primary() == Some(true)).then_some(())
+    });
+    eprintln!(
+        "switchover to {}: writable {:.2}s after the command",
+        name(target),
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(c.wait_healthy(Duration::from_secs(60)), target);
+    eprintln!(
+        "switchover: old primary streaming {:.2}s after the command",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // Unnamed: the only other candidate (node3 is nofailover).
+    c.wait_published_streaming(Duration::from_secs(10));
+    let expected = (0..2).find(|&i| i != target).unwrap();
+    let (code, out) = cli(&c, 0, &["switchover"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(c.wait_healthy(Duration::from_secs(60)), expected);
+
+    // Scheduled: nothing happens before the time, then it does.
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 4;
+    let (code, out) = cli(
+        &c,
+        0,
+        &["switchover", "--to", &name(target), "--at", &at.to_string()],
+    );
+    assert_eq!(code, 0, "{out}");
+    std::thread::sleep(Duration::from_millis(1500)); // well before the scheduled time
+    assert_eq!(c.leader(), Some(name(expected)), "switched before its time");
+    wait_for("scheduled switchover", Duration::from_secs(30), || {
+        (c.leader() == Some(name(target))).then_some(())
+    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(now >= at);
+}
+
+struct Haproxy(Child);
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn haproxy_routes_to_the_primary_through_failover_and_switchover() {
+    let mut c = Cluster::start(3, Opts::default());
+    let p = c.wait_healthy(BOOT);
+    let port = free_port();
+    let mut cfg = format!(
+        "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  timeout check 1s\n\
+         listen primary\n  bind 127.0.0.1:{port}\n  option httpchk OPTIONS /primary\n  http-check expect status 200\n\
+         default-server inter 300ms fall 2 rise 1 on-marked-down shutdown-sessions\n"
+    );
+    for n in &c.nodes {
+        cfg.push_str(&format!(
+            "  server {} 127.0.0.1:{} check port {}\n",
+            n.name, n.pg_port, n.api_port
+        ));
+    }
+    let path = c.nodes[0].dir.join("haproxy.cfg");
+    std::fs::write(&path, cfg).unwrap();
+    let _hap = Haproxy(
+        Command::new("haproxy")
+            .arg("-f")
+            .arg(&path)
+            .arg("-db")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy (bash scripts/setup.sh installs it)"),
+    );
+    let through = |sql: &str| -> Option<String> {
+        let out = Command::new(format!("{}/psql", common::cluster::BIN_DIR))
+            .args([
+                "-X",
+                "-At",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ])
+            .env("PGCONNECT_TIMEOUT", "2")
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let primary_port = |c: &Cluster, i: usize| c.nodes[i].pg_port.to_string();
+    // HAProxy starts with every server up until its checks say otherwise:
+    // wait until several connections in a row land on the primary and write.
+    let check = |c: &Cluster, want: usize, what: &str| {
+        let want_port = primary_port(c, want);
+        let mut in_a_row = 0;
+        wait_for(what, Duration::from_secs(30), || {
+            let ok = through("SELECT current_setting('port')").as_deref()
+                == Some(want_port.as_str())
+                && through("CREATE TABLE IF NOT EXISTS hap (x int); INSERT INTO hap VALUES (1)")
+                    .is_some();
+            in_a_row = if ok { in_a_row + 1 } else { 0 };
+            (in_a_row >= 5).then_some(())
+        });
+    };
+    check(&c, p, "HAProxy reaches the primary");
+
+    c.kill_agent(p);
+    c.kill_postmaster(p);
+    let np = wait_for("new primary", Duration::from_secs(30), || {
+        c.sole_primary().filter(|&i| i != p)
+    });
+    check(&c, np, "HAProxy reaches the new primary after failover");
+    c.start_agent(p);
+    c.wait_healthy(Duration::from_secs(60));
+
+    c.wait_published_streaming(Duration::from_secs(10));
+    let (code, out) = cli(&c, 0, &["switchover", "--to", &c.nodes[p].name.clone()]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(c.wait_healthy(Duration::from_secs(60)), p);
+    check(&c, p, "HAProxy reaches the primary after switchover");
+}
