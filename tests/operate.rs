@@ -265,6 +265,7 @@ fn switchover_named_unnamed_refused_and_scheduled() {
     assert_eq!(c.wait_healthy(Duration::from_secs(60)), expected);
 
     // Scheduled: nothing happens before the time, then it does.
+    c.wait_published_streaming(Duration::from_secs(10));
     let at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
