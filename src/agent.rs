@@ -7,6 +7,7 @@
 //! Lease renewal and watchdog feeding happen *only* here, inside a cycle: if
 //! this loop stalls, renewal and feeding stop, and the hardware fences.
 
+use crate::callbacks::{self, Event};
 use crate::cluster::FailoverRequest;
 use crate::cluster::{ClusterView, LocalPostgres, MemberInfo, Millis, Role, Tags};
 use crate::config::{Config, WatchdogMode};
@@ -441,6 +442,7 @@ impl Agent {
                 self.pg.write_primary_conf().map_err(|e| e.to_string())?;
                 self.pg.start(t).await.map_err(|e| e.to_string())?;
                 info!("PostgreSQL started as primary");
+                self.callback(Event::Start, "primary");
                 Ok(())
             }
             Action::StartReplica { upstream } => {
@@ -456,6 +458,7 @@ impl Agent {
                     Some(u) => info!("PostgreSQL started as a replica of {}", u.member),
                     None => info!("PostgreSQL started read-only"),
                 }
+                self.callback(Event::Start, "replica");
                 Ok(())
             }
             Action::Follow { upstream } => {
@@ -470,6 +473,7 @@ impl Agent {
             Action::Promote => {
                 self.pg.promote(t).await.map_err(|e| e.to_string())?;
                 info!("promoted PostgreSQL: this member is the primary");
+                self.callback(Event::RoleChange, "primary");
                 Ok(())
             }
             Action::StopPostgres => self.stop_postgres().await,
@@ -626,7 +630,23 @@ impl Agent {
             .await
             .map_err(|e| e.to_string())?;
         info!("PostgreSQL stopped ({outcome:?})");
+        if outcome != postgres::StopOutcome::AlreadyStopped {
+            let was = if self.last_local.writable() {
+                "primary"
+            } else {
+                "replica"
+            };
+            self.callback(Event::Stop, was);
+            if was == "primary" {
+                self.callback(Event::RoleChange, "demoted");
+            }
+        }
         Ok(())
+    }
+
+    fn callback(&self, ev: Event, role: &str) {
+        let t = Duration::from_millis(self.ha.retry_timeout_ms.max(10_000));
+        callbacks::fire(&self.cfg.postgresql.callbacks, ev, role, &self.cfg.scope, t);
     }
 
     fn update_snapshot(&self, summary: &str, started: Instant) {
@@ -719,6 +739,22 @@ impl Agent {
         let stopped = match self.pg.stop(fast, Duration::from_secs(5)).await {
             Ok(o) => {
                 info!("PostgreSQL stopped ({o:?})");
+                if o != postgres::StopOutcome::AlreadyStopped {
+                    let role = if self.last_local.writable() {
+                        "primary"
+                    } else {
+                        "replica"
+                    };
+                    // The process is about to exit: wait for the callback.
+                    if let Some(argv) = callbacks::command_for(
+                        &self.cfg.postgresql.callbacks,
+                        Event::Stop,
+                        role,
+                        &self.cfg.scope,
+                    ) {
+                        callbacks::run(argv, Duration::from_secs(5)).await;
+                    }
+                }
                 true
             }
             Err(e) => {

@@ -109,6 +109,18 @@ pub struct PostgresqlConfig {
     pub pg_hba: Vec<String>,
     /// Extra initdb arguments (data checksums are always on).
     pub initdb: Vec<String>,
+    /// Commands run as `<cmd> <action> <role> <scope>` when PostgreSQL
+    /// starts, stops or changes role (Patroni's postgresql.callbacks).
+    pub callbacks: Callbacks,
+}
+
+/// Patroni-style callbacks; each is a command line (split on whitespace).
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Callbacks {
+    pub on_start: Option<String>,
+    pub on_stop: Option<String>,
+    pub on_role_change: Option<String>,
 }
 
 impl Default for PostgresqlConfig {
@@ -123,6 +135,7 @@ impl Default for PostgresqlConfig {
             parameters: BTreeMap::new(),
             pg_hba: Vec::new(),
             initdb: Vec::new(),
+            callbacks: Callbacks::default(),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod callbacks;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -140,6 +140,7 @@ fn graceful_stop_hands_over_well_before_the_ttl() {
             loop_wait: 1,
             retry_timeout: 3,
             safety_margin: 3,
+            callbacks: true,
             ..Opts::default()
         },
     );
@@ -167,6 +168,20 @@ fn graceful_stop_hands_over_well_before_the_ttl() {
     assert!(
         c.nodes[p].postmaster_pid().is_none(),
         "old primary's PostgreSQL stopped"
+    );
+    // Callbacks ran: the old primary stopped, the new one changed role.
+    let calls = |i: usize| {
+        std::fs::read_to_string(c.nodes[i].dir.join("callbacks.log")).unwrap_or_default()
+    };
+    wait_for("callbacks", Duration::from_secs(10), || {
+        (calls(p).contains("on_stop primary testcluster")
+            && calls(new_p).contains("on_role_change primary testcluster"))
+        .then_some(())
+    });
+    assert!(
+        calls(new_p).contains("on_start replica testcluster"),
+        "{}",
+        calls(new_p)
     );
     let ops: Vec<String> = c.nodes[p]
         .watchdog_events()

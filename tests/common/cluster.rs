@@ -24,6 +24,8 @@ pub struct Opts {
     pub watchdog_mode: &'static str,
     /// Extra YAML appended to node i's config (by index), e.g. tags.
     pub extra: Vec<(usize, String)>,
+    /// Configure every callback to append its arguments to `callbacks.log`.
+    pub callbacks: bool,
 }
 
 impl Default for Opts {
@@ -35,6 +37,7 @@ impl Default for Opts {
             safety_margin: 2,
             watchdog_mode: "automatic",
             extra: Vec::new(),
+            callbacks: false,
         }
     }
 }
@@ -259,6 +262,7 @@ postgresql:
     - local all all trust
     - host all all 127.0.0.1/32 trust
     - host replication all 127.0.0.1/32 trust
+  callbacks: {callbacks}
   parameters:
     shared_buffers: 16MB
     max_connections: 30
@@ -284,6 +288,21 @@ log:
                 api = node.api_port,
                 ctl = node.dir.join("leasedog.sock").display(),
                 name = node.name,
+                callbacks = if opts.callbacks {
+                    let script = node.dir.join("cb.sh");
+                    let log = node.dir.join("callbacks.log");
+                    std::fs::write(
+                        &script,
+                        format!("#!/bin/sh\necho \"$@\" >> {}\n", log.display()),
+                    )
+                    .expect("callback script");
+                    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+                        .expect("chmod");
+                    let s = script.display();
+                    format!("{{on_start: {s}, on_stop: {s}, on_role_change: {s}}}")
+                } else {
+                    "{}".to_string()
+                },
             );
             std::fs::write(&node.config, yaml).expect("write config");
             nodes.push(node);
