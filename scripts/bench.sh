@@ -53,3 +53,18 @@ kill -TERM "${agent[$p]}"
 new=$(wait_new_primary "$p")
 t1=$(now)
 echo "graceful handover: node$new writable $(elapsed "$t0" "$t1") s after SIGTERM of node$p's agent"
+start_agent "$p"
+wait_healthy
+
+# Switchover: command -> candidate writable, and -> old primary streaming again.
+sleep $((LOOP_WAIT + 1)) # members publish their streaming state once per loop_wait
+p=$(primary); target=$(( p % 3 + 1 ))
+t0=$(now)
+ld switchover --to "node$target" >/dev/null &
+sw=$!
+while ! psql_on "$target" "insert into probe_writes values (2)" >/dev/null; do sleep 0.01; done
+t1=$(now)
+while [ "$(psql_on "$p" "select status from pg_stat_wal_receiver")" != streaming ]; do sleep 0.02; done
+t2=$(now)
+wait "$sw" || true
+echo "switchover: node$target writable $(elapsed "$t0" "$t1") s after the command; old primary node$p streaming after $(elapsed "$t0" "$t2") s"
