@@ -187,7 +187,9 @@ impl Agent {
     /// Runs an operator command (from a signal or the control socket):
     /// writes it to etcd, where every member's loop picks it up.
     async fn command(&mut self, cmd: Command) -> Result<String, String> {
-        let t = Duration::from_millis(self.ha.retry_timeout_ms);
+        // Bounded like every call of the loop: a leader must not miss its
+        // stop deadline while etcd hangs.
+        let t = self.io_timeout();
         let result = match cmd {
             Command::Pause | Command::Resume => {
                 let pause = cmd == Command::Pause;
@@ -735,8 +737,19 @@ impl Agent {
     /// disarmed (in that order), lease revoked.
     async fn shutdown(&mut self) {
         info!("shutting down: stopping PostgreSQL");
-        let fast = Duration::from_millis(self.ha.stop_budget_ms().max(2000));
-        let stopped = match self.pg.stop(fast, Duration::from_secs(5)).await {
+        // A leader has until the earlier of its lease and watchdog deadlines
+        // (the loop no longer renews); others may take their time.
+        let now = self.now();
+        let total = match self.node.must_stop_at(&self.ha) {
+            Some(stop) if self.node.leader_confirmed => stop
+                .plus(self.ha.stop_budget_ms())
+                .since(now)
+                .saturating_sub(ha::SLACK_MS),
+            _ => self.ha.retry_timeout_ms.max(10_000),
+        };
+        let fast = Duration::from_millis((total * 6 / 10).max(1000));
+        let immediate = Duration::from_millis((total * 4 / 10).max(1000));
+        let stopped = match self.pg.stop(fast, immediate).await {
             Ok(o) => {
                 info!("PostgreSQL stopped ({o:?})");
                 if o != postgres::StopOutcome::AlreadyStopped {
