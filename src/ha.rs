@@ -81,6 +81,8 @@ pub struct NodeState {
     /// Since when this replica has not streamed while the leader is on a
     /// later timeline (it may have diverged and need a rewind).
     pub stalled_since: Option<Millis>,
+    /// Since when the cluster has had no leader (as this node saw it).
+    pub no_leader_since: Option<Millis>,
 }
 
 impl NodeState {
@@ -130,6 +132,11 @@ impl NodeState {
                 && local.in_recovery
                 && !local.streaming
                 && leader_tl.is_some_and(|tl| local.timeline.is_some_and(|mine| mine < tl));
+            self.no_leader_since = if v.leader.is_none() {
+                self.no_leader_since.or(Some(now))
+            } else {
+                None
+            };
             self.stalled_since = if stalled {
                 self.stalled_since.or(Some(now))
             } else {
@@ -871,10 +878,17 @@ fn decide_no_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
         p.recheck_in(0);
         return p.done("no leader: I was asked to take over, taking the key");
     }
-    // Compare against fresh positions only: wait until our own published
-    // position is current, so peers compare against it too.
+    // Compare against fresh positions: give every member one round to
+    // publish its current position (ours included) before comparing. Bounded:
+    // a position that keeps moving (an old primary still streaming) must not
+    // hold the election back forever.
     let published = view.member(&cfg.name).map(|m| m.lsn());
-    if published != Some(my_lsn) {
+    let waited =
+        p.i.node
+            .no_leader_since
+            .map(|t| p.i.now.since(t))
+            .unwrap_or(0);
+    if published != Some(my_lsn) && waited < 2 * RECHECK_MS {
         p.recheck_in(RECHECK_MS);
         return p.done("no leader: publishing my position before the election");
     }
@@ -1529,6 +1543,11 @@ mod tests {
         let d = run(&c, 11_000, Some(&v), &replica(1000, "x:1"), &n);
         assert_eq!(d.actions, vec![KeepAlive]);
         assert_eq!(d.next_cycle, Millis(11_000 + RECHECK_MS));
+        // ...but not forever: a position that keeps moving does not block.
+        let mut waited = n.clone();
+        waited.no_leader_since = Some(Millis(11_000 - 2 * RECHECK_MS));
+        let d = run(&c, 11_000, Some(&v), &replica(1000, "x:1"), &waited);
+        assert!(d.actions.contains(&AcquireLeader), "{d:?}");
         // nofailover never takes part.
         let mut c2 = c.clone();
         c2.nofailover = true;

@@ -1,0 +1,1446 @@
+//! Deterministic simulation of the HA core (DESIGN §6.2).
+//!
+//! N simulated nodes each run the real decision core (`ha::decide`) and the
+//! real timing and state rules (`NodeState::observe`, `on_renewed`,
+//! `may_feed`, `must_stop_at`, `io_timeout_ms`, ...) against:
+//! - a simulated etcd: revisions, leases expiring on etcd's clock, the same
+//!   transactions as `dcs.rs`; a request is applied after a request latency
+//!   and answered after a reply latency; a caller whose timeout passes first
+//!   sees a timeout even though etcd may have applied the request;
+//! - a simulated PostgreSQL per node (stopped / primary / replica, LSN,
+//!   timeline history); operations take time and take effect when they
+//!   complete, so a stopping primary stays writable until the stop is done;
+//! - a simulated watchdog per node that resets the node when not fed in time;
+//! - a clock per node running within ±500 ppm of true time.
+//!
+//! Faults come from a seeded PRNG: agent hangs (the loop stops, PostgreSQL
+//! keeps running), agent crashes, partitions from etcd (both ways, requests
+//! only, replies only), slow etcd, etcd down, node resets, PostgreSQL crashes.
+//!
+//! Checked after every event: never two writable primaries (a hung node's
+//! PostgreSQL counts until it is reset or stopped). After the faults stop:
+//! exactly one primary holding the leader key within a bound. At promotion:
+//! the new primary is within maximum_lag_on_failover of the last `status`.
+//!
+//! `LEASEDOG_SIM_SEEDS=N` runs more schedules; `LEASEDOG_SIM_SEED=S` re-runs
+//! one (a failure prints its seed and fault schedule).
+
+use leasedog::cluster::{
+    ClusterView, DataDir, KeyParse, Leader, LocalPostgres, Lsn, MemberInfo, Millis, Role, Status,
+    Tags, parse_key,
+};
+use leasedog::config::WatchdogMode;
+use leasedog::ha::{self, Action, HaConfig, Input, NodeState};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+
+// ---------------------------------------------------------------- PRNG
+
+/// splitmix64: small, fast, and the same everywhere.
+#[derive(Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+    fn chance(&mut self, pct: u64) -> bool {
+        self.next() % 100 < pct
+    }
+}
+
+// ---------------------------------------------------------------- knobs
+
+/// Ways to break the fencing on purpose, to prove the checker finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Broken {
+    None,
+    /// The simulated device fires at ttl + 1 s instead of ttl - safety_margin.
+    LongWatchdog,
+    /// The executor feeds even when the renewal was answered too late.
+    FeedLate,
+}
+
+#[derive(Debug, Clone)]
+struct Setup {
+    nodes: usize,
+    ttl: u64,
+    loop_wait: u64,
+    retry: u64,
+    margin: u64,
+    mode: WatchdogMode,
+    broken: Broken,
+}
+
+// ---------------------------------------------------------------- etcd
+
+#[derive(Debug, Clone)]
+struct Kv {
+    value: String,
+    create: i64,
+    modr: i64,
+    lease: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Op {
+    Read,
+    KeepAlive(Option<i64>),
+    Confirm(Option<i64>, Option<Status>),
+    Acquire(Option<i64>),
+    TakeOver(Option<i64>, i64),
+    Release,
+    PutMember(Option<i64>, String),
+    Initialize(String),
+    DeleteFailover,
+}
+
+#[derive(Debug, Clone)]
+enum Reply {
+    View(Box<ClusterView>),
+    Lease { id: i64, granted_new: bool },
+    Bool(bool),
+    Done,
+    Failed,
+}
+
+struct Etcd {
+    kv: BTreeMap<String, Kv>,
+    rev: i64,
+    leases: BTreeMap<i64, u64>,
+    next_lease: i64,
+    ttl_ms: u64,
+}
+
+const PREFIX: &str = "/service/sim/";
+
+impl Etcd {
+    fn put(&mut self, key: &str, value: String, lease: i64) {
+        self.rev += 1;
+        let create = self.kv.get(key).map(|k| k.create).unwrap_or(self.rev);
+        self.kv.insert(
+            key.into(),
+            Kv {
+                value,
+                create,
+                modr: self.rev,
+                lease,
+            },
+        );
+    }
+    fn del(&mut self, key: &str) -> bool {
+        if self.kv.remove(key).is_some() {
+            self.rev += 1;
+            true
+        } else {
+            false
+        }
+    }
+    fn lease_alive(&self, id: Option<i64>, now: u64) -> Option<i64> {
+        let id = id?;
+        self.leases.get(&id).filter(|&&exp| exp > now).map(|_| id)
+    }
+    /// Removes expired leases and their keys; true when the leader key went.
+    fn expire(&mut self, now: u64) -> bool {
+        let dead: Vec<i64> = self
+            .leases
+            .iter()
+            .filter(|(_, e)| **e <= now)
+            .map(|(i, _)| *i)
+            .collect();
+        let mut leader_gone = false;
+        for id in dead {
+            self.leases.remove(&id);
+            let keys: Vec<String> = self
+                .kv
+                .iter()
+                .filter(|(_, v)| v.lease == id)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in keys {
+                leader_gone |= k.ends_with("/leader");
+                self.del(&k);
+            }
+        }
+        leader_gone
+    }
+    fn view(&self) -> ClusterView {
+        let mut v = ClusterView {
+            revision: self.rev,
+            ..Default::default()
+        };
+        for (k, kv) in &self.kv {
+            let rel = k.strip_prefix(PREFIX).unwrap_or(k);
+            match parse_key(rel, kv.value.as_bytes()) {
+                Ok(KeyParse::Leader(name)) => {
+                    v.leader = Some(Leader {
+                        name,
+                        lease: kv.lease,
+                        create_revision: kv.create,
+                        mod_revision: kv.modr,
+                    })
+                }
+                Ok(KeyParse::Member(m)) => v.members.push(m),
+                Ok(KeyParse::Initialize(i)) => v.initialize = Some(i),
+                Ok(KeyParse::Config(c)) => v.config = c,
+                Ok(KeyParse::Failover(f)) => v.failover = Some(f),
+                Ok(KeyParse::Status(s)) => v.status = Some(s),
+                _ => {}
+            }
+        }
+        v
+    }
+    /// Applies one request; returns the reply and whether the leader key changed.
+    fn apply(&mut self, name: &str, op: &Op, now: u64) -> (Reply, bool) {
+        let leader = format!("{PREFIX}leader");
+        let held = |e: &Etcd| {
+            e.kv.get(&leader)
+                .map(|k| (k.value.clone(), k.lease, k.modr))
+        };
+        match op {
+            Op::Read => (Reply::View(Box::new(self.view())), false),
+            Op::KeepAlive(id) => match self.lease_alive(*id, now) {
+                Some(id) => {
+                    self.leases.insert(id, now + self.ttl_ms);
+                    (
+                        Reply::Lease {
+                            id,
+                            granted_new: false,
+                        },
+                        false,
+                    )
+                }
+                None => {
+                    self.next_lease += 1;
+                    let id = self.next_lease;
+                    self.leases.insert(id, now + self.ttl_ms);
+                    (
+                        Reply::Lease {
+                            id,
+                            granted_new: true,
+                        },
+                        false,
+                    )
+                }
+            },
+            Op::Confirm(id, status) => {
+                let ok = matches!(held(self), Some((v, l, _)) if v == name && Some(l) == *id);
+                if ok && let Some(s) = status {
+                    self.put(
+                        &format!("{PREFIX}status"),
+                        serde_json::to_string(s).unwrap(),
+                        0,
+                    );
+                }
+                (Reply::Bool(ok), false)
+            }
+            Op::Acquire(id) => {
+                let Some(id) = self.lease_alive(*id, now) else {
+                    return (Reply::Failed, false);
+                };
+                if held(self).is_none() {
+                    self.put(&leader, name.into(), id);
+                    (Reply::Bool(true), true)
+                } else {
+                    (Reply::Bool(false), false)
+                }
+            }
+            Op::TakeOver(id, rev) => {
+                let Some(id) = self.lease_alive(*id, now) else {
+                    return (Reply::Failed, false);
+                };
+                if matches!(held(self), Some((v, _, m)) if v == name && m == *rev) {
+                    self.put(&leader, name.into(), id);
+                    (Reply::Bool(true), true)
+                } else {
+                    (Reply::Bool(false), false)
+                }
+            }
+            Op::Release => {
+                if matches!(held(self), Some((v, _, _)) if v == name) {
+                    self.del(&leader);
+                    (Reply::Bool(true), true)
+                } else {
+                    (Reply::Bool(false), false)
+                }
+            }
+            Op::PutMember(id, json) => match self.lease_alive(*id, now) {
+                Some(id) => {
+                    self.put(&format!("{PREFIX}members/{name}"), json.clone(), id);
+                    (Reply::Done, false)
+                }
+                None => (Reply::Failed, false),
+            },
+            Op::Initialize(sysid) => {
+                let k = format!("{PREFIX}initialize");
+                if self.kv.contains_key(&k) {
+                    (Reply::Bool(false), false)
+                } else {
+                    self.put(&k, sysid.clone(), 0);
+                    (Reply::Bool(true), true)
+                }
+            }
+            Op::DeleteFailover => {
+                self.del(&format!("{PREFIX}failover"));
+                (Reply::Done, true)
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- PostgreSQL
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PgState {
+    Stopped,
+    Primary,
+    Replica(Option<usize>),
+}
+
+#[derive(Debug, Clone)]
+struct Pg {
+    data: bool,
+    state: PgState,
+    lsn: u64,
+    tl: u32,
+    /// (timeline, LSN where it ended)
+    history: Vec<(u32, u64)>,
+    was_primary: bool,
+    crashed: bool,
+    streaming: bool,
+}
+
+impl Pg {
+    fn empty() -> Pg {
+        Pg {
+            data: false,
+            state: PgState::Stopped,
+            lsn: 0,
+            tl: 0,
+            history: vec![],
+            was_primary: false,
+            crashed: false,
+            streaming: false,
+        }
+    }
+    fn running(&self) -> bool {
+        self.state != PgState::Stopped
+    }
+    /// Where `up`'s history left timeline `tl` (None: `up` is still on it).
+    fn fork_point(up: &Pg, tl: u32) -> Option<u64> {
+        up.history.iter().find(|(t, _)| *t == tl).map(|(_, l)| *l)
+    }
+    fn can_follow(&self, up: &Pg) -> bool {
+        if !self.data || !up.data {
+            return false;
+        }
+        if self.tl == up.tl {
+            self.lsn <= up.lsn
+        } else if self.tl < up.tl {
+            Pg::fork_point(up, self.tl).is_some_and(|f| self.lsn <= f)
+        } else {
+            false
+        }
+    }
+}
+
+// ---------------------------------------------------------------- nodes
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Agent {
+    Down {
+        until: u64,
+    },
+    Idle,
+    /// Waiting for the reply (or timeout) of request `seqno`.
+    Waiting {
+        seqno: u64,
+    },
+    Hung {
+        until: u64,
+    },
+}
+
+struct Node {
+    name: String,
+    cfg: HaConfig,
+    node: NodeState,
+    agent: Agent,
+    /// What a hung agent was doing (restored when it thaws).
+    before_hang: Agent,
+    pg: Pg,
+    /// True time at which the armed watchdog fires.
+    wd_expiry: Option<u64>,
+    rate_ppm: i64,
+    req_cut_until: u64,
+    rep_cut_until: u64,
+    seqno: u64,
+    /// This cycle: the view, the local state, the remaining actions.
+    view: Option<ClusterView>,
+    local: LocalPostgres,
+    queue: VecDeque<Action>,
+    /// What the outstanding request is for.
+    pending: Option<Pending>,
+    next_cycle: u64,
+    sent_local: Millis,
+    last_ok: bool,
+    /// True time at which the outstanding request times out.
+    deadline: u64,
+    /// The watch fired during a cycle (tokio's Notify keeps the permit).
+    woken: bool,
+    /// A PostgreSQL operation in flight (it completes even if the agent
+    /// hangs or dies) and the result the agent has not read yet.
+    pg_inflight: Option<(u64, Action)>,
+    pg_result: Option<(u64, bool)>,
+}
+
+#[derive(Debug, Clone)]
+enum Pending {
+    Read,
+    Action(Action),
+    Publish,
+    PgOp,
+}
+
+impl Node {
+    /// This node's clock at true time `t`.
+    fn local(&self, t: u64) -> Millis {
+        Millis((t as i64 + t as i64 * self.rate_ppm / 1_000_000) as u64)
+    }
+    /// True duration of a local duration.
+    fn to_true(&self, local_ms: u64) -> u64 {
+        (local_ms as i64 - local_ms as i64 * self.rate_ppm / 1_000_000).max(0) as u64
+    }
+    fn local_pg(&self, all: &[Pg]) -> LocalPostgres {
+        let pg = &self.pg;
+        LocalPostgres {
+            data_dir: if pg.data {
+                DataDir::Initialized {
+                    system_id: "42".into(),
+                    was_primary: pg.was_primary,
+                    crashed: pg.crashed,
+                    timeline: pg.tl,
+                    checkpoint: Lsn(pg.lsn),
+                }
+            } else {
+                DataDir::Empty
+            },
+            running: pg.running(),
+            in_recovery: matches!(pg.state, PgState::Replica(_)),
+            timeline: pg.running().then_some(pg.tl),
+            lsn: pg.running().then_some(Lsn(pg.lsn)),
+            streaming: pg.streaming,
+            following: match pg.state {
+                PgState::Replica(Some(u)) => Some(format!("n{u}:5432")),
+                _ => None,
+            },
+            replication: all
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.streaming)
+                .filter(|(_, r)| matches!(r.state, PgState::Replica(Some(_))))
+                .map(|(i, r)| leasedog::cluster::ReplicaStat {
+                    name: format!("n{i}"),
+                    streaming: true,
+                    flush: Lsn(r.lsn),
+                })
+                .collect(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- events
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    Cycle(usize),
+    Apply(usize, u64),
+    Reply(usize, u64),
+    Timeout(usize, u64),
+    PgDone(usize, u64),
+    Thaw(usize),
+    Boot(usize),
+    Wd(usize),
+    Progress,
+    Expire,
+    Fault(usize),
+}
+
+#[derive(Debug, Clone)]
+enum Fault {
+    Hang(usize, u64),
+    /// A stuttering agent: hangs, runs for a moment, hangs again.
+    Stutter(usize, u64, u64, u64),
+    Crash(usize, u64),
+    Partition(usize, bool, bool, u64),
+    Slow(u64, u64),
+    EtcdDown(u64),
+    Reset(usize),
+    PgCrash(usize),
+}
+
+struct Sim {
+    setup: Setup,
+    now: u64,
+    seq: u64,
+    events: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    etcd: Etcd,
+    etcd_down_until: u64,
+    slow_until: u64,
+    slow_extra: u64,
+    nodes: Vec<Node>,
+    rng: Rng,
+    faults: Vec<(u64, Fault)>,
+    /// Requests in flight: (node, seqno) -> op and whether the reply may come.
+    inflight: BTreeMap<(usize, u64), (Op, u64)>,
+    replies: BTreeMap<(usize, u64), Reply>,
+    log: Vec<String>,
+    promotions: usize,
+}
+
+type Outcome = Result<(), String>;
+
+impl Sim {
+    fn new(setup: Setup, seed: u64) -> Sim {
+        let mut rng = Rng(seed);
+        let ttl_ms = setup.ttl * 1000;
+        let mut nodes = Vec::new();
+        for i in 0..setup.nodes {
+            let cfg = HaConfig {
+                name: format!("n{i}"),
+                ttl_ms,
+                loop_wait_ms: setup.loop_wait * 1000,
+                retry_timeout_ms: setup.retry * 1000,
+                safety_margin_ms: setup.margin * 1000,
+                maximum_lag_on_failover: 1 << 20,
+                nofailover: false,
+                watchdog_mode: setup.mode,
+            };
+            nodes.push(Node {
+                name: format!("n{i}"),
+                cfg,
+                node: NodeState::default(),
+                agent: Agent::Idle,
+                before_hang: Agent::Idle,
+                pg: Pg::empty(),
+                wd_expiry: None,
+                rate_ppm: rng.range(0, 1000) as i64 - 500,
+                req_cut_until: 0,
+                rep_cut_until: 0,
+                seqno: 0,
+                view: None,
+                local: LocalPostgres::default(),
+                queue: VecDeque::new(),
+                pending: None,
+                next_cycle: 0,
+                sent_local: Millis(0),
+                last_ok: true,
+                deadline: 0,
+                woken: false,
+                pg_inflight: None,
+                pg_result: None,
+            });
+        }
+        // Fault schedule: between 20 s (after bootstrap) and the quiet time.
+        let mut faults = Vec::new();
+        let n = rng.range(2, 8);
+        for _ in 0..n {
+            let at = rng.range(20_000, 70_000);
+            let node = rng.range(0, setup.nodes as u64 - 1) as usize;
+            let long = ttl_ms * 2;
+            let f = match rng.range(0, 10) {
+                0 | 1 => Fault::Hang(node, rng.range(500, long)),
+                10 => Fault::Stutter(
+                    node,
+                    rng.range(500, ttl_ms),
+                    rng.range(10, 300),
+                    rng.range(500, long),
+                ),
+                2 => Fault::Crash(node, rng.range(500, long)),
+                3 => Fault::Partition(node, true, true, rng.range(1000, long)),
+                4 => Fault::Partition(node, true, false, rng.range(1000, long)),
+                5 => Fault::Partition(node, false, true, rng.range(1000, long)),
+                6 => Fault::Slow(rng.range(1000, long), rng.range(500, 4000)),
+                7 => Fault::EtcdDown(rng.range(1000, long)),
+                8 => Fault::Reset(node),
+                _ => Fault::PgCrash(node),
+            };
+            faults.push((at, f));
+        }
+        faults.sort_by_key(|(t, _)| *t);
+        let mut s = Sim {
+            setup,
+            now: 0,
+            seq: 0,
+            events: BinaryHeap::new(),
+            etcd: Etcd {
+                kv: BTreeMap::new(),
+                rev: 1,
+                leases: BTreeMap::new(),
+                next_lease: 100,
+                ttl_ms,
+            },
+            etcd_down_until: 0,
+            slow_until: 0,
+            slow_extra: 0,
+            nodes,
+            rng,
+            faults: faults.clone(),
+            inflight: BTreeMap::new(),
+            replies: BTreeMap::new(),
+            log: Vec::new(),
+            promotions: 0,
+        };
+        for i in 0..s.setup.nodes {
+            let start = s.rng.range(0, 300);
+            s.at(start, Ev::Cycle(i));
+        }
+        for (i, (t, _)) in faults.iter().enumerate() {
+            s.at(*t, Ev::Fault(i));
+        }
+        s.at(50, Ev::Progress);
+        s.at(100, Ev::Expire);
+        s
+    }
+
+    fn at(&mut self, t: u64, ev: Ev) {
+        self.seq += 1;
+        self.events.push(Reverse((t, self.seq, ev)));
+    }
+
+    fn note(&mut self, msg: String) {
+        if self.log.len() < 4000 {
+            self.log.push(format!("{:>7} {msg}", self.now));
+        }
+    }
+
+    fn writable(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].pg.state == PgState::Primary)
+            .collect()
+    }
+
+    fn check(&self) -> Outcome {
+        let w = self.writable();
+        if w.len() > 1 {
+            return Err(format!(
+                "split brain at {} ms: {:?} writable",
+                self.now,
+                w.iter().map(|&i| &self.nodes[i].name).collect::<Vec<_>>()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Wake every idle agent soon (the watch).
+    fn watch_fired(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].agent == Agent::Idle {
+                let t = self.now + self.rng.range(1, 10);
+                self.nodes[i].next_cycle = t;
+                self.at(t, Ev::Cycle(i));
+            } else {
+                self.nodes[i].woken = true;
+            }
+        }
+    }
+
+    fn latency(&mut self) -> u64 {
+        let base = self.rng.range(1, 15);
+        if self.now < self.slow_until {
+            base + self.slow_extra
+        } else {
+            base
+        }
+    }
+
+    /// Sends an etcd request for node i with its I/O timeout.
+    fn send(&mut self, i: usize, op: Op, why: Pending) {
+        let n = &mut self.nodes[i];
+        n.seqno += 1;
+        let seqno = n.seqno;
+        let now_local = n.local(self.now);
+        let timeout_local = ha::io_timeout_ms(&n.cfg, &n.node, now_local);
+        let timeout = n.to_true(timeout_local);
+        n.agent = Agent::Waiting { seqno };
+        n.pending = Some(why);
+        n.sent_local = now_local;
+        n.deadline = self.now + timeout;
+        let reachable = self.now >= n.req_cut_until && self.now >= self.etcd_down_until;
+        self.at(self.now + timeout, Ev::Timeout(i, seqno));
+        if reachable {
+            let d = self.latency();
+            self.inflight.insert((i, seqno), (op, 0));
+            self.at(self.now + d, Ev::Apply(i, seqno));
+        }
+    }
+
+    fn pg_op(&mut self, i: usize, a: Action, dur: u64) {
+        let n = &mut self.nodes[i];
+        n.seqno += 1;
+        let seqno = n.seqno;
+        n.agent = Agent::Waiting { seqno };
+        n.pending = Some(Pending::PgOp);
+        n.pg_inflight = Some((seqno, a));
+        n.deadline = self.now + dur;
+        self.at(self.now + dur, Ev::PgDone(i, seqno));
+    }
+
+    fn run(&mut self, end: u64) -> Outcome {
+        while let Some(Reverse((t, _, ev))) = self.events.pop() {
+            if t > end {
+                break;
+            }
+            self.now = t;
+            self.handle(ev)?;
+            self.check()?;
+        }
+        Ok(())
+    }
+
+    fn agent_busy_elsewhere(&self, i: usize) -> bool {
+        matches!(self.nodes[i].agent, Agent::Hung { .. } | Agent::Down { .. })
+    }
+
+    fn handle(&mut self, ev: Ev) -> Outcome {
+        match ev {
+            Ev::Progress => {
+                self.progress();
+                self.at(self.now + 50, Ev::Progress);
+            }
+            Ev::Expire => {
+                if self.etcd.expire(self.now) {
+                    self.note("leader lease expired".into());
+                    self.watch_fired();
+                }
+                self.at(self.now + 100, Ev::Expire);
+            }
+            Ev::Wd(i) => {
+                if self.nodes[i].wd_expiry.is_some_and(|e| e <= self.now) {
+                    self.note(format!("{} reset by its watchdog", self.nodes[i].name));
+                    self.reset(i);
+                }
+            }
+            Ev::Fault(k) => self.fault(k),
+            Ev::Boot(i) => {
+                if let Agent::Down { until } = self.nodes[i].agent
+                    && until <= self.now
+                {
+                    self.note(format!("{} agent starts", self.nodes[i].name));
+                    let n = &mut self.nodes[i];
+                    n.agent = Agent::Idle;
+                    n.node = NodeState::default();
+                    n.queue.clear();
+                    n.pending = None;
+                    self.at(self.now, Ev::Cycle(i));
+                }
+            }
+            Ev::Thaw(i) => {
+                if let Agent::Hung { until } = self.nodes[i].agent
+                    && until <= self.now
+                {
+                    self.note(format!("{} agent thaws", self.nodes[i].name));
+                    let before = self.nodes[i].before_hang;
+                    self.nodes[i].agent = before;
+                    // Whatever it waited for has been delivered or timed
+                    // out meanwhile: look at it now.
+                    if let Agent::Waiting { seqno } = before {
+                        if self.replies.contains_key(&(i, seqno)) {
+                            self.at(self.now, Ev::Reply(i, seqno));
+                        } else if self.nodes[i].pg_result.is_some_and(|(g, _)| g == seqno) {
+                            self.at(self.now, Ev::PgDone(i, seqno));
+                        } else if self.now >= self.nodes[i].deadline {
+                            self.at(self.now, Ev::Timeout(i, seqno));
+                        }
+                    } else {
+                        self.at(self.now, Ev::Cycle(i));
+                    }
+                }
+            }
+            Ev::Cycle(i) => {
+                if self.nodes[i].agent == Agent::Idle && self.now >= self.nodes[i].next_cycle {
+                    self.send(i, Op::Read, Pending::Read);
+                }
+            }
+            Ev::Apply(i, seqno) => {
+                let Some((op, _)) = self.inflight.remove(&(i, seqno)) else {
+                    return Ok(());
+                };
+                if self.now < self.etcd_down_until {
+                    return Ok(());
+                }
+                let name = self.nodes[i].name.clone();
+                let (reply, leader_changed) = self.etcd.apply(&name, &op, self.now);
+                if leader_changed {
+                    self.watch_fired();
+                }
+                if self.now >= self.nodes[i].rep_cut_until {
+                    let d = self.latency();
+                    self.replies.insert((i, seqno), reply);
+                    self.at(self.now + d, Ev::Reply(i, seqno));
+                }
+            }
+            Ev::Reply(i, seqno) => {
+                if self.agent_busy_elsewhere(i) || self.nodes[i].agent != (Agent::Waiting { seqno })
+                {
+                    return Ok(()); // a hung agent reads it when it thaws
+                }
+                let Some(reply) = self.replies.remove(&(i, seqno)) else {
+                    return Ok(());
+                };
+                self.on_reply(i, Some(reply))?;
+            }
+            Ev::Timeout(i, seqno) => {
+                if self.nodes[i].agent != (Agent::Waiting { seqno })
+                    || matches!(self.nodes[i].pending, Some(Pending::PgOp))
+                {
+                    return Ok(());
+                }
+                self.replies.remove(&(i, seqno));
+                self.on_reply(i, None)?;
+            }
+            Ev::PgDone(i, seqno) => {
+                // PostgreSQL finishes the operation whatever its agent does.
+                if let Some((g, a)) = self.nodes[i].pg_inflight.clone()
+                    && g == seqno
+                {
+                    self.nodes[i].pg_inflight = None;
+                    let ok = self.finish_pg(i, &a)?;
+                    self.nodes[i].pg_result = Some((seqno, ok));
+                }
+                if self.nodes[i].agent != (Agent::Waiting { seqno }) {
+                    return Ok(()); // hung or down: read on thaw, or never
+                }
+                if let Some((g, ok)) = self.nodes[i].pg_result.take()
+                    && g == seqno
+                {
+                    self.nodes[i].pending = None;
+                    self.nodes[i].last_ok &= ok;
+                    if ok {
+                        self.nodes[i].agent = Agent::Idle;
+                        self.next_action(i)?;
+                    } else {
+                        self.end_cycle(i, false);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn fault(&mut self, k: usize) {
+        let f = self.faults[k].1.clone();
+        self.note(format!("fault {f:?}"));
+        match f {
+            Fault::Hang(i, d) => self.hang(i, d),
+            Fault::Stutter(i, d1, gap, d2) => {
+                self.hang(i, d1);
+                self.faults.push((self.now + d1 + gap, Fault::Hang(i, d2)));
+                let k = self.faults.len() - 1;
+                self.at(self.now + d1 + gap, Ev::Fault(k));
+            }
+            Fault::Crash(i, d) => {
+                // The process dies: the watchdog stays open without the magic
+                // character and keeps counting.
+                self.nodes[i].agent = Agent::Down {
+                    until: self.now + d,
+                };
+                self.at(self.now + d, Ev::Boot(i));
+            }
+            Fault::Partition(i, req, rep, d) => {
+                if req {
+                    self.nodes[i].req_cut_until = self.now + d;
+                }
+                if rep {
+                    self.nodes[i].rep_cut_until = self.now + d;
+                }
+            }
+            Fault::Slow(d, extra) => {
+                self.slow_until = self.now + d;
+                self.slow_extra = extra;
+            }
+            Fault::EtcdDown(d) => {
+                self.etcd_down_until = self.now + d;
+                // etcd keeps its clock: leases keep counting (worst case).
+            }
+            Fault::Reset(i) => self.reset(i),
+            Fault::PgCrash(i) => {
+                let pg = &mut self.nodes[i].pg;
+                if pg.running() {
+                    pg.crashed = pg.state == PgState::Primary;
+                    pg.state = PgState::Stopped;
+                    pg.streaming = false;
+                }
+            }
+        }
+    }
+
+    fn hang(&mut self, i: usize, d: u64) {
+        if !matches!(self.nodes[i].agent, Agent::Down { .. } | Agent::Hung { .. }) {
+            self.nodes[i].before_hang = self.nodes[i].agent;
+            self.nodes[i].agent = Agent::Hung {
+                until: self.now + d,
+            };
+            self.at(self.now + d, Ev::Thaw(i));
+        }
+    }
+
+    fn reset(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        n.pg.crashed = n.pg.state == PgState::Primary || n.pg.crashed;
+        n.pg.state = PgState::Stopped;
+        n.pg.streaming = false;
+        n.wd_expiry = None;
+        n.pg_inflight = None;
+        n.pg_result = None;
+        n.agent = Agent::Down {
+            until: self.now + 3000,
+        };
+        self.at(self.now + 3000, Ev::Boot(i));
+    }
+
+    /// Writes on primaries; replicas stream from their upstream.
+    fn progress(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].pg.state == PgState::Primary {
+                self.nodes[i].pg.lsn += 200;
+            }
+        }
+        let snapshot: Vec<Pg> = self.nodes.iter().map(|n| n.pg.clone()).collect();
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            if let PgState::Replica(Some(u)) = n.pg.state {
+                let up = &snapshot[u];
+                if u != i && up.running() && n.pg.can_follow(up) {
+                    n.pg.lsn = n.pg.lsn.max(up.lsn);
+                    n.pg.tl = up.tl;
+                    n.pg.history = up.history.clone();
+                    n.pg.streaming = true;
+                } else {
+                    n.pg.streaming = false;
+                }
+            } else {
+                n.pg.streaming = false;
+            }
+        }
+    }
+
+    fn on_reply(&mut self, i: usize, reply: Option<Reply>) -> Outcome {
+        let pending = self.nodes[i].pending.take();
+        self.nodes[i].agent = Agent::Idle;
+        match pending {
+            Some(Pending::Read) => {
+                let view = match reply {
+                    Some(Reply::View(v)) => Some(*v),
+                    _ => None,
+                };
+                self.decide(i, view)
+            }
+            Some(Pending::Action(a)) => {
+                let ok = self.finish_etcd(i, &a, reply);
+                self.nodes[i].last_ok &= ok;
+                if ok {
+                    self.next_action(i)
+                } else {
+                    self.end_cycle(i, false);
+                    Ok(())
+                }
+            }
+            Some(Pending::Publish) => {
+                let ok = self.nodes[i].last_ok;
+                self.end_cycle(i, ok);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn decide(&mut self, i: usize, view: Option<ClusterView>) -> Outcome {
+        let all: Vec<Pg> = self.nodes.iter().map(|n| n.pg.clone()).collect();
+        let n = &mut self.nodes[i];
+        let now = n.local(self.now);
+        n.local = n.local_pg(&all);
+        n.node.observe(&n.cfg, view.as_ref(), &n.local, now);
+        let d = ha::decide(Input {
+            now,
+            cfg: &n.cfg,
+            view: view.as_ref(),
+            local: &n.local,
+            node: &n.node,
+        });
+        let line = format!("{} decides: {} {:?}", n.name, d.summary, d.actions);
+        n.view = view;
+        n.queue = d.actions.into_iter().collect();
+        if std::env::var_os("LEASEDOG_SIM_TRACE").is_some() {
+            self.note(line);
+        }
+        let n = &mut self.nodes[i];
+        n.next_cycle = self.now + n.to_true(d.next_cycle.since(now));
+        n.last_ok = true;
+        self.next_action(i)
+    }
+
+    fn next_action(&mut self, i: usize) -> Outcome {
+        loop {
+            let Some(a) = self.nodes[i].queue.pop_front() else {
+                // Publish the member key.
+                let n = &self.nodes[i];
+                let info = member_info(n);
+                let lease = n.node.lease_id;
+                self.send(
+                    i,
+                    Op::PutMember(lease, serde_json::to_string(&info).unwrap()),
+                    Pending::Publish,
+                );
+                return Ok(());
+            };
+            match self.start_action(i, a)? {
+                Step::Wait => return Ok(()),
+                Step::Next => continue,
+                Step::Fail => {
+                    self.end_cycle(i, false);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn start_action(&mut self, i: usize, a: Action) -> Result<Step, String> {
+        let now_local = self.nodes[i].local(self.now);
+        let lease = self.nodes[i].node.lease_id;
+        let op = match &a {
+            Action::KeepAlive => Some(Op::KeepAlive(lease)),
+            Action::ConfirmLeader { status } => Some(Op::Confirm(lease, status.clone())),
+            Action::AcquireLeader => Some(Op::Acquire(lease)),
+            Action::TakeOverLeader { mod_revision } => Some(Op::TakeOver(lease, *mod_revision)),
+            Action::ReleaseLeader => {
+                self.nodes[i].node.on_released();
+                Some(Op::Release)
+            }
+            Action::WriteInitialize { system_id } => Some(Op::Initialize(system_id.clone())),
+            Action::DeleteFailover => Some(Op::DeleteFailover),
+            _ => None,
+        };
+        if let Some(op) = op {
+            // KeepAlive records its send instant (the agent does the same).
+            self.send(i, op, Pending::Action(a));
+            return Ok(Step::Wait);
+        }
+        let broken = self.setup.broken;
+        let n = &mut self.nodes[i];
+        let wd_secs = n.cfg.watchdog_timeout_secs();
+        let wd_true = match broken {
+            Broken::LongWatchdog => n.cfg.ttl_ms + 1000,
+            _ => n.to_true(wd_secs as u64 * 1000),
+        };
+        match a {
+            Action::ArmWatchdog { .. } => {
+                if !ha::may_feed(&n.cfg, now_local, n.node.last_renewal)
+                    && broken != Broken::FeedLate
+                {
+                    return Ok(Step::Fail);
+                }
+                n.wd_expiry = Some(self.now + wd_true);
+                n.node.on_armed(now_local, wd_secs);
+                let t = self.now + wd_true;
+                self.at(t, Ev::Wd(i));
+                Ok(Step::Next)
+            }
+            Action::FeedWatchdog => {
+                if (ha::may_feed(&n.cfg, now_local, n.node.last_renewal)
+                    || broken == Broken::FeedLate)
+                    && n.wd_expiry.is_some()
+                {
+                    n.wd_expiry = Some(self.now + wd_true);
+                    n.node.on_fed(now_local, wd_secs);
+                    let t = self.now + wd_true;
+                    self.at(t, Ev::Wd(i));
+                }
+                Ok(Step::Next)
+            }
+            Action::DisarmWatchdog => {
+                if n.pg.state == PgState::Primary {
+                    return Err(format!(
+                        "{} disarmed its watchdog while PostgreSQL was writable",
+                        n.name
+                    ));
+                }
+                n.wd_expiry = None;
+                n.node.on_disarmed();
+                Ok(Step::Next)
+            }
+            Action::CreateReplicationUser | Action::SyncSlots { .. } => Ok(Step::Next),
+            other => {
+                let dur = match &other {
+                    Action::Initdb => 800,
+                    Action::StartPrimary | Action::StartReplica { .. } => self.rng.range(100, 400),
+                    Action::Follow { .. } => 10,
+                    Action::Promote => self.rng.range(50, 200),
+                    Action::StopPostgres => {
+                        if self.rng.chance(5) {
+                            self.rng.range(1000, 3000)
+                        } else {
+                            self.rng.range(50, 400)
+                        }
+                    }
+                    Action::Clone { .. } => self.rng.range(500, 1500),
+                    Action::Rewind { .. } => self.rng.range(200, 600),
+                    _ => 10,
+                };
+                self.pg_op(i, other, dur);
+                Ok(Step::Wait)
+            }
+        }
+    }
+
+    /// Applies an etcd action's answer to the node state, as the agent does.
+    fn finish_etcd(&mut self, i: usize, a: &Action, reply: Option<Reply>) -> bool {
+        let n = &mut self.nodes[i];
+        match (a, reply) {
+            (Action::KeepAlive, Some(Reply::Lease { id, granted_new })) => {
+                n.node.on_renewed(n.sent_local, id, granted_new);
+                true
+            }
+            (
+                Action::ConfirmLeader { .. }
+                | Action::AcquireLeader
+                | Action::TakeOverLeader { .. },
+                Some(Reply::Bool(won)),
+            ) => {
+                n.node.on_leader_txn(won);
+                won
+            }
+            (Action::ReleaseLeader | Action::WriteInitialize { .. }, Some(Reply::Bool(_))) => true,
+            (Action::DeleteFailover, Some(Reply::Done)) => true,
+            _ => false,
+        }
+    }
+
+    fn upstream_of(&self, u: &ha::Upstream) -> Option<usize> {
+        u.member.strip_prefix('n').and_then(|x| x.parse().ok())
+    }
+
+    /// A PostgreSQL operation completes.
+    fn finish_pg(&mut self, i: usize, a: &Action) -> Result<bool, String> {
+        let all: Vec<Pg> = self.nodes.iter().map(|n| n.pg.clone()).collect();
+        let up = |s: &Sim, u: &ha::Upstream| s.upstream_of(u).map(|j| all[j].clone());
+        match a {
+            Action::Initdb => {
+                let pg = &mut self.nodes[i].pg;
+                if pg.data {
+                    return Ok(false);
+                }
+                *pg = Pg {
+                    data: true,
+                    lsn: 1000,
+                    tl: 1,
+                    was_primary: true,
+                    ..Pg::empty()
+                };
+            }
+            Action::StartPrimary => {
+                let pg = &mut self.nodes[i].pg;
+                if !pg.data {
+                    return Ok(false);
+                }
+                if !pg.running() {
+                    pg.state = PgState::Primary;
+                    pg.was_primary = true;
+                    pg.crashed = false;
+                }
+            }
+            Action::StartReplica { upstream } => {
+                let u = upstream.as_ref().and_then(|u| self.upstream_of(u));
+                let pg = &mut self.nodes[i].pg;
+                if !pg.data {
+                    return Ok(false);
+                }
+                if !pg.running() {
+                    pg.state = PgState::Replica(u);
+                    pg.was_primary = false;
+                    pg.crashed = false;
+                }
+            }
+            Action::Follow { upstream } => {
+                let u = self.upstream_of(upstream);
+                let pg = &mut self.nodes[i].pg;
+                if let PgState::Replica(_) = pg.state {
+                    pg.state = PgState::Replica(u);
+                }
+            }
+            Action::Promote => {
+                let status = self.etcd.view().status;
+                let name = self.nodes[i].name.clone();
+                let pg = &mut self.nodes[i].pg;
+                if let PgState::Replica(_) = pg.state {
+                    if let Some(st) = status
+                        && st.optime > pg.lsn + (1 << 20)
+                    {
+                        return Err(format!(
+                            "{name} promoted {} bytes behind the last leader position",
+                            st.optime - pg.lsn
+                        ));
+                    }
+                    pg.history.push((pg.tl, pg.lsn));
+                    pg.tl += 1;
+                    pg.state = PgState::Primary;
+                    pg.was_primary = true;
+                    pg.streaming = false;
+                    self.promotions += 1;
+                    self.note(format!("{name} promoted"));
+                }
+            }
+            Action::StopPostgres => {
+                let pg = &mut self.nodes[i].pg;
+                pg.state = PgState::Stopped;
+                pg.streaming = false;
+            }
+            Action::Clone { upstream } => {
+                let Some(src) = up(self, upstream) else {
+                    return Ok(false);
+                };
+                let pg = &mut self.nodes[i].pg;
+                if pg.data || !src.running() || !src.data {
+                    return Ok(false);
+                }
+                *pg = Pg {
+                    data: true,
+                    lsn: src.lsn,
+                    tl: src.tl,
+                    history: src.history.clone(),
+                    ..Pg::empty()
+                };
+            }
+            Action::Rewind { upstream } => {
+                let Some(src) = up(self, upstream) else {
+                    return Ok(false);
+                };
+                let pg = &mut self.nodes[i].pg;
+                if pg.running() || !src.running() {
+                    return Ok(false);
+                }
+                if pg.tl <= src.tl {
+                    let fork = if pg.tl == src.tl {
+                        src.lsn
+                    } else {
+                        Pg::fork_point(&src, pg.tl).unwrap_or(0)
+                    };
+                    pg.lsn = pg.lsn.min(fork);
+                } else {
+                    pg.tl = src.tl;
+                    pg.history = src.history.clone();
+                    pg.lsn = pg.lsn.min(src.lsn);
+                }
+                pg.was_primary = false;
+                pg.crashed = false;
+            }
+            _ => {}
+        }
+        Ok(true)
+    }
+
+    fn end_cycle(&mut self, i: usize, ok: bool) {
+        let n = &mut self.nodes[i];
+        n.agent = Agent::Idle;
+        n.pending = None;
+        n.queue.clear();
+        let mut next = n.next_cycle;
+        if !ok {
+            next = next.min(self.now + n.to_true(n.cfg.loop_wait_ms.min(1000)));
+        }
+        if std::mem::take(&mut n.woken) {
+            next = next.min(self.now + 1);
+        }
+        let next = next.max(self.now + 1);
+        n.next_cycle = next;
+        self.at(next, Ev::Cycle(i));
+    }
+
+    fn schedule_text(&self) -> String {
+        self.faults
+            .iter()
+            .map(|(t, f)| format!("  at {t} ms: {f:?}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+enum Step {
+    Wait,
+    Next,
+    Fail,
+}
+
+fn member_info(n: &Node) -> MemberInfo {
+    let l = &n.local;
+    MemberInfo {
+        conn_url: format!("postgres://{}:5432/postgres", n.name),
+        api_url: String::new(),
+        state: if l.running { "running" } else { "stopped" }.into(),
+        role: if !l.running {
+            Role::Unknown
+        } else if l.in_recovery {
+            Role::Replica
+        } else {
+            Role::Primary
+        },
+        xlog_location: l.lsn.map(|x| x.0),
+        timeline: l.timeline,
+        tags: Tags::default(),
+        version: String::new(),
+        epoch: None,
+        streaming: l.streaming,
+        pause: n.node.paused,
+    }
+}
+
+/// Runs one schedule: faults until 75 s, then a quiet period; the cluster
+/// must have exactly one primary holding the key by the end.
+fn run_one(setup: &Setup, seed: u64) -> Result<Sim, Box<(Sim, String)>> {
+    let mut sim = Sim::new(setup.clone(), seed);
+    let quiet_from = 80_000 + setup.ttl * 2000;
+    let end = quiet_from + 60_000 + setup.ttl * 4000;
+    if let Err(e) = sim.run(end) {
+        return Err(Box::new((sim, e)));
+    }
+    let w = sim.writable();
+    let leader = sim.etcd.view().leader.map(|l| l.name);
+    if w.len() != 1 || leader.as_deref() != Some(sim.nodes[w[0]].name.as_str()) {
+        let msg = format!(
+            "no convergence {} s after the faults: writable {:?}, leader key {:?}",
+            (end - quiet_from) / 1000,
+            w.iter().map(|&i| &sim.nodes[i].name).collect::<Vec<_>>(),
+            leader
+        );
+        return Err(Box::new((sim, msg)));
+    }
+    Ok(sim)
+}
+
+fn seeds(default: u64) -> Vec<u64> {
+    if let Some(s) = std::env::var("LEASEDOG_SIM_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return vec![s];
+    }
+    let n = std::env::var("LEASEDOG_SIM_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default);
+    (1..=n).collect()
+}
+
+fn sweep(setup: Setup, default: u64) {
+    let started = std::time::Instant::now();
+    let list = seeds(default);
+    let mut promotions = 0;
+    for &seed in &list {
+        match run_one(&setup, seed) {
+            Ok(sim) => promotions += sim.promotions,
+            Err(failed) => {
+                let (sim, e) = *failed;
+                let tail: Vec<&String> = sim.log.iter().rev().take(60).collect();
+                panic!(
+                    "seed {seed} ({setup:?}): {e}\nfault schedule:\n{}\nlast events:\n{}\nre-run: LEASEDOG_SIM_SEED={seed}",
+                    sim.schedule_text(),
+                    tail.iter()
+                        .rev()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+        }
+    }
+    eprintln!(
+        "{} schedules ({} nodes, ttl {}) passed in {:.1}s, {promotions} promotions",
+        list.len(),
+        setup.nodes,
+        setup.ttl,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn fast(nodes: usize, mode: WatchdogMode, broken: Broken) -> Setup {
+    Setup {
+        nodes,
+        ttl: 6,
+        loop_wait: 1,
+        retry: 2,
+        margin: 2,
+        mode,
+        broken,
+    }
+}
+
+#[test]
+fn three_nodes_never_split_brain_and_converge() {
+    sweep(fast(3, WatchdogMode::Required, Broken::None), 800);
+}
+
+#[test]
+fn five_nodes_never_split_brain_and_converge() {
+    sweep(fast(5, WatchdogMode::Automatic, Broken::None), 800);
+}
+
+#[test]
+fn patroni_default_timings() {
+    sweep(
+        Setup {
+            nodes: 3,
+            ttl: 30,
+            loop_wait: 10,
+            retry: 10,
+            margin: 5,
+            mode: WatchdogMode::Required,
+            broken: Broken::None,
+        },
+        400,
+    );
+}
+
+#[test]
+fn same_seed_same_run() {
+    let s = fast(3, WatchdogMode::Required, Broken::None);
+    let a = run_one(&s, 7).map(|s| s.log).unwrap_or_else(|f| f.0.log);
+    let b = run_one(&s, 7).map(|s| s.log).unwrap_or_else(|f| f.0.log);
+    assert_eq!(a, b);
+}
+
+/// The checker has teeth: a broken fence is caught within a budget of seeds.
+fn finds_split_brain(setup: Setup, budget: u64) -> u64 {
+    for seed in 1..=budget {
+        if let Err(f) = run_one(&setup, seed)
+            && f.1.contains("split brain")
+        {
+            eprintln!(
+                "{:?}: split brain found with seed {seed}: {}",
+                setup.broken, f.1
+            );
+            return seed;
+        }
+    }
+    panic!("no split brain found in {budget} seeds with {setup:?}: the checker has no teeth");
+}
+
+#[test]
+fn teeth_without_a_watchdog() {
+    finds_split_brain(fast(3, WatchdogMode::Off, Broken::None), 500);
+}
+
+#[test]
+fn teeth_with_a_watchdog_longer_than_the_lease() {
+    finds_split_brain(fast(3, WatchdogMode::Required, Broken::LongWatchdog), 500);
+}
+
+#[test]
+fn teeth_when_feeding_after_a_late_renewal() {
+    finds_split_brain(fast(3, WatchdogMode::Required, Broken::FeedLate), 2000);
+}
