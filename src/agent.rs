@@ -42,6 +42,8 @@ pub struct Agent {
     last_local: LocalPostgres,
     /// The last cycle, for the HTTP API and the control socket.
     shared: Shared,
+    /// This cycle's probe of PostgreSQL, before any action.
+    cycle_local: LocalPostgres,
     /// The member key as last written, with the lease it was bound to.
     published: Option<(Option<i64>, MemberInfo)>,
     /// When the watchdog was last armed or fed.
@@ -84,6 +86,7 @@ impl Agent {
             shared,
             last_feed: None,
             published: None,
+            cycle_local: LocalPostgres::default(),
         }
     }
 
@@ -336,6 +339,7 @@ impl Agent {
         } else {
             debug!("{}", decision.summary);
         }
+        self.cycle_local = local.clone();
         let ok = self.act(&decision).await;
         self.last_view = view;
         self.last_local = local;
@@ -476,6 +480,24 @@ impl Agent {
                 self.pg.promote(t).await.map_err(|e| e.to_string())?;
                 info!("promoted PostgreSQL: this member is the primary");
                 self.callback(Event::RoleChange, "primary");
+                // Bookkeeping for `leasedog history`: never fails the promotion.
+                let unix = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let entry = serde_json::json!([
+                    self.cycle_local.timeline.unwrap_or(0),
+                    self.cycle_local.lsn.map(|l| l.0).unwrap_or(0),
+                    "promoted by leasedog",
+                    crate::cluster::format_time(unix),
+                    self.cfg.name,
+                ]);
+                let t = self.io_timeout();
+                if let Err(e) = self.dcs.append_history(entry, t).await {
+                    self.warn_limited(format!(
+                        "recording the timeline switch in history failed: {e}"
+                    ));
+                }
                 Ok(())
             }
             Action::StopPostgres => self.stop_postgres().await,

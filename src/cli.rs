@@ -73,6 +73,12 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Timeline switches (promotions), from the history key.
+    History {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Open the watchdog device, set the timeout, read it back, then disarm it.
     WatchdogCheck {
         /// Print JSON instead of a table.
@@ -202,6 +208,31 @@ fn run(args: Args) -> Result<(), ExitCode> {
                     st["watchdog"]["armed"],
                     st["leasedog"]["summary"].as_str().unwrap_or("")
                 );
+            }
+            Ok(())
+        }
+        Command::History { json } => {
+            let cfg = load(&args.config)?;
+            let rt = runtime()?;
+            let mut dcs = dcs_of(&cfg);
+            let raw = rt
+                .block_on(dcs.get_raw("history", timeout_of(&cfg)))
+                .map_err(|e| fail(&format!("cannot read the cluster from etcd: {e}")))?
+                .unwrap_or_else(|| "[]".into());
+            let h = crate::cluster::parse_history(&raw);
+            if json {
+                println!("{raw}");
+            } else {
+                println!(
+                    "{:>3} | {:>12} | {:<28} | {:<25} | New Leader",
+                    "TL", "LSN", "Reason", "Timestamp"
+                );
+                for (tl, lsn, reason, ts, who) in h {
+                    println!(
+                        "{tl:>3} | {:>12} | {reason:<28} | {ts:<25} | {who}",
+                        crate::cluster::Lsn(lsn)
+                    );
+                }
             }
             Ok(())
         }

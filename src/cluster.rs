@@ -389,6 +389,53 @@ pub fn parse_time(s: &str) -> Option<u64> {
     u64::try_from(secs).ok()
 }
 
+/// Formats unix seconds as ISO 8601 UTC (`2026-11-23T05:00:00Z`).
+pub fn format_time(secs: u64) -> String {
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+/// One timeline switch, as Patroni's `history` key holds it:
+/// `[timeline, lsn, reason, timestamp, new_leader]`.
+pub type HistoryEntry = (Timeline, u64, String, String, String);
+
+/// Parses the `history` key (a JSON list of entries); odd entries are skipped.
+pub fn parse_history(text: &str) -> Vec<HistoryEntry> {
+    let Ok(serde_json::Value::Array(items)) = serde_json::from_str::<serde_json::Value>(text)
+    else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|e| {
+            let a = e.as_array()?;
+            Some((
+                a.first()?.as_u64()? as Timeline,
+                a.get(1)?.as_u64()?,
+                a.get(2).and_then(|x| x.as_str()).unwrap_or("").to_string(),
+                a.get(3).and_then(|x| x.as_str()).unwrap_or("").to_string(),
+                a.get(4).and_then(|x| x.as_str()).unwrap_or("").to_string(),
+            ))
+        })
+        .collect()
+}
+
 /// A replication slot name for a member: lowercase, [a-z0-9_], as Patroni.
 pub fn slot_name(member: &str) -> String {
     let mut s: String = member
@@ -486,6 +533,21 @@ mod tests {
         assert_eq!(parse_time("2026-11-23T05:00:00+00:00"), Some(1795410000));
         assert_eq!(parse_time("2000-03-01 00:00"), Some(951868800));
         assert_eq!(parse_time("tomorrow"), None);
+    }
+
+    #[test]
+    fn time_round_trip_and_history() {
+        for t in [0, 86399, 951868800, 1795410000] {
+            assert_eq!(parse_time(&format_time(t)), Some(t));
+        }
+        assert_eq!(format_time(1795410000), "2026-11-23T05:00:00Z");
+        let h = parse_history(
+            r#"[[1, 25623960, "no recovery target specified", "2019-09-23T16:57:57+02:00", "node1"], "junk", [2]]"#,
+        );
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].0, 1);
+        assert_eq!(h[0].4, "node1");
+        assert!(parse_history("not json").is_empty());
     }
 
     #[test]

@@ -454,6 +454,52 @@ impl Dcs {
         .map(|_| ())
     }
 
+    /// The raw value of a key under the cluster prefix (None when absent).
+    pub async fn get_raw(
+        &mut self,
+        rel: &str,
+        timeout: Duration,
+    ) -> Result<Option<String>, DcsError> {
+        let key = self.key(rel);
+        let resp = self
+            .call(
+                "read",
+                timeout,
+                |mut c| async move { c.get(key, None).await },
+            )
+            .await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).to_string()))
+    }
+
+    /// Appends a timeline switch to the `history` key (Patroni's format).
+    pub async fn append_history(
+        &mut self,
+        entry: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<(), DcsError> {
+        let mut items = match self.get_raw("history", timeout).await? {
+            Some(text) => match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(serde_json::Value::Array(a)) => a,
+                _ => {
+                    warn!("the history key is not a JSON list: starting a new one");
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+        items.push(entry);
+        let key = self.key("history");
+        let json = serde_json::Value::Array(items).to_string();
+        self.call("history update", timeout, |mut c| async move {
+            c.put(key, json, None).await
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Revokes our lease: our member key (and a leader key bound to it) go.
     pub async fn revoke_lease(&mut self, timeout: Duration) -> Result<(), DcsError> {
         let Some(id) = self.lease.take() else {
