@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what leasedog needs to build, test and demo on Debian 12, when
 # missing: etcd, PostgreSQL 15, protoc (etcd-client's build), HAProxy, and
-# the Rust components used by the checks. Safe to run again.
+# nftables for the partition test, and the Rust components used by the
+# checks. Safe to run again.
 set -euo pipefail
 
 need=()
@@ -11,6 +12,8 @@ command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v setpriv >/dev/null || need+=(util-linux)
+command -v nft >/dev/null || need+=(nftables)
+command -v ip >/dev/null || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   echo "setup: installing ${need[*]}"
