@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check: formatting, clippy, unit tests, the deterministic
-# simulation and the integration tests on real etcd + PostgreSQL 15.
+# simulation, the integration and partition tests on real etcd + PostgreSQL
+# 15, and the QEMU watchdog test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -8,3 +9,5 @@ cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 # Integration tests start real clusters with tight timings: one at a time.
 cargo test -- --test-threads=1
+# A real kernel watchdog driver (QEMU i6300esb) fencing a frozen leader.
+bash scripts/vm-test.sh
