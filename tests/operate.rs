@@ -264,6 +264,19 @@ fn switchover_named_unnamed_refused_and_scheduled() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(c.wait_healthy(Duration::from_secs(60)), expected);
 
+    // failover --to: a named member takes over (here with a healthy leader;
+    // the same request promotes it when there is none).
+    c.wait_published_streaming(Duration::from_secs(10));
+    let (code, out) = cli(&c, 0, &["failover", "--to", &name(expected)]);
+    assert_eq!(code, 1, "already the leader: {out}");
+    let (code, out) = cli(&c, 0, &["failover", "--to", &name(target)]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(c.wait_healthy(Duration::from_secs(60)), target);
+    c.wait_published_streaming(Duration::from_secs(10));
+    let (code, out) = cli(&c, 0, &["failover", "--to", &name(expected)]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(c.wait_healthy(Duration::from_secs(60)), expected);
+
     // Scheduled: nothing happens before the time, then it does.
     c.wait_published_streaming(Duration::from_secs(10));
     let at = std::time::SystemTime::now()
