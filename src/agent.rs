@@ -9,7 +9,7 @@
 
 use crate::callbacks::{self, Event};
 use crate::cluster::FailoverRequest;
-use crate::cluster::{ClusterView, LocalPostgres, MemberInfo, Millis, Role, Tags};
+use crate::cluster::{ClusterView, LocalPostgres, MemberInfo, Millis, Tags};
 use crate::config::{Config, WatchdogMode};
 use crate::control::Command;
 use crate::dcs::{self, Dcs};
@@ -718,18 +718,6 @@ impl Agent {
 
     fn member_info(&self) -> MemberInfo {
         let l = &self.last_local;
-        let role = if !l.running {
-            Role::Unknown
-        } else if l.in_recovery {
-            Role::Replica
-        } else {
-            Role::Primary
-        };
-        let role = if role == Role::Unknown && self.node.leader_confirmed {
-            Role::Primary
-        } else {
-            role
-        };
         MemberInfo {
             conn_url: format!(
                 "postgres://{}/postgres",
@@ -737,7 +725,7 @@ impl Agent {
             ),
             api_url: format!("http://{}/patroni", self.cfg.restapi.connect_address),
             state: if l.running { "running" } else { "stopped" }.into(),
-            role: if l.running { role } else { Role::Unknown },
+            role: l.role(),
             xlog_location: l.lsn.map(|x| x.0),
             timeline: l.timeline,
             tags: Tags {

@@ -325,6 +325,17 @@ pub struct ReplicaStat {
 }
 
 impl LocalPostgres {
+    /// The role to report: unknown when not running, replica in recovery.
+    pub fn role(&self) -> Role {
+        if !self.running {
+            Role::Unknown
+        } else if self.in_recovery {
+            Role::Replica
+        } else {
+            Role::Primary
+        }
+    }
+
     /// Running and accepting writes.
     pub fn writable(&self) -> bool {
         self.running && !self.in_recovery

@@ -54,13 +54,7 @@ impl Snapshot {
     /// The role to report: the key holder with a writable PostgreSQL is the
     /// primary; a running server in recovery is a replica.
     pub fn role(&self) -> Role {
-        if !self.local.running {
-            Role::Unknown
-        } else if self.local.in_recovery {
-            Role::Replica
-        } else {
-            Role::Primary
-        }
+        self.local.role()
     }
 
     /// Bytes this replica is behind the leader's last published position.

@@ -26,8 +26,8 @@
 //! one (a failure prints its seed and fault schedule).
 
 use leasedog::cluster::{
-    ClusterView, DataDir, KeyParse, Leader, LocalPostgres, Lsn, MemberInfo, Millis, Role, Status,
-    Tags, parse_key,
+    ClusterView, DataDir, KeyParse, Leader, LocalPostgres, Lsn, MemberInfo, Millis, Status, Tags,
+    parse_key,
 };
 use leasedog::config::WatchdogMode;
 use leasedog::ha::{self, Action, HaConfig, Input, NodeState};
@@ -1283,13 +1283,7 @@ fn member_info(n: &Node) -> MemberInfo {
         conn_url: format!("postgres://{}:5432/postgres", n.name),
         api_url: String::new(),
         state: if l.running { "running" } else { "stopped" }.into(),
-        role: if !l.running {
-            Role::Unknown
-        } else if l.in_recovery {
-            Role::Replica
-        } else {
-            Role::Primary
-        },
+        role: l.role(),
         xlog_location: l.lsn.map(|x| x.0),
         timeline: l.timeline,
         tags: Tags::default(),
