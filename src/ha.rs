@@ -704,7 +704,10 @@ fn decide_follower(mut p: Plan<'_>, view: &ClusterView, leader: String) -> Decis
     let leader_running = view
         .member(&leader)
         .is_some_and(|m| m.info.state == "running" && m.info.role == Role::Primary);
+    // Member keys do not wake the loop: look again soon while waiting on one.
+    let soon = p.i.cfg.loop_wait_ms.min(1000);
     let Some(upstream) = upstream else {
+        p.recheck_in(soon);
         return p.done(format!(
             "waiting for leader {leader} to publish its address"
         ));
@@ -721,13 +724,14 @@ fn decide_follower(mut p: Plan<'_>, view: &ClusterView, leader: String) -> Decis
                 });
                 p.done(format!("cloning from leader {leader}"))
             } else {
-                p.recheck_in(p.i.cfg.loop_wait_ms.min(1000));
+                p.recheck_in(soon);
                 p.done(format!("waiting for leader {leader} to finish bootstrap"))
             }
         }
         DataDir::Initialized { was_primary, .. } if !local.running => {
             if *was_primary {
                 if !leader_running {
+                    p.recheck_in(soon);
                     return p.done(format!(
                         "waiting for leader {leader} to run before rewinding"
                     ));
