@@ -58,7 +58,12 @@ impl Net {
         format!("ld{}{}", self.id, name)
     }
     fn ip(&self, host: u8) -> String {
-        format!("10.{}.{}.{host}", 200 + self.id / 250, self.id % 250)
+        // A subnet of 10.0.0.0/8 chosen by this process's id, every octet < 250.
+        format!(
+            "10.{}.{}.{host}",
+            100 + (self.id / 250) % 150,
+            self.id % 250
+        )
     }
     fn node_ip(&self, i: usize) -> String {
         self.ip(11 + i as u8)
