@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check: formatting, clippy, unit tests, the deterministic
 # simulation, the integration and partition tests on real etcd + PostgreSQL
-# 15, and the QEMU watchdog test.
+# 15, the packages (.deb installed for real, .rpm into a scratch root), and
+# the QEMU watchdog test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -9,5 +10,7 @@ cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 # Integration tests start real clusters with tight timings: one at a time.
 cargo test -- --test-threads=1
+# Both packages built and checked; the .deb installed, upgraded and purged.
+bash scripts/package-test.sh
 # A real kernel watchdog driver (QEMU i6300esb) fencing a frozen leader.
 bash scripts/vm-test.sh

@@ -50,6 +50,8 @@ pub struct Agent {
     last_feed: Option<Instant>,
     /// When each recent warning was last logged, to rate-limit repeats.
     warned: std::collections::HashMap<String, Millis>,
+    /// systemd's notification socket, when started by a `Type=notify` unit.
+    notifier: Option<crate::notify::Notifier>,
 }
 
 /// Why the loop ended.
@@ -87,6 +89,14 @@ impl Agent {
             last_feed: None,
             published: None,
             cycle_local: LocalPostgres::default(),
+            notifier: crate::notify::Notifier::from_env(),
+        }
+    }
+
+    /// Tells systemd something (`READY=1`, `STATUS=…`), when it listens.
+    fn notify(&self, state: &str) {
+        if let Some(n) = &self.notifier {
+            n.send(state);
         }
     }
 
@@ -168,6 +178,10 @@ impl Agent {
             self.cfg.retry_timeout,
             self.cfg.watchdog.mode
         );
+        // The API and control socket serve and the loop starts: systemd's
+        // `start` returns now, not after a first cycle that may clone a
+        // replica for hours.
+        self.notify("READY=1");
         loop {
             let next = self.cycle().await;
             let wait = Duration::from_millis(next.since(self.now()));
@@ -335,6 +349,7 @@ impl Agent {
         });
         if decision.summary != self.last_summary {
             info!("{}", decision.summary);
+            self.notify(&crate::notify::status_line(&decision.summary));
             self.last_summary = decision.summary.clone();
         } else {
             debug!("{}", decision.summary);
@@ -747,6 +762,7 @@ impl Agent {
     /// disarmed (in that order), lease revoked.
     async fn shutdown(&mut self) {
         info!("shutting down: stopping PostgreSQL");
+        self.notify("STOPPING=1\nSTATUS=shutting down: stopping PostgreSQL");
         // A leader has until the earlier of its lease and watchdog deadlines
         // (the loop no longer renews); others may take their time.
         let now = self.now();

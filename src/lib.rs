@@ -11,6 +11,7 @@ pub mod control;
 pub mod dcs;
 pub mod ha;
 pub mod logging;
+pub mod notify;
 pub mod postgres;
 pub mod snapshot;
 pub mod watchdog;

@@ -394,3 +394,68 @@ fn haproxy_routes_to_the_primary_through_failover_and_switchover() {
     assert_eq!(c.wait_healthy(Duration::from_secs(60)), p);
     check(&c, p, "HAProxy reaches the primary after switchover");
 }
+
+/// The agent under a `Type=notify` unit: READY=1 once it serves, the
+/// decision summary as STATUS=, STOPPING=1 on SIGTERM; and the postmaster it
+/// starts does not inherit NOTIFY_SOCKET (it would speak for the agent).
+#[test]
+fn systemd_notifications_ready_status_stopping() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixDatagram;
+
+    let mut c = Cluster::new(1, Opts::default());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("notify");
+    let rx = UnixDatagram::bind(&path).unwrap();
+    // The agent runs as postgres: it must be able to write to the socket.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    c.start_agent_env(0, &[("NOTIFY_SOCKET", path.to_str().unwrap())]);
+
+    let mut seen: Vec<String> = Vec::new();
+    let recv_until = |what: &str, timeout: Duration, seen: &mut Vec<String>| {
+        let end = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        loop {
+            if seen.iter().any(|m| m.contains(what)) {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "no {what} within {timeout:?}; got {seen:?}"
+            );
+            if let Ok(n) = rx.recv(&mut buf) {
+                seen.push(String::from_utf8_lossy(&buf[..n]).to_string());
+            }
+        }
+    };
+    recv_until("READY=1", Duration::from_secs(30), &mut seen);
+    // READY=1 comes once the API serves.
+    assert_eq!(http(c.nodes[0].api_port, "GET", "/liveness"), 200);
+    c.wait_healthy(BOOT);
+    recv_until("STATUS=", Duration::from_secs(30), &mut seen);
+    let ready_at = seen.iter().position(|m| m == "READY=1").unwrap();
+    let status_at = seen.iter().position(|m| m.starts_with("STATUS=")).unwrap();
+    assert!(
+        ready_at < status_at,
+        "READY=1 before the first cycle's STATUS=: {seen:?}"
+    );
+    assert_eq!(
+        seen.iter().filter(|m| m.as_str() == "READY=1").count(),
+        1,
+        "READY=1 once: {seen:?}"
+    );
+
+    let pm = c.nodes[0].postmaster_pid().expect("postmaster running");
+    let environ = std::fs::read(format!("/proc/{pm}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        !environ.split('\0').any(|v| v.starts_with("NOTIFY_SOCKET=")),
+        "the postmaster inherited NOTIFY_SOCKET"
+    );
+
+    assert_eq!(c.stop_agent(0, Duration::from_secs(60)), Some(0));
+    recv_until("STOPPING=1", Duration::from_secs(5), &mut seen);
+}

@@ -339,6 +339,11 @@ log:
     }
 
     pub fn start_agent(&mut self, i: usize) {
+        self.start_agent_env(i, &[]);
+    }
+
+    /// Starts agent `i` with extra environment variables.
+    pub fn start_agent_env(&mut self, i: usize, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -348,6 +353,7 @@ log:
         let child = self
             .leasedog(i)
             .arg("run")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
