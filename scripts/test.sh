@@ -12,5 +12,7 @@ cargo clippy --all-targets -- -D warnings
 cargo test -- --test-threads=1
 # Both packages built and checked; the .deb installed, upgraded and purged.
 bash scripts/package-test.sh
+# The .deb under a real systemd, in a QEMU guest with a watchdog.
+bash scripts/vm-systemd-test.sh
 # A real kernel watchdog driver (QEMU i6300esb) fencing a frozen leader.
 bash scripts/vm-test.sh

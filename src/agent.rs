@@ -191,7 +191,7 @@ impl Agent {
                 _ = term.recv() => { self.shutdown().await; return Ok(Exit::Graceful); }
                 _ = int.recv() => { self.shutdown().await; return Ok(Exit::Graceful); }
                 _ = usr1.recv() => { self.command_logged(Command::Pause).await; }
-                _ = usr2.recv() => { self.command_logged(Command::Resume).await; }
+                _ = usr2.recv() => { self.command_logged(Command::Resume { force: false }).await; }
                 _ = hup.recv() => { self.reload(); }
                 Some((cmd, answer)) = ctl_rx.recv() => {
                     let r = self.command(cmd).await;
@@ -208,21 +208,13 @@ impl Agent {
         // stop deadline while etcd hangs.
         let t = self.io_timeout();
         let result = match cmd {
-            Command::Pause | Command::Resume => {
-                let pause = cmd == Command::Pause;
-                let view = self.dcs.read(t).await.map_err(|e| e.to_string())?;
-                let mut c = view.config.clone();
-                c.pause = pause;
-                self.dcs
-                    .put_config(&c, t)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(if pause {
-                    "maintenance mode on"
-                } else {
-                    "maintenance mode off"
-                }
-                .to_string())
+            Command::Pause => {
+                self.dcs.set_pause(true, false, t).await?;
+                Ok("maintenance mode on".to_string())
+            }
+            Command::Resume { force } => {
+                self.dcs.set_pause(false, force, t).await?;
+                Ok("maintenance mode off".to_string())
             }
             Command::Switchover { to } => {
                 let view = self.dcs.read(t).await.map_err(|e| e.to_string())?;
@@ -758,9 +750,46 @@ impl Agent {
         }
     }
 
+    /// In maintenance mode, stopping the agent leaves PostgreSQL running, as
+    /// Patroni does: the agent can be restarted or upgraded without a
+    /// failover. That is safe only while the cluster stays paused, so our
+    /// member key goes first (from then on `resume` is refused: it needs the
+    /// leader's member key, see `cluster::resume_refusal`), and a fresh read
+    /// must still show the pause. The leader key is left to expire with our
+    /// lease, or to be taken back by our next process. Returns false when
+    /// the normal stop must run instead.
+    async fn leave_running_if_paused(&mut self) -> bool {
+        let t = self.io_timeout();
+        if let Err(e) = self.dcs.delete_member(t).await {
+            warn!(
+                "maintenance mode, but the member key could not be deleted ({e}): stopping PostgreSQL"
+            );
+            return false;
+        }
+        match self.dcs.read(t).await {
+            Ok(v) if v.paused() => {}
+            Ok(_) => {
+                info!("maintenance mode ended meanwhile: stopping PostgreSQL");
+                return false;
+            }
+            Err(e) => {
+                warn!("cannot confirm maintenance mode ({e}): stopping PostgreSQL");
+                return false;
+            }
+        }
+        self.disarm_watchdog();
+        info!("maintenance mode: leaving PostgreSQL running; start leasedog again before resuming");
+        self.notify("STOPPING=1\nSTATUS=maintenance mode: PostgreSQL left running");
+        true
+    }
+
     /// Graceful stop: PostgreSQL stopped cleanly, key released, watchdog
     /// disarmed (in that order), lease revoked.
     async fn shutdown(&mut self) {
+        if self.node.paused && self.leave_running_if_paused().await {
+            info!("leasedog stopped");
+            return;
+        }
         info!("shutting down: stopping PostgreSQL");
         self.notify("STOPPING=1\nSTATUS=shutting down: stopping PostgreSQL");
         // A leader has until the earlier of its lease and watchdog deadlines

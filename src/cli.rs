@@ -46,11 +46,15 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
-    /// Maintenance mode off.
+    /// Maintenance mode off. Refused while the leader's agent is stopped
+    /// (its PostgreSQL may still run: a replica would be promoted beside it).
     Resume {
         /// Wait until every member has seen it.
         #[arg(long)]
         wait: bool,
+        /// Resume even if no running agent holds the leader key.
+        #[arg(long)]
+        force: bool,
     },
     /// Planned handover of the primary role to a healthy replica.
     Switchover {
@@ -236,8 +240,8 @@ fn run(args: Args) -> Result<(), ExitCode> {
             }
             Ok(())
         }
-        Command::Pause { wait } => set_pause(&args.config, true, wait),
-        Command::Resume { wait } => set_pause(&args.config, false, wait),
+        Command::Pause { wait } => set_pause(&args.config, true, false, wait),
+        Command::Resume { wait, force } => set_pause(&args.config, false, force, wait),
         Command::Switchover { to, at, force: _ } => switchover(&args.config, to, at),
         Command::Failover { to, force: _ } => failover(&args.config, &to),
         Command::WatchdogCheck { json } => {
@@ -411,7 +415,7 @@ async fn wait_until(
 
 /// pause/resume: through the local agent's socket when there is one, else
 /// straight to etcd.
-fn set_pause(path: &std::path::Path, pause: bool, wait: bool) -> Result<(), ExitCode> {
+fn set_pause(path: &std::path::Path, pause: bool, force: bool, wait: bool) -> Result<(), ExitCode> {
     let cfg = load(path)?;
     let rt = runtime()?;
     rt.block_on(async {
@@ -420,7 +424,7 @@ fn set_pause(path: &std::path::Path, pause: bool, wait: bool) -> Result<(), Exit
         let via_socket = cfg.control.socket.exists()
             && match crate::control::request(
                 &cfg.control.socket,
-                &serde_json::json!({ "cmd": cmd }),
+                &serde_json::json!({ "cmd": cmd, "force": force }),
                 t * 2,
             )
             .await
@@ -431,15 +435,7 @@ fn set_pause(path: &std::path::Path, pause: bool, wait: bool) -> Result<(), Exit
             };
         let mut dcs = dcs_of(&cfg);
         if !via_socket {
-            let view = dcs
-                .read(t)
-                .await
-                .map_err(|e| fail(&format!("cannot read the cluster from etcd: {e}")))?;
-            let mut c = view.config.clone();
-            c.pause = pause;
-            dcs.put_config(&c, t)
-                .await
-                .map_err(|e| fail(&format!("cannot write the config key: {e}")))?;
+            dcs.set_pause(pause, force, t).await.map_err(|e| fail(&e))?;
         }
         if wait {
             let seen = wait_until(&mut dcs, t, Duration::from_secs(cfg.ttl.max(30)), |v| {

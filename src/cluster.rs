@@ -194,6 +194,31 @@ pub struct ClusterView {
     pub revision: i64,
 }
 
+/// Why resuming now could let a replica be promoted beside a primary whose
+/// agent is stopped (an agent stopped in maintenance mode leaves PostgreSQL
+/// running): resuming needs a leader key whose holder still publishes its
+/// member key. `None` when resuming is safe, or the cluster is not paused.
+pub fn resume_refusal(view: &ClusterView) -> Option<String> {
+    if !view.paused() {
+        return None;
+    }
+    match &view.leader {
+        None => Some(
+            "no member holds the leader key: if a primary runs without its agent (stopped while \
+             paused), resuming lets a replica be promoted beside it. Start that agent first \
+             (it takes the key back), or resume with --force"
+                .into(),
+        ),
+        Some(l) if view.member(&l.name).is_none() => Some(format!(
+            "the leader {}'s agent is not running (no member key): resuming lets a replica be \
+             promoted beside its PostgreSQL once the key expires. Start that agent first, or \
+             resume with --force",
+            l.name
+        )),
+        Some(_) => None,
+    }
+}
+
 impl ClusterView {
     pub fn member(&self, name: &str) -> Option<&Member> {
         self.members.iter().find(|m| m.name == name)
@@ -467,6 +492,42 @@ pub fn slot_name(member: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resume_needs_a_leader_whose_agent_runs() {
+        let mut v = ClusterView::default();
+        assert_eq!(resume_refusal(&v), None, "not paused: nothing to refuse");
+        v.config.pause = true;
+        assert!(
+            resume_refusal(&v)
+                .unwrap()
+                .contains("no member holds the leader key")
+        );
+        v.leader = Some(Leader {
+            name: "n1".into(),
+            lease: 7,
+            create_revision: 3,
+            mod_revision: 3,
+        });
+        assert!(
+            resume_refusal(&v)
+                .unwrap()
+                .contains("n1's agent is not running")
+        );
+        v.members.push(Member {
+            name: "n2".into(),
+            info: MemberInfo::default(),
+        });
+        assert!(
+            resume_refusal(&v).is_some(),
+            "another member does not count"
+        );
+        v.members.push(Member {
+            name: "n1".into(),
+            info: MemberInfo::default(),
+        });
+        assert_eq!(resume_refusal(&v), None);
+    }
 
     #[test]
     fn lsn_round_trip() {

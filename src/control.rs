@@ -3,7 +3,8 @@
 //! command (checked with the peer's credentials). Garbage gets an error reply
 //! and the connection and the agent go on.
 //!
-//! Requests: `{"cmd":"status"}`, `{"cmd":"pause"}`, `{"cmd":"resume"}`,
+//! Requests: `{"cmd":"status"}`, `{"cmd":"pause"}`, `{"cmd":"resume"}`
+//! (`"force":true` to resume although a primary may run without its agent),
 //! `{"cmd":"switchover","to":"node2"}` (`to` optional). Commands that change
 //! the cluster are handed to the HA loop over a channel and answered once the
 //! loop has written them to etcd; `status` is answered from the snapshot.
@@ -21,8 +22,13 @@ use tokio::sync::{mpsc, oneshot};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Pause,
-    Resume,
-    Switchover { to: Option<String> },
+    /// `force`: also when a primary may run without its agent.
+    Resume {
+        force: bool,
+    },
+    Switchover {
+        to: Option<String>,
+    },
 }
 
 /// A command and where to send the outcome.
@@ -34,6 +40,8 @@ struct Wire {
     cmd: String,
     #[serde(default)]
     to: Option<String>,
+    #[serde(default)]
+    force: bool,
 }
 
 /// Parses one request line.
@@ -43,7 +51,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
     match w.cmd.as_str() {
         "status" => Ok(None),
         "pause" => Ok(Some(Command::Pause)),
-        "resume" => Ok(Some(Command::Resume)),
+        "resume" => Ok(Some(Command::Resume { force: w.force })),
         "switchover" => Ok(Some(Command::Switchover { to: w.to })),
         other => Err(format!(
             "unknown command {other:?}: status, pause, resume or switchover"
@@ -203,5 +211,13 @@ mod tests {
                 .contains("unknown command")
         );
         assert!(parse(r#"{"cmd":"pause","x":1}"#).is_err());
+        assert_eq!(
+            parse(r#"{"cmd":"resume"}"#),
+            Ok(Some(Command::Resume { force: false }))
+        );
+        assert_eq!(
+            parse(r#"{"cmd":"resume","force":true}"#),
+            Ok(Some(Command::Resume { force: true }))
+        );
     }
 }

@@ -430,6 +430,65 @@ impl Dcs {
         .map(|_| ())
     }
 
+    /// Maintenance mode on or off. Resuming without `force` is refused while
+    /// a primary may run without its agent (`cluster::resume_refusal`), and
+    /// is one txn conditional on the leader key and the leader's member key
+    /// as read, so the check cannot go stale between read and write.
+    pub async fn set_pause(
+        &mut self,
+        pause: bool,
+        force: bool,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let view = self
+            .read(timeout)
+            .await
+            .map_err(|e| format!("cannot read the cluster from etcd: {e}"))?;
+        let mut c = view.config.clone();
+        c.pause = pause;
+        let guarded = !pause && !force && view.paused();
+        if !guarded {
+            return self
+                .put_config(&c, timeout)
+                .await
+                .map_err(|e| format!("cannot write the config key: {e}"));
+        }
+        if let Some(why) = crate::cluster::resume_refusal(&view) {
+            return Err(format!("resume refused: {why}"));
+        }
+        let Some(leader) = view.leader.as_ref().map(|l| l.name.clone()) else {
+            return Err("resume refused: no leader".into());
+        };
+        let member = self.key(&format!("members/{leader}"));
+        let txn = Txn::new()
+            .when([
+                Compare::value(self.key("leader"), CompareOp::Equal, leader.clone()),
+                Compare::version(member, CompareOp::Greater, 0),
+            ])
+            .and_then([TxnOp::put(
+                self.key("config"),
+                serde_json::to_string(&c).unwrap_or_default(),
+                None,
+            )]);
+        match self.txn("resume", txn, timeout).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!(
+                "resume refused: the leader {leader} or its member key changed meanwhile; try again"
+            )),
+            Err(e) => Err(format!("cannot write the config key: {e}")),
+        }
+    }
+
+    /// Deletes our member key: this agent is going away.
+    pub async fn delete_member(&mut self, timeout: Duration) -> Result<(), DcsError> {
+        let key = self.key(&format!("members/{}", self.name));
+        self.call("member delete", timeout, |mut c| async move {
+            c.delete(key, None).await
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Writes the `failover` key (no lease).
     pub async fn put_failover(
         &mut self,

@@ -597,6 +597,11 @@ fn decide_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
 
     match &local.data_dir {
         DataDir::Empty if view.initialize.is_none() => {
+            // initdb holds the loop for seconds (more on a slow machine)
+            // and no PostgreSQL runs yet: nothing to fence, so the watchdog
+            // (armed when the key was taken in required mode) must not be
+            // left to fire meanwhile. It is armed again before the start.
+            p.disarm_if_armed();
             p.push(Action::Initdb);
             p.recheck_in(0);
             p.done("bootstrap: I won the race, running initdb")
@@ -1250,6 +1255,18 @@ mod tests {
         assert_eq!(
             d.actions,
             vec![KeepAlive, ConfirmLeader { status: None }, Initdb]
+        );
+        // ...having disarmed a watchdog armed for the race: initdb holds
+        // the loop and there is nothing to fence yet.
+        let d = run(&c, 11_000, Some(&v), &empty, &leading(true));
+        assert_eq!(
+            d.actions,
+            vec![
+                KeepAlive,
+                ConfirmLeader { status: None },
+                DisarmWatchdog,
+                Initdb
+            ]
         );
         // 3. starts as primary, armed first
         let d = run(&c, 11_000, Some(&v), &stopped(true), &leading(false));

@@ -459,3 +459,78 @@ fn systemd_notifications_ready_status_stopping() {
     assert_eq!(c.stop_agent(0, Duration::from_secs(60)), Some(0));
     recv_until("STOPPING=1", Duration::from_secs(5), &mut seen);
 }
+
+/// Maintenance mode hands PostgreSQL to the operator, as in Patroni:
+/// stopping the leader's agent leaves PostgreSQL running and writable (so
+/// the agent can be restarted or upgraded without a failover); nobody is
+/// promoted, also after the key's lease runs out; `resume` is refused until
+/// the agent is back; the agent comes back to the same postmaster.
+#[test]
+fn agent_stopped_while_paused_leaves_postgresql_running() {
+    let mut c = Cluster::start(3, Opts::default());
+    let p = c.wait_healthy(BOOT);
+    let name = c.nodes[p].name.clone();
+    let r = (p + 1) % 3;
+    let (code, out) = cli(&c, r, &["pause", "--wait"]);
+    assert_eq!(code, 0, "{out}");
+    let pm = c.nodes[p].postmaster_pid().expect("postmaster");
+
+    assert_eq!(c.stop_agent(p, Duration::from_secs(30)), Some(0));
+    assert!(
+        c.nodes[p]
+            .agent_log_text()
+            .contains("leaving PostgreSQL running"),
+        "the agent says what it did"
+    );
+    assert_eq!(c.nodes[p].postmaster_pid(), Some(pm), "PostgreSQL runs on");
+    c.nodes[p]
+        .sql("CREATE TABLE during_pause (x int); INSERT INTO during_pause VALUES (1)")
+        .expect("still writable");
+
+    // Resume is refused, by the CLI (through a replica's agent) and by the
+    // socket, while the primary has no agent.
+    let (code, out) = cli(&c, r, &["resume"]);
+    assert_eq!(code, 1, "resume must be refused: {out}");
+    assert!(
+        out.contains("not running") || out.contains("no member holds"),
+        "{out}"
+    );
+    let reply = socket(&c, r, r#"{"cmd":"resume"}"#);
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert!(paused(&c));
+
+    // Past the lease: still nobody promoted.
+    let end = Instant::now() + Duration::from_secs(c.opts.ttl + 2);
+    while Instant::now() < end {
+        assert!(
+            (0..3).all(|i| i == p || c.nodes[i].is_primary() != Some(true)),
+            "a replica was promoted beside the agent-less primary"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, out) = cli(&c, r, &["resume"]);
+    assert_eq!(code, 1, "still refused once the key expired: {out}");
+
+    // The agent comes back to its running PostgreSQL and takes the key.
+    c.start_agent(p);
+    wait_for("the leader key back", Duration::from_secs(30), || {
+        (c.leader().as_deref() == Some(name.as_str())).then_some(())
+    });
+    wait_for("the member key back", Duration::from_secs(30), || {
+        let (code, _) = cli(&c, r, &["resume", "--wait"]);
+        (code == 0).then_some(())
+    });
+    assert_eq!(c.wait_healthy(Duration::from_secs(60)), p);
+    assert_eq!(
+        c.nodes[p].postmaster_pid(),
+        Some(pm),
+        "the same postmaster throughout"
+    );
+    assert_eq!(
+        c.nodes[r]
+            .sql("SELECT count(*) FROM during_pause")
+            .ok()
+            .as_deref(),
+        Some("1")
+    );
+}
