@@ -7,9 +7,11 @@
 # (Type=notify), the node becomes primary with the watchdog armed; the agent
 # is killed with SIGKILL and systemd restarts it while PostgreSQL keeps
 # running (KillMode=process), with no watchdog reset; `systemctl reload`;
-# an upgrade restarts the running agent; `systemctl stop` stops PostgreSQL,
-# releases the key and disarms the watchdog (no reset afterwards); `dpkg -r`
-# stops a running agent and keeps the config and the data directory.
+# an upgrade restarts the running agent, and in maintenance mode leaves
+# PostgreSQL running through it; `systemctl stop` stops PostgreSQL, releases
+# the key and disarms the watchdog (no reset afterwards); an upgrade does not
+# start a stopped agent; `dpkg -r` stops a running agent and keeps the config
+# and the data directory.
 #
 #   bash scripts/vm-systemd-test.sh        (root; builds the packages if needed;
 #                                          LEASEDOG_DEB=FILE tests another .deb)
@@ -196,6 +198,19 @@ wait_until 60 "primary after the upgrade" primary
 [ "$(as_pg psql -h /var/run/postgresql -p 5433 -Atc 'select x from t')" = 1 ] || fail "data lost"
 say "upgrade: agent restarted ($pid2 -> $pid3), data kept"
 
+# Paused, an upgrade restarts the agent and leaves PostgreSQL alone.
+leasedog pause --wait >/dev/null || fail "pause"
+pm=$(postmaster)
+dpkg -i /root/leasedog.deb >/dev/null 2>&1 || fail "upgrade while paused"
+pid4=$(prop MainPID)
+[ "$pid4" != "$pid3" ] || fail "the paused upgrade did not restart the agent"
+[ "$(postmaster)" = "$pm" ] && kill -0 "$pm" || fail "the paused upgrade restarted PostgreSQL"
+journalctl -u leasedog --no-pager | grep -q 'leaving PostgreSQL running' || fail "no paused shutdown in the journal"
+wait_until 60 "resume accepted by the restarted agent" leasedog resume --wait
+[ "$(postmaster)" = "$pm" ] || fail "PostgreSQL restarted on resume"
+wait_until 30 "primary after resume" primary
+say "paused upgrade: agent restarted ($pid3 -> $pid4), postmaster $pm untouched; resumed"
+
 systemctl stop leasedog || fail "systemctl stop"
 [ "$(prop ActiveState)" = inactive ] || fail "not inactive after stop: $(prop ActiveState)"
 pgrep -u postgres -x postgres >/dev/null && fail "PostgreSQL still runs after systemctl stop"
@@ -204,6 +219,9 @@ journalctl -u leasedog --no-pager | grep -q 'watchdog disarmed' || fail "watchdo
 say "systemctl stop: PostgreSQL stopped, key released, watchdog disarmed"
 sleep 20
 say "no watchdog reset 20 s after the stop"
+dpkg -i /root/leasedog.deb >/dev/null 2>&1 || fail "upgrade while stopped"
+systemctl is-active --quiet leasedog && fail "an upgrade started a stopped agent"
+say "upgrade of a stopped agent: not started"
 
 systemctl start leasedog || fail "start again"
 wait_until 120 "primary again" primary
