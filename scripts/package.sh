@@ -47,7 +47,17 @@ grep -q '^  data_dir: /var/lib/pgsql/leasedog$' "$out/leasedog.rpm.yml" &&
   grep -q '^  bin_dir: /usr/bin$' "$out/leasedog.rpm.yml" ||
   { echo "package: config/leasedog.yml changed: update the Rocky paths in scripts/package.sh" >&2; exit 1; }
 
-cargo deb --no-build --no-strip --output "$out/"
+deb=$(cargo deb --no-build --no-strip --output "$out/" | tail -1)
+# cargo-deb writes no md5sums: add them (conffiles excluded, as dh_md5sums
+# does) so that `dpkg --verify leasedog` can tell a modified file.
+unpacked="$out/deb-root"
+rm -rf "$unpacked"
+dpkg-deb -R "$deb" "$unpacked"
+(cd "$unpacked" && find . -path ./DEBIAN -prune -o -path ./etc -prune -o -type f -print |
+  sed 's|^\./||' | LC_ALL=C sort | xargs md5sum) > "$unpacked/DEBIAN/md5sums"
+chmod 644 "$unpacked/DEBIAN/md5sums"
+dpkg-deb --root-owner-group -Zxz -b "$unpacked" "$deb" >/dev/null
+rm -rf "$unpacked"
 cargo generate-rpm --output "$out/"
 echo "package: built"
 ls -l "$out"/*.deb "$out"/*.rpm

@@ -793,17 +793,23 @@ impl Agent {
         info!("shutting down: stopping PostgreSQL");
         self.notify("STOPPING=1\nSTATUS=shutting down: stopping PostgreSQL");
         // A leader has until the earlier of its lease and watchdog deadlines
-        // (the loop no longer renews); others may take their time.
+        // (the loop no longer renews): 60% of it for a fast (clean) stop,
+        // the rest for an immediate one. Others fence nothing and may let a
+        // checkpoint finish: NON_LEADER_FAST_STOP, then immediate.
         let now = self.now();
-        let total = match self.node.must_stop_at(&self.ha) {
-            Some(stop) if self.node.leader_confirmed => stop
-                .plus(self.ha.stop_budget_ms())
-                .since(now)
-                .saturating_sub(ha::SLACK_MS),
-            _ => self.ha.retry_timeout_ms.max(10_000),
+        let (fast, immediate) = match self.node.must_stop_at(&self.ha) {
+            Some(stop) if self.node.leader_confirmed => {
+                let total = stop
+                    .plus(self.ha.stop_budget_ms())
+                    .since(now)
+                    .saturating_sub(ha::SLACK_MS);
+                (
+                    Duration::from_millis((total * 6 / 10).max(1000)),
+                    Duration::from_millis((total * 4 / 10).max(1000)),
+                )
+            }
+            _ => (NON_LEADER_FAST_STOP, NON_LEADER_IMMEDIATE_STOP),
         };
-        let fast = Duration::from_millis((total * 6 / 10).max(1000));
-        let immediate = Duration::from_millis((total * 4 / 10).max(1000));
         let stopped = match self.pg.stop(fast, immediate).await {
             Ok(o) => {
                 info!("PostgreSQL stopped ({o:?})");
@@ -847,6 +853,13 @@ impl Agent {
         info!("leasedog stopped");
     }
 }
+
+/// How long a graceful shutdown of a non-leader waits for PostgreSQL's fast
+/// (clean) stop, then for an immediate one. Together with the stop callback
+/// and the etcd calls that follow they stay within the unit's
+/// `TimeoutStopSec=180`.
+const NON_LEADER_FAST_STOP: Duration = Duration::from_secs(75);
+const NON_LEADER_IMMEDIATE_STOP: Duration = Duration::from_secs(15);
 
 /// Aborts a spawned task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
