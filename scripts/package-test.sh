@@ -203,6 +203,38 @@ if grep -Eq '^\s*systemctl\s+(--\S+\s+)*(enable|start)\b' "$work/rpm-scripts"; t
 if grep -Eq 'rm -rf? .*(/var/lib|data)' "$work/rpm-scripts"; then fail "an rpm scriptlet removes data"; fi
 ok "rpm --scripts: stop on erase, try-restart on upgrade, never enable or start"
 
+# The scriptlets themselves, taken from the rpm and run as rpm runs them
+# (sh, with $1 the count of installed instances after the action), with
+# stand-ins logging every call to systemd, tmpfiles and udev.
+rstubs="$work/rpm-bin"
+mkdir -p "$rstubs"
+for tool in systemctl systemd-tmpfiles udevadm; do
+  printf '#!/bin/sh\necho "%s $*" >> %s/systemd-calls\nexit 0\n' "$tool" "$work" > "$rstubs/$tool"
+  chmod 755 "$rstubs/$tool"
+done
+scriptlet() { # TAG ARG: runs it, its calls in $work/systemd-calls, output in $work/scriptlet.out
+  : > "$work/systemd-calls"
+  rpm -qp --qf "%{$1}" "$rpmfile" > "$work/scriptlet.sh"
+  PATH="$rstubs:$PATH" sh "$work/scriptlet.sh" "$2" > "$work/scriptlet.out" 2>&1 ||
+    fail "%{$1} with $2 failed: $(cat "$work/scriptlet.out")"
+}
+scriptlet POSTIN 1
+grep -q 'installed, not enabled' "$work/scriptlet.out" || fail "%post on install: no message"
+calls | grep -q 'systemd-tmpfiles --create leasedog.conf' || fail "%post: no tmpfiles: $(calls)"
+if calls | grep -Eq 'enable|start|restart'; then fail "%post on install started or enabled: $(calls)"; fi
+scriptlet POSTIN 2
+if grep -q 'installed, not enabled' "$work/scriptlet.out"; then fail "%post on upgrade repeats the install message"; fi
+if calls | grep -Eq 'enable|start|restart'; then fail "%post on upgrade started or enabled: $(calls)"; fi
+scriptlet PREUN 0
+calls | grep -q 'systemctl --no-reload disable --now leasedog.service' || fail "%preun on erase: $(calls)"
+scriptlet PREUN 1
+if calls | grep -Eq 'disable|stop'; then fail "%preun on upgrade stops the agent: $(calls)"; fi
+scriptlet POSTUN 1
+calls | grep -q 'systemctl try-restart leasedog.service' || fail "%postun on upgrade: $(calls)"
+scriptlet POSTUN 0
+if calls | grep -q 'restart'; then fail "%postun on erase restarts: $(calls)"; fi
+ok "rpm scriptlets run: install (message, no start), upgrade (try-restart), erase (disable --now)"
+
 root="$work/rpmroot"
 mkdir -p "$root"
 rpm --root "$root" --dbpath /var/lib/rpm --initdb

@@ -231,66 +231,104 @@ impl Dcs {
     }
 
     /// Sends one keep-alive for this agent's lease and awaits its answer;
-    /// grants a new lease when there is none or etcd says it is gone.
-    /// Ok only when etcd answered with TTL > 0. The caller records the send
-    /// instant itself, before calling.
+    /// grants a new lease when there is none or etcd says it is gone (TTL 0,
+    /// "lease not found"). A keep-alive stream that broke (the connection
+    /// dropped: the stream ended or its sender closed) says nothing about
+    /// the lease: it is reopened once within the same timeout, and if that
+    /// fails too the call fails. Granting a new lease then would strand a
+    /// leader key on the old one, which may still be alive. Ok only when
+    /// etcd answered with TTL > 0. The caller records the send instant
+    /// itself, before calling.
     pub async fn keepalive(&mut self, timeout: Duration) -> Result<KeepAlive, DcsError> {
         let Some(id) = self.lease else {
             return self.grant(timeout).await;
         };
         let endpoint = self.endpoint();
         let start = tokio::time::Instant::now();
-        let res = tokio::time::timeout(timeout, async {
-            if self.keeper.is_none() {
-                let client = match &self.clients[self.current] {
-                    Some(c) => c.clone(),
-                    None => {
-                        let c =
-                            Client::connect([endpoint.as_str()], Some(connect_options())).await?;
-                        self.clients[self.current] = Some(c.clone());
-                        c
-                    }
-                };
-                let mut c = client;
-                self.keeper = Some(c.lease_keep_alive(id).await?);
-            }
-            let Some((keeper, stream)) = self.keeper.as_mut() else {
-                return Ok(None);
+        let mut reopened = false;
+        loop {
+            let fresh = self.keeper.is_none();
+            let left = timeout.saturating_sub(start.elapsed());
+            let res = tokio::time::timeout(left, self.keepalive_once(id, &endpoint)).await;
+            let broken = match res {
+                Ok(Ok(Some(ttl))) if ttl > 0 => {
+                    return Ok(KeepAlive {
+                        lease_id: id,
+                        granted_new: false,
+                        ttl_left: ttl,
+                    });
+                }
+                Ok(Ok(Some(_))) => false,
+                Ok(Err(etcd_client::Error::LeaseKeepAliveError(m))) if m == "lease not found" => {
+                    false
+                }
+                Ok(Ok(None)) | Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => true,
+                Ok(Err(source)) => {
+                    self.keeper = None;
+                    self.rotate();
+                    return Err(DcsError::Etcd {
+                        op: "keep-alive",
+                        endpoint,
+                        source,
+                    });
+                }
+                Err(_) => {
+                    self.keeper = None;
+                    self.rotate();
+                    return Err(DcsError::Timeout {
+                        op: "keep-alive",
+                        endpoint,
+                    });
+                }
             };
-            keeper.keep_alive().await?;
-            stream.message().await
-        })
-        .await;
-        match res {
-            Ok(Ok(Some(r))) if r.ttl() > 0 => Ok(KeepAlive {
-                lease_id: id,
-                granted_new: false,
-                ttl_left: r.ttl(),
-            }),
-            Ok(Ok(_)) | Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => {
-                // TTL <= 0 ("lease not found") or the stream ended: the lease is gone.
-                debug!("lease {id:x} is gone; granting a new one");
-                self.lease = None;
+            if broken {
                 self.keeper = None;
-                let left = timeout.saturating_sub(start.elapsed());
-                self.grant(left).await
+                if fresh || reopened {
+                    return Err(DcsError::Etcd {
+                        op: "keep-alive",
+                        endpoint,
+                        source: etcd_client::Error::LeaseKeepAliveError(
+                            "the keep-alive stream ended".into(),
+                        ),
+                    });
+                }
+                debug!("keep-alive stream of lease {id:x} ended; reopening it");
+                reopened = true;
+                continue;
             }
-            Ok(Err(source)) => {
-                self.rotate();
-                Err(DcsError::Etcd {
-                    op: "keep-alive",
-                    endpoint,
-                    source,
-                })
-            }
-            Err(_) => {
-                self.rotate();
-                Err(DcsError::Timeout {
-                    op: "keep-alive",
-                    endpoint,
-                })
-            }
+            // etcd says the lease is gone.
+            debug!("lease {id:x} is gone; granting a new one");
+            self.lease = None;
+            self.keeper = None;
+            let left = timeout.saturating_sub(start.elapsed());
+            return self.grant(left).await;
         }
+    }
+
+    /// One keep-alive on the current stream (opened when there is none):
+    /// the TTL etcd answered, or None when the stream ended.
+    async fn keepalive_once(
+        &mut self,
+        id: i64,
+        endpoint: &str,
+    ) -> Result<Option<i64>, etcd_client::Error> {
+        if self.keeper.is_none() {
+            let client = match &self.clients[self.current] {
+                Some(c) => c.clone(),
+                None => {
+                    let c = Client::connect([endpoint], Some(connect_options())).await?;
+                    self.clients[self.current] = Some(c.clone());
+                    c
+                }
+            };
+            let mut c = client;
+            self.keeper = Some(c.lease_keep_alive(id).await?);
+        }
+        let Some((keeper, stream)) = self.keeper.as_mut() else {
+            return Ok(None);
+        };
+        keeper.keep_alive().await?;
+        Ok(stream.message().await?.map(|r| r.ttl()))
     }
 
     fn own_lease(&self) -> Result<i64, DcsError> {

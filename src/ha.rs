@@ -424,9 +424,13 @@ pub fn decide(i: Input<'_>) -> Decision {
             // The key carries our name but another lease: our previous
             // process. Re-bind it rather than wait for it to expire.
             p.push(Action::KeepAlive);
-            if local.writable() {
-                p.fence_for_acquire();
-            }
+            // No arming or feeding before the key is ours again: it is still
+            // bound to the old lease, whose last renewal this process does
+            // not know, so a feed timed from our lease could outlast it.
+            // Until the take-over, a watchdog armed by the previous process
+            // counts down against the old lease; the next cycle (at once)
+            // confirms the key and arms or feeds against the lease it is
+            // bound to now. A PostgreSQL that is not running needs no fence.
             p.push(Action::TakeOverLeader {
                 mod_revision: l.mod_revision,
             });
@@ -1352,14 +1356,21 @@ mod tests {
     fn key_with_our_name_from_a_previous_run_is_taken_over() {
         let c = cfg(WatchdogMode::Required);
         let v = view(leader("b", 3), vec![]);
-        let d = run(&c, 11_000, Some(&v), &primary(1000), &replica_node());
+        // A running primary: the key first, then (next cycle) the fence,
+        // armed or fed against the lease the key is bound to.
+        for node in [replica_node(), leading(true)] {
+            let d = run(&c, 11_000, Some(&v), &primary(1000), &node);
+            assert_eq!(
+                d.actions,
+                vec![KeepAlive, TakeOverLeader { mod_revision: 7 }]
+            );
+            assert_eq!(d.next_cycle, Millis(11_000), "confirmed at once");
+        }
+        // Nothing running: nothing to fence either.
+        let d = run(&c, 11_000, Some(&v), &stopped(true), &replica_node());
         assert_eq!(
             d.actions,
-            vec![
-                KeepAlive,
-                ArmWatchdog { required: true },
-                TakeOverLeader { mod_revision: 7 }
-            ]
+            vec![KeepAlive, TakeOverLeader { mod_revision: 7 }]
         );
     }
 

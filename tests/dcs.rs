@@ -177,6 +177,38 @@ fn frozen_etcd_times_out_and_recovers() {
     });
 }
 
+/// An etcd restart is not a lost lease: the agent keeps its lease (leases
+/// survive restarts) and so its leader key, instead of granting a new lease
+/// and stranding the key on the old one.
+#[test]
+fn a_restarted_etcd_keeps_the_lease_and_the_key() {
+    let mut e = EtcdServer::start();
+    rt().block_on(async {
+        let mut a = dcs(&e, "a", 10);
+        let first = a.keepalive(T).await.unwrap();
+        a.keepalive(T).await.unwrap();
+        assert!(a.acquire_leader(T).await.unwrap());
+        e.restart();
+        let end = Instant::now() + Duration::from_secs(10);
+        let ka = loop {
+            match a.keepalive(T).await {
+                Ok(ka) => break ka,
+                Err(err) => assert!(
+                    Instant::now() < end,
+                    "no keep-alive after the restart: {err}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(!ka.granted_new, "a new lease after an etcd restart");
+        assert_eq!(ka.lease_id, first.lease_id);
+        assert!(
+            a.confirm_leader(None, T).await.unwrap(),
+            "the leader key is still ours"
+        );
+    });
+}
+
 #[test]
 fn a_dead_endpoint_costs_at_most_one_failure() {
     let e = EtcdServer::start();

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 pub struct EtcdServer {
     child: Child,
     client_port: u16,
+    peer_port: u16,
     dir: tempfile::TempDir,
 }
 
@@ -26,25 +27,11 @@ impl EtcdServer {
                 .tempdir()
                 .expect("tempdir");
             let (client_port, peer_port) = (free_port(), free_port());
-            let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log");
-            let peer = format!("http://127.0.0.1:{peer_port}");
-            let client = format!("http://127.0.0.1:{client_port}");
-            let child = Command::new("etcd")
-                .arg("--name=test")
-                .arg(format!("--data-dir={}", dir.path().join("data").display()))
-                .arg(format!("--listen-client-urls={client}"))
-                .arg(format!("--advertise-client-urls={client}"))
-                .arg(format!("--listen-peer-urls={peer}"))
-                .arg(format!("--initial-advertise-peer-urls={peer}"))
-                .arg(format!("--initial-cluster=test={peer}"))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log"))
-                .stderr(log)
-                .spawn()
-                .expect("spawn etcd (is etcd-server installed? bash scripts/setup.sh)");
+            let child = spawn(dir.path(), client_port, peer_port);
             let mut server = EtcdServer {
                 child,
                 client_port,
+                peer_port,
                 dir,
             };
             if server.wait_ready(Duration::from_secs(20)) {
@@ -55,6 +42,21 @@ impl EtcdServer {
             let _ = server.child.wait();
         }
         panic!("etcd failed to start three times");
+    }
+
+    /// Stops etcd (SIGTERM: it closes its streams) and starts it again on
+    /// the same data and ports: clients see their streams end; leases
+    /// survive.
+    pub fn restart(&mut self) {
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let _ = self.child.wait();
+        self.child = spawn(self.dir.path(), self.client_port, self.peer_port);
+        assert!(
+            self.wait_ready(Duration::from_secs(20)),
+            "etcd did not come back:\n{}",
+            self.log()
+        );
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> bool {
@@ -98,9 +100,33 @@ impl EtcdServer {
     }
 
     /// SIGSTOP: etcd hangs, connections stay open.
+    /// SIGSTOP, then waits until every thread of etcd has stopped: the
+    /// signal takes effect asynchronously, and a thread still running could
+    /// answer one more request.
     pub fn freeze(&self) {
+        let pid = self.pid();
         // SAFETY: kill(2) on our child.
-        unsafe { libc::kill(self.pid(), libc::SIGSTOP) };
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let all_stopped = || {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                return false;
+            };
+            tasks.flatten().all(|t| {
+                std::fs::read_to_string(t.path().join("stat")).is_ok_and(|st| {
+                    // The state follows the parenthesised command name.
+                    st.rsplit_once(") ")
+                        .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+                })
+            })
+        };
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !all_stopped() {
+            assert!(
+                std::time::Instant::now() < end,
+                "etcd {pid} did not stop within 5 s of SIGSTOP"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     pub fn thaw(&self) {
@@ -130,4 +156,27 @@ impl Drop for EtcdServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn spawn(dir: &std::path::Path, client_port: u16, peer_port: u16) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("etcd.log"))
+        .expect("etcd log");
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let client = format!("http://127.0.0.1:{client_port}");
+    Command::new("etcd")
+        .arg("--name=test")
+        .arg(format!("--data-dir={}", dir.join("data").display()))
+        .arg(format!("--listen-client-urls={client}"))
+        .arg(format!("--advertise-client-urls={client}"))
+        .arg(format!("--listen-peer-urls={peer}"))
+        .arg(format!("--initial-advertise-peer-urls={peer}"))
+        .arg(format!("--initial-cluster=test={peer}"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn etcd (is etcd-server installed? bash scripts/setup.sh)")
 }
