@@ -534,3 +534,66 @@ fn agent_stopped_while_paused_leaves_postgresql_running() {
         Some("1")
     );
 }
+
+/// The walreceiver of a replica (a child of its postmaster).
+fn walreceiver_pid(postmaster: i32) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let ppid: i32 = stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()?;
+        let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
+        (ppid == postmaster && cmd.contains("walreceiver")).then_some(pid)
+    })
+}
+
+/// A switchover to a replica that lags more than maximum_lag_on_failover
+/// (its walreceiver stalled) is refused by the leader, from its live
+/// pg_stat_replication, and the CLI says so; once the replica caught up the
+/// same switchover goes through.
+#[test]
+fn switchover_to_a_lagging_replica_is_refused() {
+    let c = Cluster::start(3, Opts::default());
+    let p = c.wait_healthy(BOOT);
+    c.wait_published_streaming(Duration::from_secs(20));
+    let r = (p + 1) % 3;
+    let (leader, lagging) = (c.nodes[p].name.clone(), c.nodes[r].name.clone());
+    let pm = c.nodes[r].postmaster_pid().expect("replica running");
+    let wr = wait_for("the replica's walreceiver", Duration::from_secs(10), || {
+        walreceiver_pid(pm)
+    });
+    // SAFETY: kill(2) on a process of our test cluster.
+    unsafe { libc::kill(wr, libc::SIGSTOP) };
+    let thaw = || {
+        // SAFETY: as above.
+        unsafe { libc::kill(wr, libc::SIGCONT) };
+    };
+    // About 8 MB of WAL the stalled replica does not receive.
+    c.nodes[p]
+        .sql(
+            "CREATE TABLE big AS SELECT g, repeat('x', 900) AS pad FROM generate_series(1, 8000) g",
+        )
+        .unwrap();
+
+    // The CLI hands the request to the leader, which checks the candidate
+    // against its live pg_stat_replication and refuses.
+    let (code, out) = cli(&c, p, &["switchover", "--to", &lagging]);
+    let log = c.nodes[p].agent_log_text();
+    let still_leader = c.leader().as_deref() == Some(leader.as_str());
+    let promoted = c.nodes[r].is_primary() == Some(true);
+    thaw();
+    assert_eq!(code, 1, "a lagging candidate was accepted: {out}");
+    assert!(out.contains("refused"), "{out}");
+    assert!(
+        log.contains("switchover refused") && log.contains("bytes behind"),
+        "the leader did not refuse for lag"
+    );
+    assert!(still_leader && !promoted, "a lagging replica was promoted");
+
+    // Caught up, the same switchover goes through.
+    c.wait_published_streaming(Duration::from_secs(30));
+    wait_for("the replica to catch up", Duration::from_secs(30), || {
+        let (code, out) = cli(&c, p, &["switchover", "--to", &lagging]);
+        (code == 0).then_some(out)
+    });
+    assert_eq!(c.wait_healthy(Duration::from_secs(60)), r);
+}
