@@ -792,6 +792,20 @@ impl Agent {
         }
         info!("shutting down: stopping PostgreSQL");
         self.notify("STOPPING=1\nSTATUS=shutting down: stopping PostgreSQL");
+        if self.node.leader_confirmed {
+            // Renew once more (and feed, under the feed rule): a clean stop
+            // then gets a whole lease, not what is left of the last one.
+            for a in [
+                Action::KeepAlive,
+                Action::ConfirmLeader { status: None },
+                Action::FeedWatchdog,
+            ] {
+                if let Err(e) = self.execute(&a).await {
+                    warn!("{} before stopping: {e}", describe(&a));
+                    break;
+                }
+            }
+        }
         // A leader has until the earlier of its lease and watchdog deadlines
         // (the loop no longer renews): 60% of it for a fast (clean) stop,
         // the rest for an immediate one. Others fence nothing and may let a
