@@ -449,7 +449,8 @@ impl Agent {
                     "running initdb in {}",
                     self.cfg.postgresql.data_dir.display()
                 );
-                self.pg.initdb(LONG_OP).await.map_err(|e| e.to_string())
+                let initdb = self.pg.initdb(LONG_OP);
+                until_stop_signal(async { initdb.await.map_err(|e| e.to_string()) }).await
             }
             Action::StartPrimary => {
                 self.pg.write_primary_conf().map_err(|e| e.to_string())?;
@@ -511,10 +512,8 @@ impl Agent {
             Action::Clone { upstream } => {
                 let up = self.upstream(upstream)?;
                 info!("cloning from {} with pg_basebackup", upstream.member);
-                self.pg
-                    .basebackup(&up, LONG_OP)
-                    .await
-                    .map_err(|e| e.to_string())
+                let clone = self.pg.basebackup(&up, LONG_OP);
+                until_stop_signal(async { clone.await.map_err(|e| e.to_string()) }).await
             }
             Action::Rewind { upstream } => {
                 let up = self.upstream(upstream)?;
@@ -865,6 +864,26 @@ impl Agent {
             error!("PostgreSQL may still be writable: leaving the watchdog armed");
         }
         info!("leasedog stopped");
+    }
+}
+
+/// Runs a long operation (initdb, pg_basebackup: minutes to hours) so that
+/// SIGTERM or SIGINT end it rather than wait for it: the operation is
+/// dropped, which kills its process group and empties the data directory it
+/// was filling, and the loop then sees the same signal and shuts down. Not
+/// for pg_rewind: an interrupted rewind can leave a data directory that only
+/// a new base backup repairs.
+async fn until_stop_signal(op: impl Future<Output = Result<(), String>>) -> Result<(), String> {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return op.await;
+    };
+    tokio::select! {
+        r = op => r,
+        _ = term.recv() => Err("interrupted by SIGTERM".into()),
+        _ = int.recv() => Err("interrupted by SIGINT".into()),
     }
 }
 

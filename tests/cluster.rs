@@ -398,3 +398,82 @@ fn bad_input_is_refused_clearly_and_touches_nothing() {
     let (code, err) = run(&good, "check-config");
     assert_eq!(code, Some(0), "{err}");
 }
+
+/// Processes whose command line mentions `needle` (pg_basebackup and the
+/// WAL streamer it forks both carry the target directory).
+fn pids_with(needle: &str) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .filter(|pid| common::cluster::alive(*pid))
+        .collect()
+}
+
+/// SIGTERM while a replica is being cloned (pg_basebackup held still): the
+/// agent stops at once instead of after the clone, pg_basebackup and the WAL
+/// streamer it forked are gone, and the data directory is left empty, so
+/// the next start clones again.
+#[test]
+fn sigterm_interrupts_a_clone_and_leaves_the_data_directory_empty() {
+    let mut c = Cluster::new(2, Opts::default());
+    c.start_agent(0);
+    wait_for("node1 primary", BOOT, || {
+        (c.nodes[0].is_primary() == Some(true)).then_some(())
+    });
+    // Enough data that the clone is still running when we look.
+    c.nodes[0]
+        .sql("CREATE TABLE filler AS SELECT g, repeat('x', 1000) AS pad FROM generate_series(1, 100000) g")
+        .unwrap();
+
+    c.start_agent(1);
+    let data = c.nodes[1].data_dir.to_string_lossy().to_string();
+    let needle = format!("pg_basebackup\0-D\0{data}");
+    let bb = wait_for("pg_basebackup for node2", Duration::from_secs(60), || {
+        pids_with(&needle).first().copied()
+    });
+    // SAFETY: kill(2) on a process of the test cluster.
+    unsafe { libc::kill(bb, libc::SIGSTOP) };
+    // Whatever happens below, the stopped pg_basebackup does not outlive
+    // the test.
+    struct KillOnDrop(i32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if common::cluster::alive(self.0) {
+                // SAFETY: as above.
+                unsafe { libc::kill(self.0, libc::SIGKILL) };
+            }
+        }
+    }
+    let _bb = KillOnDrop(bb);
+
+    let t0 = Instant::now();
+    assert_eq!(c.stop_agent(1, Duration::from_secs(20)), Some(0));
+    let took = t0.elapsed();
+    eprintln!(
+        "agent stopped {:.2}s after SIGTERM during the clone",
+        took.as_secs_f64()
+    );
+    wait_for("pg_basebackup gone", Duration::from_secs(5), || {
+        pids_with(&data)
+            .iter()
+            .all(|p| {
+                !std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| c.contains("pg_basebackup"))
+            })
+            .then_some(())
+    });
+    let left: Vec<_> = std::fs::read_dir(&c.nodes[1].data_dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "the interrupted clone left {left:?}");
+
+    // The next start clones again and streams.
+    c.start_agent(1);
+    assert_eq!(c.wait_healthy(BOOT), 0);
+}

@@ -23,18 +23,51 @@ pub fn command(bin_dir: &Path, program: &str) -> Command {
     c
 }
 
-/// Runs a program that exits, capturing its output.
+/// Kills a child's whole process group unless told the child finished:
+/// pg_basebackup forks a WAL streamer, which `kill_on_drop` (the child
+/// alone) would leave writing into the data directory after a timeout or
+/// an interrupted clone.
+struct KillGroupOnDrop(Option<i32>);
+
+impl KillGroupOnDrop {
+    fn finished(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Runs a program that exits, capturing its output. It runs in a process
+/// group of its own, killed whole on a timeout or when the caller gives up
+/// (the future is dropped). Not for pg_ctl: its postmaster would be in it.
 pub async fn run_captured(
     mut cmd: Command,
     what: &'static str,
     timeout: Duration,
 ) -> Result<String, PgError> {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
     let child = cmd.spawn().map_err(|e| PgError::Spawn {
         program: what,
         source: e,
     })?;
-    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+    let mut group = KillGroupOnDrop(child.id().map(|id| id as i32));
+    let result = tokio::time::timeout(timeout, child.wait_with_output()).await;
+    if let Ok(Ok(_)) = result {
+        // Exited (and reaped): its process group id may be reused.
+        group.finished();
+    }
+    match result {
         Err(_) => Err(PgError::Timeout {
             program: what,
             after: timeout,
@@ -156,6 +189,38 @@ pub fn parse_controldata(text: &str) -> DataDir {
 }
 
 /// True when the directory is missing or empty.
+/// Empties a directory when dropped, unless the work that fills it was
+/// kept: a failed or interrupted initdb or pg_basebackup must leave the data
+/// directory as empty as it found it, or the next attempt would refuse it.
+pub struct EmptyOnDrop<'a>(Option<&'a Path>);
+
+impl<'a> EmptyOnDrop<'a> {
+    pub fn new(dir: &'a Path) -> Self {
+        EmptyOnDrop(Some(dir))
+    }
+    pub fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for EmptyOnDrop<'_> {
+    fn drop(&mut self) {
+        let Some(dir) = self.0 else {
+            return;
+        };
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let p = e.path();
+                let _ = if p.is_dir() && !p.is_symlink() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+            }
+        }
+    }
+}
+
 pub fn dir_is_empty(p: &Path) -> bool {
     match std::fs::read_dir(p) {
         Ok(mut it) => it.next().is_none(),
@@ -176,6 +241,51 @@ Latest checkpoint location:           0/3000060
 Latest checkpoint's REDO location:    0/3000028
 Latest checkpoint's TimeLineID:       2
 ";
+
+    #[test]
+    fn empty_on_drop_empties_unless_kept() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("base")).unwrap();
+        std::fs::write(d.path().join("base/1"), "x").unwrap();
+        std::fs::write(d.path().join("PG_VERSION"), "15").unwrap();
+        EmptyOnDrop::new(d.path()).keep();
+        assert!(!dir_is_empty(d.path()), "kept");
+        drop(EmptyOnDrop::new(d.path()));
+        assert!(dir_is_empty(d.path()), "emptied");
+        assert!(d.path().exists(), "the directory itself stays");
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_program_is_killed_with_its_children() {
+        let d = tempfile::tempdir().unwrap();
+        let pidfile = d.path().join("child.pid");
+        let mut cmd = Command::new("sh");
+        // The shell starts a grandchild and waits: both must die.
+        cmd.arg("-c")
+            .arg(format!("sleep 60 & echo $! > {}; wait", pidfile.display()));
+        let r = run_captured(cmd, "sh", Duration::from_millis(500)).await;
+        assert!(matches!(r, Err(PgError::Timeout { .. })), "{r:?}");
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            // Gone, or a zombie waiting for init to reap it.
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.chars().next()));
+            if matches!(state, None | Some(Some('Z'))) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "the grandchild {pid} survived"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 
     #[test]
     fn controldata_primary_replica_and_garbage() {

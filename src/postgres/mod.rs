@@ -273,7 +273,9 @@ impl Postgres {
                 .arg("--auth-host=scram-sha-256");
         }
         cmd.args(&self.cfg.initdb);
+        let fresh = ctl::EmptyOnDrop::new(self.data());
         ctl::run_captured(cmd, "initdb", timeout).await?;
+        fresh.keep();
         self.write_primary_conf()
     }
 
@@ -434,20 +436,11 @@ impl Postgres {
             .arg(self.data())
             .args(["-X", "stream", "-c", "fast", "--no-password", "-d"])
             .arg(from.conninfo(None));
-        if let Err(e) = ctl::run_captured(cmd, "pg_basebackup", timeout).await {
-            // The directory was empty before: leave it empty again.
-            if let Ok(entries) = std::fs::read_dir(self.data()) {
-                for e in entries.flatten() {
-                    let p = e.path();
-                    let _ = if p.is_dir() {
-                        std::fs::remove_dir_all(&p)
-                    } else {
-                        std::fs::remove_file(&p)
-                    };
-                }
-            }
-            return Err(e);
-        }
+        // The directory was empty before: a failed or interrupted clone
+        // leaves it empty again.
+        let fresh = ctl::EmptyOnDrop::new(self.data());
+        ctl::run_captured(cmd, "pg_basebackup", timeout).await?;
+        fresh.keep();
         Ok(())
     }
 
