@@ -487,11 +487,16 @@ fn switchover(
             .as_ref()
             .map(|l| l.name.clone())
             .ok_or_else(|| fail("there is no leader: use failover --to NAME"))?;
-        let lm = view
-            .member(&leader)
-            .ok_or_else(|| fail(&format!("the leader {leader} publishes no member key")))?;
+        if view.member(&leader).is_none() {
+            return Err(fail(&format!(
+                "the leader {leader} publishes no member key"
+            )));
+        }
+        // Lag is left to the leader, which judges it from its live
+        // pg_stat_replication: published positions can be a cycle old and
+        // a WAL segment apart, and would refuse a healthy candidate.
         let local = crate::cluster::LocalPostgres {
-            lsn: Some(lm.lsn()),
+            lsn: None,
             running: true,
             ..Default::default()
         };
