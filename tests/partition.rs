@@ -89,6 +89,13 @@ impl Net {
             bin,
         };
         let br = net.bridge();
+        // A run killed before its Drop (or an earlier process with the same
+        // id modulo 50,000) may have left objects with our names.
+        let _ = sh(&["ip", "link", "del", &br]);
+        for name in std::iter::once("e".to_string()).chain((0..N).map(|i| format!("n{i}"))) {
+            let _ = sh(&["ip", "netns", "del", &net.ns(&name)]);
+            let _ = sh(&["ip", "link", "del", &format!("v{}{}a", net.id, name)]);
+        }
         must(&["ip", "link", "add", &br, "type", "bridge"]);
         must(&[
             "ip",
