@@ -60,12 +60,16 @@ if grep -q '^E:' "$work/lintian.txt"; then fail "lintian reports errors"; fi
 ok "lintian: no errors ($(grep -c '^W:' "$work/lintian.txt" || true) warnings)"
 
 # --- .deb: install, with systemd stand-ins -----------------------------------
+stand_ins() { # DIR TOOL...: each tool logs its arguments to $work/systemd-calls
+  local dir=$1; shift
+  mkdir -p "$dir"
+  for tool in "$@"; do
+    printf '#!/bin/sh\necho "%s $*" >> %s/systemd-calls\nexit 0\n' "$tool" "$work" > "$dir/$tool"
+    chmod 755 "$dir/$tool"
+  done
+}
 stubs="$work/bin"
-mkdir -p "$stubs"
-for tool in systemctl deb-systemd-invoke; do
-  printf '#!/bin/sh\necho "%s $*" >> %s/systemd-calls\nexit 0\n' "$tool" "$work" > "$stubs/$tool"
-  chmod 755 "$stubs/$tool"
-done
+stand_ins "$stubs" systemctl deb-systemd-invoke
 if [ ! -d /run/systemd/system ]; then
   mkdir -p /run/systemd/system
   made_run_systemd=1
@@ -207,11 +211,7 @@ ok "rpm --scripts: stop on erase, try-restart on upgrade, never enable or start"
 # (sh, with $1 the count of installed instances after the action), with
 # stand-ins logging every call to systemd, tmpfiles and udev.
 rstubs="$work/rpm-bin"
-mkdir -p "$rstubs"
-for tool in systemctl systemd-tmpfiles udevadm; do
-  printf '#!/bin/sh\necho "%s $*" >> %s/systemd-calls\nexit 0\n' "$tool" "$work" > "$rstubs/$tool"
-  chmod 755 "$rstubs/$tool"
-done
+stand_ins "$rstubs" systemctl systemd-tmpfiles udevadm
 scriptlet() { # TAG ARG: runs it, its calls in $work/systemd-calls, output in $work/scriptlet.out
   : > "$work/systemd-calls"
   rpm -qp --qf "%{$1}" "$rpmfile" > "$work/scriptlet.sh"

@@ -239,22 +239,6 @@ chmod 755 "$R/root/vmtest.sh"
 (cd "$R" && find . | cpio -o -H newc 2>/dev/null) > "$W/initrd.cpio"
 echo "vm-systemd-test: root $(du -sh "$W/initrd.cpio" | cut -f1), kernel $kver; booting"
 
-cat >"$W/qmp.py" <<'PY'
-import json, socket, sys, time
-s = socket.socket(socket.AF_UNIX)
-for _ in range(200):
-    try:
-        s.connect(sys.argv[1]); break
-    except OSError:
-        time.sleep(0.05)
-f = s.makefile("rw")
-f.readline(); f.write('{"execute":"qmp_capabilities"}\n'); f.flush()
-with open(sys.argv[2], "w") as out:
-    for line in f:
-        m = json.loads(line)
-        if "event" in m:
-            out.write(f"{time.time():.3f} {m['event']} {json.dumps(m.get('data', {}))}\n"); out.flush()
-PY
 start=$(date +%s)
 timeout 900 qemu-system-x86_64 -accel tcg -m 2048 -nographic -no-user-config -nodefaults -serial stdio \
   -kernel "$W/k/boot/vmlinuz-$kver" -initrd "$W/initrd.cpio" \
@@ -262,7 +246,7 @@ timeout 900 qemu-system-x86_64 -accel tcg -m 2048 -nographic -no-user-config -no
   -no-reboot -qmp "unix:$W/qmp.sock,server=on,wait=on" -device i6300esb -action watchdog=reset \
   >"$W/console.log" 2>&1 &
 q=$!; pids+=("$q")
-python3 "$W/qmp.py" "$W/qmp.sock" "$W/qmp.log" >/dev/null 2>&1 &
+python3 scripts/qmp-events.py "$W/qmp.sock" "$W/qmp.log" >/dev/null 2>&1 &
 pids+=($!)
 tail -f "$W/console.log" --pid "$q" 2>/dev/null | grep --line-buffered '^VMTEST' || true
 wait "$q" || true

@@ -154,22 +154,6 @@ chmod 755 "$R/init"
 (cd "$R" && find . | cpio -o -H newc 2>/dev/null | gzip -1 >"$W/initrd.gz")
 
 # --- one VM run: prints QEMU's console; QMP events with host timestamps to $W/qmp.log
-cat >"$W/qmp.py" <<'PY'
-import json, socket, sys, time
-s = socket.socket(socket.AF_UNIX)
-for _ in range(200):
-    try:
-        s.connect(sys.argv[1]); break
-    except OSError:
-        time.sleep(0.05)
-f = s.makefile("rw")
-f.readline(); f.write('{"execute":"qmp_capabilities"}\n'); f.flush()
-with open(sys.argv[2], "w") as out:
-    for line in f:
-        m = json.loads(line)
-        if "event" in m:
-            out.write(f"{time.time():.3f} {m['event']} {json.dumps(m.get('data', {}))}\n"); out.flush()
-PY
 
 run_vm() { # mode, timeout; sets $q to QEMU's PID
   rm -f "$W/qmp.sock" "$W/qmp.log"
@@ -178,7 +162,7 @@ run_vm() { # mode, timeout; sets $q to QEMU's PID
     -no-reboot -qmp "unix:$W/qmp.sock,server=on,wait=on" -device i6300esb -action watchdog=reset \
     -netdev user,id=n0 -device e1000,netdev=n0 >"$W/console-$1.log" 2>&1 &
   q=$!; pids+=("$q")
-  python3 "$W/qmp.py" "$W/qmp.sock" "$W/qmp.log" >/dev/null 2>&1 &
+  python3 scripts/qmp-events.py "$W/qmp.sock" "$W/qmp.log" >/dev/null 2>&1 &
   pids+=($!)
 }
 wait_vm() { while kill -0 "$q" 2>/dev/null; do sleep 0.2; done; }
