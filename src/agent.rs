@@ -449,8 +449,7 @@ impl Agent {
                     "running initdb in {}",
                     self.cfg.postgresql.data_dir.display()
                 );
-                let initdb = self.pg.initdb(LONG_OP);
-                until_stop_signal(async { initdb.await.map_err(|e| e.to_string()) }).await
+                until_stop_signal(self.pg.initdb(LONG_OP)).await
             }
             Action::StartPrimary => {
                 self.pg.write_primary_conf().map_err(|e| e.to_string())?;
@@ -512,8 +511,7 @@ impl Agent {
             Action::Clone { upstream } => {
                 let up = self.upstream(upstream)?;
                 info!("cloning from {} with pg_basebackup", upstream.member);
-                let clone = self.pg.basebackup(&up, LONG_OP);
-                until_stop_signal(async { clone.await.map_err(|e| e.to_string()) }).await
+                until_stop_signal(self.pg.basebackup(&up, LONG_OP)).await
             }
             Action::Rewind { upstream } => {
                 let up = self.upstream(upstream)?;
@@ -873,15 +871,17 @@ impl Agent {
 /// was filling, and the loop then sees the same signal and shuts down. Not
 /// for pg_rewind: an interrupted rewind can leave a data directory that only
 /// a new base backup repairs.
-async fn until_stop_signal(op: impl Future<Output = Result<(), String>>) -> Result<(), String> {
+async fn until_stop_signal<E: std::fmt::Display>(
+    op: impl Future<Output = Result<(), E>>,
+) -> Result<(), String> {
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
-        return op.await;
+        return op.await.map_err(|e| e.to_string());
     };
     tokio::select! {
-        r = op => r,
+        r = op => r.map_err(|e| e.to_string()),
         _ = term.recv() => Err("interrupted by SIGTERM".into()),
         _ = int.recv() => Err("interrupted by SIGINT".into()),
     }
