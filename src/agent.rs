@@ -363,15 +363,20 @@ impl Agent {
         next
     }
 
-    /// Runs the actions in order; false when one failed.
+    /// Runs the actions in order; false when one failed. The first failure
+    /// ends the sequence, except for a step that `continues_on_failure`.
     async fn act(&mut self, d: &Decision) -> bool {
+        let mut ok = true;
         for a in &d.actions {
             if let Err(e) = self.execute(a).await {
                 self.warn_limited(format!("{}: {e}", describe(a)));
-                return false;
+                ok = false;
+                if !a.continues_on_failure() {
+                    break;
+                }
             }
         }
-        true
+        ok
     }
 
     async fn execute(&mut self, a: &Action) -> Result<(), String> {
@@ -650,11 +655,9 @@ impl Agent {
         } else {
             self.ha.retry_timeout_ms.max(10_000)
         };
-        let fast = Duration::from_millis((total * 6 / 10).max(500));
-        let immediate = Duration::from_millis((total * 4 / 10).max(500));
         let outcome = self
             .pg
-            .stop(fast, immediate)
+            .stop(Duration::from_millis(total))
             .await
             .map_err(|e| e.to_string())?;
         info!("PostgreSQL stopped ({outcome:?})");
@@ -728,7 +731,14 @@ impl Agent {
                 self.cfg.postgresql.connect_address
             ),
             api_url: format!("http://{}/patroni", self.cfg.restapi.connect_address),
-            state: if l.running { "running" } else { "stopped" }.into(),
+            state: if l.running {
+                "running"
+            } else if l.unknown {
+                "unknown"
+            } else {
+                "stopped"
+            }
+            .into(),
             role: l.role(),
             xlog_location: l.lsn.map(|x| x.0),
             timeline: l.timeline,
@@ -808,20 +818,16 @@ impl Agent {
         // the rest for an immediate one. Others fence nothing and may let a
         // checkpoint finish: NON_LEADER_FAST_STOP, then immediate.
         let now = self.now();
-        let (fast, immediate) = match self.node.must_stop_at(&self.ha) {
-            Some(stop) if self.node.leader_confirmed => {
-                let total = stop
-                    .plus(self.ha.stop_budget_ms())
+        let budget = match self.node.must_stop_at(&self.ha) {
+            Some(stop) if self.node.leader_confirmed => Duration::from_millis(
+                stop.plus(self.ha.stop_budget_ms())
                     .since(now)
-                    .saturating_sub(ha::SLACK_MS);
-                (
-                    Duration::from_millis((total * 6 / 10).max(1000)),
-                    Duration::from_millis((total * 4 / 10).max(1000)),
-                )
-            }
-            _ => (NON_LEADER_FAST_STOP, NON_LEADER_IMMEDIATE_STOP),
+                    .saturating_sub(ha::SLACK_FIXED_MS)
+                    .max(1000),
+            ),
+            _ => NON_LEADER_STOP,
         };
-        let stopped = match self.pg.stop(fast, immediate).await {
+        let stopped = match self.pg.stop(budget).await {
             Ok(o) => {
                 info!("PostgreSQL stopped ({o:?})");
                 if o != postgres::StopOutcome::AlreadyStopped {
@@ -858,10 +864,47 @@ impl Agent {
             if let Err(e) = self.dcs.revoke_lease(t).await {
                 debug!("lease revoke failed: {e}");
             }
-        } else if self.watchdog.is_some() {
-            error!("PostgreSQL may still be writable: leaving the watchdog armed");
+        } else {
+            self.stay_until_stopped().await;
         }
         info!("leasedog stopped");
+    }
+
+    /// The graceful stop could not confirm PostgreSQL stopped: it may still
+    /// be writable. Exiting now would close the watchdog, and Linux pings it
+    /// on a close without the magic character — a full timeout from *now*,
+    /// which can outlast the lease. So the agent stays: it no longer renews
+    /// or feeds (the hardware resets this machine at last feed + timeout,
+    /// before the lease expires), keeps the leader key to its lease, and
+    /// tries the stop again until PostgreSQL is known stopped.
+    async fn stay_until_stopped(&mut self) {
+        error!(
+            "PostgreSQL may still be writable: not exiting; the leader key is kept and the watchdog is no longer fed{}",
+            if self.watchdog.is_some() {
+                " (it resets this machine before the lease expires)"
+            } else {
+                ""
+            }
+        );
+        self.notify("STATUS=stopping: PostgreSQL state unknown, watchdog not fed");
+        let retry = Duration::from_millis(self.ha.stop_budget_ms());
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            match self.pg.stop(retry).await {
+                Ok(o) => {
+                    info!("PostgreSQL stopped ({o:?}) after all");
+                    break;
+                }
+                Err(e) => self.warn_limited(format!("stopping PostgreSQL again: {e}")),
+            }
+        }
+        let t = Duration::from_millis(self.ha.retry_timeout_ms);
+        match self.dcs.release_leader(t).await {
+            Ok(true) => info!("released the leader key"),
+            Ok(false) => {}
+            Err(e) => warn!("could not release the leader key: {e}"),
+        }
+        self.disarm_watchdog();
     }
 }
 
@@ -887,12 +930,11 @@ async fn until_stop_signal<E: std::fmt::Display>(
     }
 }
 
-/// How long a graceful shutdown of a non-leader waits for PostgreSQL's fast
-/// (clean) stop, then for an immediate one. Together with the stop callback
-/// and the etcd calls that follow they stay within the unit's
-/// `TimeoutStopSec=180`.
-const NON_LEADER_FAST_STOP: Duration = Duration::from_secs(75);
-const NON_LEADER_IMMEDIATE_STOP: Duration = Duration::from_secs(15);
+/// How long a graceful shutdown of a non-leader may take to stop
+/// PostgreSQL (most of it for a fast, clean stop; see `ha::stop_split_ms`).
+/// Together with the stop callback and the etcd calls that follow it stays
+/// within the unit's `TimeoutStopSec=180`.
+const NON_LEADER_STOP: Duration = Duration::from_secs(120);
 
 /// Aborts a spawned task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -295,6 +295,7 @@ mod tests {
             streaming: in_recovery,
             following: None,
             replication: Vec::new(),
+            unknown: false,
         };
         s.leader = leader;
         s

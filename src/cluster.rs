@@ -317,15 +317,26 @@ pub enum DataDir {
     },
     /// Something is there that is not a usable data directory.
     Invalid(String),
+    /// The directory could not be read (EACCES, EIO, EMFILE, a timeout on a
+    /// stalled volume): it may hold anything, so it is never taken for empty.
+    Unreadable(String),
 }
 
 /// What the local PostgreSQL looks like this cycle.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LocalPostgres {
     pub data_dir: DataDir,
-    /// A postmaster answers queries.
+    /// Known running: a postmaster answered this cycle's probe.
     pub running: bool,
-    /// `pg_is_in_recovery()`; meaningless when not running.
+    /// Not known: the probe failed and the postmaster was not confirmed
+    /// stopped (`pg_ctl status` timed out, could not run, or said it runs).
+    /// Never true together with `running`. Neither flag set means *known
+    /// stopped*. Unknown counts as "may be writable" for every safety
+    /// decision and as "not usable" for every liveness decision.
+    pub unknown: bool,
+    /// `pg_is_in_recovery()`. When `unknown`: true only if this agent saw
+    /// the server in recovery since it last started it and has not promoted
+    /// it since (a server in recovery only becomes writable by a promotion).
     pub in_recovery: bool,
     pub timeline: Option<Timeline>,
     /// Write LSN on a primary, max(receive, replay) on a replica.
@@ -361,9 +372,20 @@ impl LocalPostgres {
         }
     }
 
-    /// Running and accepting writes.
+    /// Known running and accepting writes.
     pub fn writable(&self) -> bool {
         self.running && !self.in_recovery
+    }
+
+    /// Writable, or not known not to be: what every safety decision (release
+    /// the key, disarm the watchdog, let another node promote) must assume.
+    pub fn may_be_writable(&self) -> bool {
+        self.writable() || (self.unknown && !self.in_recovery)
+    }
+
+    /// Known stopped: a safe state to release the key or disarm from.
+    pub fn known_stopped(&self) -> bool {
+        !self.running && !self.unknown
     }
     pub fn system_id(&self) -> Option<&str> {
         match &self.data_dir {

@@ -737,6 +737,8 @@ pub fn validate(cfg: &Config) -> Vec<ConfigError> {
                         2 * cfg.loop_wait
                     ),
                 );
+            } else if let Err(e) = crate::ha::HaConfig::from_config(cfg).check_drift() {
+                bad("watchdog.safety_margin", e);
             }
         }
         if cfg.watchdog.device.as_os_str().is_empty() {

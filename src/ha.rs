@@ -14,9 +14,16 @@ use crate::cluster::{
 };
 use crate::config::{Config, WatchdogMode};
 
-/// Driver rounding and scheduling slack, in ms, that the feed rule keeps
-/// between the watchdog deadline and the lease expiry.
-pub const SLACK_MS: u64 = 500;
+/// The fixed part of the slack the feed rule keeps between the watchdog
+/// deadline and the lease expiry: driver rounding and scheduling, in ms.
+pub const SLACK_FIXED_MS: u64 = 500;
+
+/// How much longer than requested a watchdog may run, in percent of its
+/// timeout: the emulated i6300esb runs about 1.024 s per requested second
+/// while reading back the requested value. Together with clock drift
+/// between this node and etcd (well under 0.1 %), this is the rate part of
+/// the slack.
+pub const WATCHDOG_RATE_PCT: u64 = 3;
 
 /// How soon a node that is waiting for its peers' fresh positions looks again.
 pub const RECHECK_MS: u64 = 200;
@@ -58,6 +65,38 @@ impl HaConfig {
     pub fn stop_budget_ms(&self) -> u64 {
         (self.retry_timeout_ms / 2).max(1000)
     }
+
+    /// The slack of the feed rule: a fixed part plus a part that scales with
+    /// the watchdog timeout, because hardware that runs `WATCHDOG_RATE_PCT`
+    /// long overshoots a 25 s timeout by 0.75 s but a 4 s one by 0.12 s.
+    pub fn feed_slack_ms(&self) -> u64 {
+        let wd_ms = self.watchdog_timeout_secs() as u64 * 1000;
+        SLACK_FIXED_MS + wd_ms * WATCHDOG_RATE_PCT / 100
+    }
+
+    /// The drift check of the safety argument: a feed allowed right after a
+    /// renewal must leave room for the slack, or the watchdog could outlast
+    /// the lease. Err names the values.
+    pub fn check_drift(&self) -> Result<(), String> {
+        let slack = self.feed_slack_ms();
+        if self.safety_margin_ms <= slack {
+            return Err(format!(
+                "safety_margin ({} ms) must exceed the feed slack {} ms = {SLACK_FIXED_MS} ms + {WATCHDOG_RATE_PCT}% of the watchdog timeout ttl - safety_margin = {} s (watchdogs may run that much long): raise safety_margin or lower ttl",
+                self.safety_margin_ms,
+                slack,
+                self.watchdog_timeout_secs()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How a stop budget of `budget_ms` is shared out: (`pg_ctl status`, fast
+/// shutdown, immediate shutdown); the rest, a tenth, is left for the final
+/// `pg_ctl status` that confirms the server stopped. Every step from "must
+/// stop" to "known stopped" fits in the budget.
+pub fn stop_split_ms(budget_ms: u64) -> (u64, u64, u64) {
+    (budget_ms / 10, budget_ms * 55 / 100, budget_ms * 25 / 100)
 }
 
 /// What the agent remembers between cycles, as the core sees it.
@@ -76,8 +115,12 @@ pub struct NodeState {
     pub watchdog_deadline: Option<Millis>,
     /// The last attempt to arm failed.
     pub watchdog_arm_failed: bool,
-    /// The cluster was paused at the last successful read.
+    /// The cluster was paused at the last successful read. Never used for a
+    /// safety decision: a pause can end at any moment, from any node.
     pub paused: bool,
+    /// Since when PostgreSQL's state has been unknown (probe failed and not
+    /// confirmed stopped).
+    pub unknown_since: Option<Millis>,
     /// Since when this replica has not streamed while the leader is on a
     /// later timeline (it may have diverged and need a rewind).
     pub stalled_since: Option<Millis>,
@@ -154,6 +197,11 @@ impl NodeState {
         if self.lease_deadline(cfg).is_some_and(|d| now >= d) {
             self.leader_confirmed = false;
         }
+        self.unknown_since = if local.unknown {
+            self.unknown_since.or(Some(now))
+        } else {
+            None
+        };
     }
 
     /// A keep-alive *sent* at `sent` was answered with TTL > 0 for `lease_id`.
@@ -201,7 +249,7 @@ impl NodeState {
 /// `now + wd` lies before `last_renewal + ttl`.
 pub fn may_feed(cfg: &HaConfig, now: Millis, last_renewal: Option<Millis>) -> bool {
     match last_renewal {
-        Some(sent) => now.since(sent) + SLACK_MS < cfg.safety_margin_ms && now >= sent,
+        Some(sent) => now.since(sent) + cfg.feed_slack_ms() < cfg.safety_margin_ms && now >= sent,
         None => false,
     }
 }
@@ -232,7 +280,7 @@ pub struct Upstream {
 }
 
 /// One step for the agent. Steps run in order; the first failure ends the
-/// sequence (except a non-required arm, which only warns).
+/// sequence, except for the steps [`Action::continues_on_failure`] names.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Send one keep-alive of this agent's lease (grant one if none).
@@ -292,6 +340,17 @@ pub enum Action {
     },
     /// Delete the `failover` key: the request is done or refused.
     DeleteFailover,
+}
+
+impl Action {
+    /// A failed lease renewal does not end the sequence: what follows it may
+    /// be the fence (stop PostgreSQL before the lease runs out), and etcd
+    /// being unreachable is exactly when the fence must run. Every later
+    /// step that needs etcd fails on its own; feeding needs a fresh renewal
+    /// by the feed rule.
+    pub fn continues_on_failure(&self) -> bool {
+        matches!(self, Action::KeepAlive)
+    }
 }
 
 /// What to do this cycle.
@@ -372,8 +431,9 @@ impl<'a> Plan<'a> {
             self.push(Action::DisarmWatchdog);
         }
     }
+    /// Disarm, unless PostgreSQL may be writable (known or unknown).
     fn disarm_if_armed(&mut self) {
-        if self.i.node.watchdog_armed && !self.i.local.writable() {
+        if self.i.node.watchdog_armed && !self.i.local.may_be_writable() {
             self.push(Action::DisarmWatchdog);
         }
     }
@@ -384,10 +444,11 @@ pub fn decide(i: Input<'_>) -> Decision {
     let mut p = Plan::new(i);
     let (cfg, local, node, now) = (i.cfg, i.local, i.node, i.now);
 
-    // Rule W: a writable PostgreSQL that is past its fence must stop first,
-    // whatever else is true (DESIGN §1.5).
-    if local.writable() && node.leader_confirmed && !node.paused && !node.may_stay_primary(cfg, now)
-    {
+    // Rule W: a PostgreSQL that is or may be writable and is past its fence
+    // must stop first, whatever else is true (DESIGN §1.5) — also in
+    // maintenance mode: a pause can be lifted from any node at any moment,
+    // and this node would not know it.
+    if local.may_be_writable() && node.leader_confirmed && !node.may_stay_primary(cfg, now) {
         p.stop_and_disarm();
         return p.done("lease not renewed in time: stopping PostgreSQL before the lease expires");
     }
@@ -400,12 +461,23 @@ pub fn decide(i: Input<'_>) -> Decision {
         return decide_paused(p, view);
     }
 
-    // A data directory from another cluster is never touched.
+    let ours = view
+        .leader
+        .as_ref()
+        .is_some_and(|l| l.name == cfg.name && Some(l.lease) == node.lease_id);
+
+    // A data directory from another cluster is never managed, and never
+    // left writable: this node is not a member of this cluster.
     if let (Some(cluster_id), Some(local_id)) = (view.initialize.as_deref(), local.system_id())
         && !cluster_id.is_empty()
         && cluster_id != local_id
     {
         p.push(Action::KeepAlive);
+        if local.may_be_writable() {
+            p.stop_and_disarm();
+        } else {
+            p.disarm_if_armed();
+        }
         if view.leader.as_ref().is_some_and(|l| l.name == cfg.name) {
             p.push(Action::ReleaseLeader);
         }
@@ -413,8 +485,19 @@ pub fn decide(i: Input<'_>) -> Decision {
             "refusing to manage the data directory: its system identifier {local_id} is not the cluster's {cluster_id}"
         ));
     }
-    if let DataDir::Invalid(why) = &local.data_dir {
+
+    if local.unknown {
+        return decide_unknown(p, ours);
+    }
+
+    if let DataDir::Invalid(why) | DataDir::Unreadable(why) = &local.data_dir {
+        // Known stopped (the unknown case is above): nothing to fence, and
+        // nothing to run as leader.
         p.push(Action::KeepAlive);
+        p.disarm_if_armed();
+        if ours {
+            p.push(Action::ReleaseLeader);
+        }
         return p.done(format!("data directory unusable: {why}"));
     }
 
@@ -461,19 +544,58 @@ impl Plan<'_> {
     }
 }
 
+/// PostgreSQL did not answer and is not known to be stopped. As leader:
+/// hold the key and keep the fence (it may be writable), and after a ttl of
+/// this try to stop it, so that the next cycle sees a known state. Without
+/// the key: stop it if it may be writable; never a candidate.
+fn decide_unknown(mut p: Plan<'_>, ours: bool) -> Decision {
+    let (cfg, local, node, now) = (p.i.cfg, p.i.local, p.i.node, p.i.now);
+    p.push(Action::KeepAlive);
+    let soon = cfg.loop_wait_ms.min(1000);
+    if ours {
+        p.push(Action::ConfirmLeader { status: None });
+        if local.may_be_writable() {
+            p.fence();
+        }
+        if node
+            .unknown_since
+            .is_some_and(|t| now.since(t) >= cfg.ttl_ms)
+        {
+            p.push(Action::StopPostgres);
+            p.recheck_in(soon);
+            return p.done(
+                "PostgreSQL has not answered for a ttl: stopping it, holding the leader key until it is known stopped",
+            );
+        }
+        p.recheck_in(soon);
+        return p.done("PostgreSQL does not answer: holding the leader key and the fence until its state is known");
+    }
+    if local.may_be_writable() {
+        p.stop_and_disarm();
+        p.recheck_in(soon);
+        return p.done(
+            "PostgreSQL does not answer and may be writable without the leader key: stopping it",
+        );
+    }
+    p.recheck_in(soon);
+    p.done("PostgreSQL (last seen in recovery) does not answer: waiting")
+}
+
 /// etcd could not be read this cycle. A leader still tries to renew (the
-/// read may have failed alone); everyone else waits.
+/// read may have failed alone); everyone else waits. Pause is unknown here
+/// and plays no part: an unconfirmed PostgreSQL that may be writable stops.
+/// The renewal's failure does not cancel the stop (`continues_on_failure`).
 fn decide_blind(mut p: Plan<'_>) -> Decision {
     let (local, node) = (p.i.local, p.i.node);
     p.push(Action::KeepAlive);
     if node.leader_confirmed {
         p.push(Action::ConfirmLeader { status: None });
-        if local.writable() {
+        if local.may_be_writable() {
             p.fence();
         }
         return p.done("etcd read failed: trying to renew the leader lease");
     }
-    if local.writable() && !node.paused {
+    if local.may_be_writable() {
         p.stop_and_disarm();
         return p.done("etcd unreachable and no leader lease: stopping the unconfirmed primary");
     }
@@ -482,8 +604,10 @@ fn decide_blind(mut p: Plan<'_>) -> Decision {
 }
 
 /// Maintenance mode: nothing is started, stopped or promoted. The leader
-/// keeps its key; the watchdog is disarmed (no replica can promote while
-/// paused, so nothing needs fencing).
+/// keeps its key *and its fence*: a pause can be lifted from any node while
+/// this one hangs or is cut off, and then a replica may promote once the
+/// lease is gone — so a writable leader stays armed and fed as always.
+/// Others disarm.
 fn decide_paused(mut p: Plan<'_>, view: &ClusterView) -> Decision {
     let (cfg, local, node) = (p.i.cfg, p.i.local, p.i.node);
     p.push(Action::KeepAlive);
@@ -504,8 +628,15 @@ fn decide_paused(mut p: Plan<'_>, view: &ClusterView) -> Decision {
     } else if view.leader.is_none() && local.writable() {
         p.push(Action::AcquireLeader);
     }
-    if node.watchdog_armed {
-        p.push(Action::DisarmWatchdog);
+    let leading = mine
+        && view
+            .leader
+            .as_ref()
+            .is_some_and(|l| Some(l.lease) == node.lease_id);
+    if leading && local.may_be_writable() {
+        p.fence();
+    } else {
+        p.disarm_if_armed();
     }
     p.done("maintenance mode: no automatic actions")
 }
@@ -629,7 +760,9 @@ fn decide_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
             p.recheck_in(0);
             p.done("starting PostgreSQL read-only before promoting")
         }
-        DataDir::Invalid(why) => p.done(format!("data directory unusable: {why}")),
+        DataDir::Invalid(why) | DataDir::Unreadable(why) => {
+            p.done(format!("data directory unusable: {why}"))
+        }
     }
 }
 
@@ -697,7 +830,7 @@ pub fn switchover_target(
 fn decide_follower(mut p: Plan<'_>, view: &ClusterView, leader: String) -> Decision {
     let local = p.i.local;
     p.push(Action::KeepAlive);
-    if local.writable() {
+    if local.may_be_writable() {
         p.stop_and_disarm();
         p.recheck_in(0);
         return p.done(format!("demoting: {leader} holds the leader key"));
@@ -991,6 +1124,7 @@ mod tests {
             streaming: true,
             following: Some(following.into()),
             replication: Vec::new(),
+            unknown: false,
         }
     }
 
@@ -1056,15 +1190,49 @@ mod tests {
     fn feed_rule_uses_the_send_time() {
         let c = cfg(WatchdogMode::Automatic);
         assert!(may_feed(&c, Millis(10_000), Some(Millis(10_000))));
-        assert!(may_feed(&c, Millis(11_499), Some(Millis(10_000))));
-        assert!(!may_feed(&c, Millis(11_500), Some(Millis(10_000))));
+        // wd 4 s: slack 500 ms + 3% of 4 s = 620 ms of a 2 s margin.
+        assert_eq!(c.feed_slack_ms(), 620);
+        assert!(may_feed(&c, Millis(11_379), Some(Millis(10_000))));
+        assert!(!may_feed(&c, Millis(11_380), Some(Millis(10_000))));
         assert!(!may_feed(&c, Millis(10_000), None));
         // A clock that went backwards never feeds.
         assert!(!may_feed(&c, Millis(9_000), Some(Millis(10_000))));
         // The hardware deadline of an allowed feed lies before the lease expiry.
+        // Even on hardware that runs WATCHDOG_RATE_PCT long.
         let wd_ms = c.watchdog_timeout_secs() as u64 * 1000;
-        let latest_feed = 10_000 + c.safety_margin_ms - SLACK_MS - 1;
-        assert!(latest_feed + wd_ms < 10_000 + c.ttl_ms);
+        let latest_feed = 10_000 + c.safety_margin_ms - c.feed_slack_ms() - 1;
+        assert!(latest_feed + wd_ms * (100 + WATCHDOG_RATE_PCT) / 100 < 10_000 + c.ttl_ms);
+    }
+
+    #[test]
+    fn slack_scales_with_the_watchdog_timeout_and_config_checks_it() {
+        let mut c = cfg(WatchdogMode::Required);
+        c.ttl_ms = 30_000;
+        c.safety_margin_ms = 5_000;
+        // 25 s on an i6300esb lasts about 25.6 s: a fixed 500 ms is not enough.
+        assert_eq!(c.feed_slack_ms(), 500 + 750);
+        assert!(c.check_drift().is_ok());
+        c.ttl_ms = 600_000;
+        c.safety_margin_ms = 10_000;
+        let e = c.check_drift().unwrap_err();
+        assert!(e.contains("safety_margin") && e.contains("18200"), "{e}");
+        for (ttl, sm) in [(6_000, 2_000), (30_000, 5_000), (8_000, 2_000)] {
+            c.ttl_ms = ttl;
+            c.safety_margin_ms = sm;
+            assert!(c.check_drift().is_ok(), "ttl {ttl} safety_margin {sm}");
+        }
+    }
+
+    #[test]
+    fn stop_split_fits_the_budget() {
+        for b in [1000, 1500, 5000, 120_000] {
+            let (st, fast, imm) = stop_split_ms(b);
+            assert!(st + fast + imm < b, "{b}");
+            assert!(
+                b - (st + fast + imm) >= b / 10 - 1,
+                "room for the final status check"
+            );
+        }
     }
 
     #[test]
@@ -1160,11 +1328,12 @@ mod tests {
         // Even when etcd cannot be read.
         let d = run(&c, 13_000, None, &primary(1000), &leading(true));
         assert_eq!(d.actions, vec![StopPostgres, DisarmWatchdog]);
-        // But not in maintenance mode.
+        // Also in maintenance mode: a pause can be lifted from another node
+        // while this one cannot see etcd (the old rule skipped it).
         let mut n = leading(false);
         n.paused = true;
         let d = run(&c, 15_000, None, &primary(1000), &n);
-        assert!(!d.actions.contains(&StopPostgres));
+        assert_eq!(d.actions, vec![StopPostgres]);
     }
 
     #[test]
@@ -1179,6 +1348,125 @@ mod tests {
         assert_eq!(d.actions, vec![KeepAlive, StopPostgres]);
         let d = run(&c, 11_000, None, &replica(900, "x:1"), &replica_node());
         assert_eq!(d.actions, vec![KeepAlive]);
+    }
+
+    #[test]
+    fn a_failed_renewal_never_cancels_the_fence() {
+        // Defect: the blind stop came after KeepAlive, whose failure ended
+        // the sequence, so an unconfirmed primary cut from etcd never stopped.
+        assert!(KeepAlive.continues_on_failure());
+        for a in [ConfirmLeader { status: None }, StopPostgres, AcquireLeader] {
+            assert!(!a.continues_on_failure(), "{a:?}");
+        }
+        let c = cfg(WatchdogMode::Required);
+        let mut n = replica_node();
+        n.watchdog_armed = true;
+        let d = run(&c, 11_000, None, &primary(1000), &n);
+        assert_eq!(d.actions, vec![KeepAlive, StopPostgres, DisarmWatchdog]);
+        // A stale pause flag changes nothing when etcd cannot be read.
+        n.paused = true;
+        let d = run(&c, 11_000, None, &primary(1000), &n);
+        assert_eq!(d.actions, vec![KeepAlive, StopPostgres, DisarmWatchdog]);
+    }
+
+    #[test]
+    fn pause_never_suspends_the_fence() {
+        let c = cfg(WatchdogMode::Required);
+        let mut v = view(leader("b", 9), vec![]);
+        v.config.pause = true;
+        // Past the fence (must stop at 13 s): rule W, paused or not.
+        let mut n = leading(true);
+        n.paused = true;
+        let d = run(&c, 13_000, Some(&v), &primary(1000), &n);
+        assert_eq!(d.actions, vec![StopPostgres, DisarmWatchdog]);
+        let d = run(&c, 13_000, None, &primary(1000), &n);
+        assert_eq!(d.actions, vec![StopPostgres, DisarmWatchdog]);
+        // A paused replica disarms; a paused leader does not.
+        let mut v = view(leader("a", 1), vec![]);
+        v.config.pause = true;
+        let d = run(&c, 11_000, Some(&v), &replica(900, "x:1"), &{
+            let mut r = replica_node();
+            r.watchdog_armed = true;
+            r
+        });
+        assert_eq!(d.actions, vec![KeepAlive, DisarmWatchdog]);
+    }
+
+    fn unknown(in_recovery: bool) -> LocalPostgres {
+        LocalPostgres {
+            data_dir: initialized(!in_recovery),
+            unknown: true,
+            in_recovery,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn unknown_is_not_stopped() {
+        let c = cfg(WatchdogMode::Required);
+        let v = view(leader("b", 9), vec![member("b", Role::Primary, 1000, 1)]);
+        // Leader: holds the key, keeps the fence, never releases.
+        let d = run(&c, 11_000, Some(&v), &unknown(false), &leading(true));
+        assert_eq!(
+            d.actions,
+            vec![KeepAlive, ConfirmLeader { status: None }, FeedWatchdog]
+        );
+        // After a ttl of not knowing: try to stop, still no release.
+        let mut n = leading(true);
+        n.unknown_since = Some(Millis(4_000));
+        let d = run(&c, 11_000, Some(&v), &unknown(false), &n);
+        assert_eq!(
+            d.actions,
+            vec![
+                KeepAlive,
+                ConfirmLeader { status: None },
+                FeedWatchdog,
+                StopPostgres
+            ]
+        );
+        // Rule W counts unknown as writable.
+        let d = run(&c, 13_000, Some(&v), &unknown(false), &leading(true));
+        assert_eq!(d.actions, vec![StopPostgres, DisarmWatchdog]);
+        let d = run(&c, 13_000, None, &unknown(false), &leading(true));
+        assert_eq!(d.actions, vec![StopPostgres, DisarmWatchdog]);
+        // Someone else leads: an unknown that may be writable is stopped
+        // before disarming; one last seen in recovery waits, armed stays.
+        let v = view(leader("a", 1), vec![member("a", Role::Primary, 1000, 1)]);
+        let mut n = replica_node();
+        n.watchdog_armed = true;
+        let d = run(&c, 11_000, Some(&v), &unknown(false), &n);
+        assert_eq!(d.actions, vec![KeepAlive, StopPostgres, DisarmWatchdog]);
+        let d = run(&c, 11_000, Some(&v), &unknown(true), &replica_node());
+        assert_eq!(d.actions, vec![KeepAlive]);
+        // No leader: never a candidate while unknown.
+        let v = view(None, vec![]);
+        let d = run(&c, 11_000, Some(&v), &unknown(true), &replica_node());
+        assert_eq!(d.actions, vec![KeepAlive]);
+        let d = run(&c, 11_000, None, &unknown(false), &replica_node());
+        assert_eq!(d.actions, vec![KeepAlive, StopPostgres]);
+    }
+
+    #[test]
+    fn an_unreadable_data_directory_is_not_empty() {
+        let c = cfg(WatchdogMode::Required);
+        let v = view(leader("b", 9), vec![]);
+        let unreadable = DataDir::Unreadable("Permission denied".into());
+        // Known stopped: releasing is safe (and lets a replica lead).
+        let l = LocalPostgres {
+            data_dir: unreadable.clone(),
+            ..Default::default()
+        };
+        let d = run(&c, 11_000, Some(&v), &l, &leading(false));
+        assert_eq!(d.actions, vec![KeepAlive, ReleaseLeader]);
+        // Unknown: the key is held and the fence kept.
+        let l = LocalPostgres {
+            data_dir: unreadable,
+            unknown: true,
+            ..Default::default()
+        };
+        let d = run(&c, 11_000, Some(&v), &l, &leading(true));
+        assert!(!d.actions.contains(&ReleaseLeader), "{:?}", d.actions);
+        assert!(d.actions.contains(&FeedWatchdog), "{:?}", d.actions);
     }
 
     #[test]
@@ -1197,7 +1485,8 @@ mod tests {
                         timeline: Some(1)
                     })
                 },
-                DisarmWatchdog
+                // The fence holds in maintenance mode too.
+                FeedWatchdog
             ]
         );
         // A replica with no leader neither starts, promotes nor acquires.
@@ -1223,6 +1512,17 @@ mod tests {
             d.summary.contains("77") && d.summary.contains("42"),
             "{}",
             d.summary
+        );
+        // Never left writable, and the key goes only after the stop.
+        let v2 = {
+            let mut v2 = view(leader("b", 9), vec![]);
+            v2.initialize = Some("77".into());
+            v2
+        };
+        let d = run(&c, 11_000, Some(&v2), &primary(1000), &leading(true));
+        assert_eq!(
+            d.actions,
+            vec![KeepAlive, StopPostgres, DisarmWatchdog, ReleaseLeader]
         );
     }
 

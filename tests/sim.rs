@@ -66,6 +66,10 @@ enum Broken {
     LongWatchdog,
     /// The executor feeds even when the renewal was answered too late.
     FeedLate,
+    /// Defects 1 and 4 of the fencing review: an observation that failed
+    /// (probe and `pg_ctl status`, or the data directory read) is taken for
+    /// "stopped"/"empty", and a stop whose `pg_ctl` fails reports success.
+    UnknownIsStopped,
 }
 
 #[derive(Debug, Clone)]
@@ -399,6 +403,16 @@ struct Node {
     /// hangs or dies) and the result the agent has not read yet.
     pg_inflight: Option<(u64, Action)>,
     pg_result: Option<(u64, bool)>,
+    /// Until then the probe query fails (a busy or hung server).
+    probe_fail_until: u64,
+    /// Until then `pg_ctl` (status, stop) fails or hangs: a stalled data
+    /// volume, EAGAIN under TasksMax, a bin_dir gone after a reload.
+    ctl_fail_until: u64,
+    /// Until then the data directory cannot be read (EACCES, EIO).
+    dir_fail_until: u64,
+    /// The agent's memory: the last probe's recovery state since it last
+    /// started or promoted the server (`postgres::Postgres::seen_in_recovery`).
+    seen_in_recovery: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -418,9 +432,48 @@ impl Node {
     fn to_true(&self, local_ms: u64) -> u64 {
         (local_ms as i64 - local_ms as i64 * self.rate_ppm / 1_000_000).max(0) as u64
     }
+    /// What the agent's probe sees at true time `t`, as `Postgres::probe`
+    /// builds it: a failed query is *stopped* only when the data directory
+    /// is positively empty or `pg_ctl status` says so; else unknown.
+    fn observe_pg(&mut self, all: &[Pg], t: u64, broken: Broken) -> LocalPostgres {
+        let probe_ok = self.pg.running() && t >= self.probe_fail_until;
+        if probe_ok {
+            let l = self.local_pg(all);
+            self.seen_in_recovery = Some(l.in_recovery);
+            return l;
+        }
+        let dir_ok = t >= self.dir_fail_until;
+        let data_dir = if !dir_ok {
+            if broken == Broken::UnknownIsStopped {
+                DataDir::Empty
+            } else {
+                DataDir::Unreadable("EACCES".into())
+            }
+        } else {
+            self.local_pg(all).data_dir
+        };
+        // pg_ctl status: exit 3 only if it runs, can read the directory,
+        // and no server runs.
+        let known_stopped = match &data_dir {
+            DataDir::Empty => true,
+            _ => dir_ok && t >= self.ctl_fail_until && !self.pg.running(),
+        };
+        let unknown = !known_stopped && broken != Broken::UnknownIsStopped;
+        if !unknown {
+            self.seen_in_recovery = None;
+        }
+        LocalPostgres {
+            data_dir,
+            unknown,
+            in_recovery: unknown && self.seen_in_recovery == Some(true),
+            ..Default::default()
+        }
+    }
+
     fn local_pg(&self, all: &[Pg]) -> LocalPostgres {
         let pg = &self.pg;
         LocalPostgres {
+            unknown: false,
             data_dir: if pg.data {
                 DataDir::Initialized {
                     system_id: "42".into(),
@@ -471,6 +524,8 @@ enum Ev {
     Progress,
     Expire,
     Fault(usize),
+    /// The operator tries to resume a paused cluster.
+    Resume,
 }
 
 #[derive(Debug, Clone)]
@@ -484,6 +539,19 @@ enum Fault {
     EtcdDown(u64),
     Reset(usize),
     PgCrash(usize),
+    /// The probe query fails for a while (the server is busy or hung).
+    ProbeFails(usize, u64),
+    /// `pg_ctl` fails or hangs for a while; the probe fails too (a stalled
+    /// data volume).
+    CtlFails(usize, u64),
+    /// The data directory cannot be read for a while, and nothing that
+    /// reads it works (probe, pg_ctl).
+    DirFails(usize, u64),
+    /// An operator pauses the cluster, then resumes it `d` later (retrying
+    /// while the resume guard refuses, forcing it when the faults end).
+    Pause(u64),
+    /// An operator asks for a switchover.
+    Switchover,
 }
 
 struct Sim {
@@ -503,6 +571,10 @@ struct Sim {
     replies: BTreeMap<(usize, u64), Reply>,
     log: Vec<String>,
     promotions: usize,
+    /// Which fault kinds happened (by name), for the report.
+    kinds: std::collections::BTreeSet<&'static str>,
+    /// When the faults end: a pending resume is forced from then on.
+    quiet_from: u64,
 }
 
 type Outcome = Result<(), String>;
@@ -546,6 +618,10 @@ impl Sim {
                 woken: false,
                 pg_inflight: None,
                 pg_result: None,
+                probe_fail_until: 0,
+                ctl_fail_until: 0,
+                dir_fail_until: 0,
+                seen_in_recovery: None,
             });
         }
         // Fault schedule: between 20 s (after bootstrap) and the quiet time.
@@ -555,22 +631,34 @@ impl Sim {
             let at = rng.range(20_000, 70_000);
             let node = rng.range(0, setup.nodes as u64 - 1) as usize;
             let long = ttl_ms * 2;
-            let f = match rng.range(0, 10) {
-                0 | 1 => Fault::Hang(node, rng.range(500, long)),
-                10 => Fault::Stutter(
-                    node,
-                    rng.range(500, ttl_ms),
-                    rng.range(10, 300),
-                    rng.range(500, long),
-                ),
-                2 => Fault::Crash(node, rng.range(500, long)),
-                3 => Fault::Partition(node, true, true, rng.range(1000, long)),
-                4 => Fault::Partition(node, true, false, rng.range(1000, long)),
-                5 => Fault::Partition(node, false, true, rng.range(1000, long)),
-                6 => Fault::Slow(rng.range(1000, long), rng.range(500, 4000)),
-                7 => Fault::EtcdDown(rng.range(1000, long)),
-                8 => Fault::Reset(node),
-                _ => Fault::PgCrash(node),
+            // A quarter are failed observations and operator commands; the
+            // rest keep the mix of process, network and etcd faults.
+            let f = if rng.chance(25) {
+                match rng.range(0, 4) {
+                    0 => Fault::ProbeFails(node, rng.range(100, long)),
+                    1 => Fault::CtlFails(node, rng.range(500, long)),
+                    2 => Fault::DirFails(node, rng.range(500, long)),
+                    3 => Fault::Pause(rng.range(1000, long)),
+                    _ => Fault::Switchover,
+                }
+            } else {
+                match rng.range(0, 10) {
+                    0 | 1 => Fault::Hang(node, rng.range(500, long)),
+                    10 => Fault::Stutter(
+                        node,
+                        rng.range(500, ttl_ms),
+                        rng.range(10, 300),
+                        rng.range(500, long),
+                    ),
+                    2 => Fault::Crash(node, rng.range(500, long)),
+                    3 => Fault::Partition(node, true, true, rng.range(1000, long)),
+                    4 => Fault::Partition(node, true, false, rng.range(1000, long)),
+                    5 => Fault::Partition(node, false, true, rng.range(1000, long)),
+                    6 => Fault::Slow(rng.range(1000, long), rng.range(500, 4000)),
+                    7 => Fault::EtcdDown(rng.range(1000, long)),
+                    8 => Fault::Reset(node),
+                    _ => Fault::PgCrash(node),
+                }
             };
             faults.push((at, f));
         }
@@ -597,6 +685,8 @@ impl Sim {
             replies: BTreeMap::new(),
             log: Vec::new(),
             promotions: 0,
+            kinds: Default::default(),
+            quiet_from: 80_000 + ttl_ms * 2,
         };
         for i in 0..s.setup.nodes {
             let start = s.rng.range(0, 300);
@@ -729,6 +819,28 @@ impl Sim {
                 }
             }
             Ev::Fault(k) => self.fault(k),
+            Ev::Resume => {
+                let view = self.etcd.view();
+                if !view.paused() {
+                    return Ok(());
+                }
+                let refused = leasedog::cluster::resume_refusal(&view);
+                if refused.is_none() || self.now >= self.quiet_from {
+                    self.note(format!(
+                        "operator resumes{}",
+                        if refused.is_some() {
+                            " with --force"
+                        } else {
+                            ""
+                        }
+                    ));
+                    self.etcd
+                        .put(&format!("{PREFIX}config"), r#"{"pause":false}"#.into(), 0);
+                    self.watch_fired();
+                } else {
+                    self.at(self.now + 1000, Ev::Resume);
+                }
+            }
             Ev::Boot(i) => {
                 if let Agent::Down { until } = self.nodes[i].agent
                     && until <= self.now
@@ -838,7 +950,49 @@ impl Sim {
     fn fault(&mut self, k: usize) {
         let f = self.faults[k].1.clone();
         self.note(format!("fault {f:?}"));
+        self.kinds.insert(match f {
+            Fault::Hang(..) => "agent hang",
+            Fault::Stutter(..) => "stuttering agent",
+            Fault::Crash(..) => "agent crash",
+            Fault::Partition(_, true, true, _) => "partition both ways",
+            Fault::Partition(_, true, false, _) => "partition of requests",
+            Fault::Partition(..) => "partition of replies",
+            Fault::Slow(..) => "slow etcd",
+            Fault::EtcdDown(..) => "etcd down",
+            Fault::Reset(..) => "node reset",
+            Fault::PgCrash(..) => "PostgreSQL crash",
+            Fault::ProbeFails(..) => "probe fails",
+            Fault::CtlFails(..) => "pg_ctl fails (stalled volume)",
+            Fault::DirFails(..) => "data directory unreadable",
+            Fault::Pause(..) => "pause and resume",
+            Fault::Switchover => "switchover",
+        });
         match f {
+            Fault::ProbeFails(i, d) => self.nodes[i].probe_fail_until = self.now + d,
+            Fault::CtlFails(i, d) => {
+                let n = &mut self.nodes[i];
+                n.ctl_fail_until = self.now + d;
+                n.probe_fail_until = n.probe_fail_until.max(self.now + d);
+            }
+            Fault::DirFails(i, d) => {
+                let n = &mut self.nodes[i];
+                n.dir_fail_until = self.now + d;
+                n.ctl_fail_until = n.ctl_fail_until.max(self.now + d);
+                n.probe_fail_until = n.probe_fail_until.max(self.now + d);
+            }
+            Fault::Pause(d) => {
+                self.etcd
+                    .put(&format!("{PREFIX}config"), r#"{"pause":true}"#.into(), 0);
+                self.watch_fired();
+                self.at(self.now + d, Ev::Resume);
+            }
+            Fault::Switchover => {
+                if let Some(l) = self.etcd.view().leader {
+                    let req = format!(r#"{{"leader":"{}"}}"#, l.name);
+                    self.etcd.put(&format!("{PREFIX}failover"), req, 0);
+                    self.watch_fired();
+                }
+            }
             Fault::Hang(i, d) => self.hang(i, d),
             Fault::Stutter(i, d1, gap, d2) => {
                 self.hang(i, d1);
@@ -945,7 +1099,7 @@ impl Sim {
             Some(Pending::Action(a)) => {
                 let ok = self.finish_etcd(i, &a, reply);
                 self.nodes[i].last_ok &= ok;
-                if ok {
+                if ok || a.continues_on_failure() {
                     self.next_action(i)
                 } else {
                     self.end_cycle(i, false);
@@ -963,9 +1117,10 @@ impl Sim {
 
     fn decide(&mut self, i: usize, view: Option<ClusterView>) -> Outcome {
         let all: Vec<Pg> = self.nodes.iter().map(|n| n.pg.clone()).collect();
+        let (t, broken) = (self.now, self.setup.broken);
         let n = &mut self.nodes[i];
         let now = n.local(self.now);
-        n.local = n.local_pg(&all);
+        n.local = n.observe_pg(&all, t, broken);
         n.node.observe(&n.cfg, view.as_ref(), &n.local, now);
         let d = ha::decide(Input {
             now,
@@ -1034,6 +1189,12 @@ impl Sim {
         }
         let broken = self.setup.broken;
         let n = &mut self.nodes[i];
+        if matches!(
+            a,
+            Action::StartPrimary | Action::StartReplica { .. } | Action::Promote
+        ) {
+            n.seen_in_recovery = None;
+        }
         let wd_secs = n.cfg.watchdog_timeout_secs();
         let wd_true = match broken {
             Broken::LongWatchdog => n.cfg.ttl_ms + 1000,
@@ -1129,6 +1290,13 @@ impl Sim {
     /// A PostgreSQL operation completes.
     fn finish_pg(&mut self, i: usize, a: &Action) -> Result<bool, String> {
         let all: Vec<Pg> = self.nodes.iter().map(|n| n.pg.clone()).collect();
+        if self.now < self.nodes[i].ctl_fail_until {
+            // pg_ctl cannot run or times out: nothing changes. The old stop
+            // took its failed `pg_ctl status` for "already stopped".
+            let lies =
+                self.setup.broken == Broken::UnknownIsStopped && matches!(a, Action::StopPostgres);
+            return Ok(lies);
+        }
         let up = |s: &Sim, u: &ha::Upstream| s.upstream_of(u).map(|j| all[j].clone());
         match a {
             Action::Initdb => {
@@ -1282,7 +1450,14 @@ fn member_info(n: &Node) -> MemberInfo {
     MemberInfo {
         conn_url: format!("postgres://{}:5432/postgres", n.name),
         api_url: String::new(),
-        state: if l.running { "running" } else { "stopped" }.into(),
+        state: if l.running {
+            "running"
+        } else if l.unknown {
+            "unknown"
+        } else {
+            "stopped"
+        }
+        .into(),
         role: l.role(),
         xlog_location: l.lsn.map(|x| x.0),
         timeline: l.timeline,
@@ -1298,7 +1473,7 @@ fn member_info(n: &Node) -> MemberInfo {
 /// must have exactly one primary holding the key by the end.
 fn run_one(setup: &Setup, seed: u64) -> Result<Sim, Box<(Sim, String)>> {
     let mut sim = Sim::new(setup.clone(), seed);
-    let quiet_from = 80_000 + setup.ttl * 2000;
+    let quiet_from = sim.quiet_from;
     let end = quiet_from + 60_000 + setup.ttl * 4000;
     if let Err(e) = sim.run(end) {
         return Err(Box::new((sim, e)));
@@ -1335,9 +1510,13 @@ fn sweep(setup: Setup, default: u64) {
     let started = std::time::Instant::now();
     let list = seeds(default);
     let mut promotions = 0;
+    let mut kinds = std::collections::BTreeSet::new();
     for &seed in &list {
         match run_one(&setup, seed) {
-            Ok(sim) => promotions += sim.promotions,
+            Ok(sim) => {
+                promotions += sim.promotions;
+                kinds.extend(sim.kinds.iter().copied());
+            }
             Err(failed) => {
                 let (sim, e) = *failed;
                 let tail: Vec<&String> = sim.log.iter().rev().take(60).collect();
@@ -1354,11 +1533,13 @@ fn sweep(setup: Setup, default: u64) {
         }
     }
     eprintln!(
-        "{} schedules ({} nodes, ttl {}) passed in {:.1}s, {promotions} promotions",
+        "{} schedules ({} nodes, ttl {}) passed in {:.1}s, {promotions} promotions, {} fault kinds: {}",
         list.len(),
         setup.nodes,
         setup.ttl,
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        kinds.len(),
+        kinds.iter().copied().collect::<Vec<_>>().join(", ")
     );
 }
 
@@ -1437,4 +1618,12 @@ fn teeth_with_a_watchdog_longer_than_the_lease() {
 #[test]
 fn teeth_when_feeding_after_a_late_renewal() {
     finds_split_brain(fast(3, WatchdogMode::Required, Broken::FeedLate), 2000);
+}
+
+#[test]
+fn teeth_when_unknown_is_taken_for_stopped() {
+    finds_split_brain(
+        fast(3, WatchdogMode::Required, Broken::UnknownIsStopped),
+        2000,
+    );
 }

@@ -188,7 +188,6 @@ pub fn parse_controldata(text: &str) -> DataDir {
     }
 }
 
-/// True when the directory is missing or empty.
 /// Empties a directory when dropped, unless the work that fills it was
 /// kept: a failed or interrupted initdb or pg_basebackup must leave the data
 /// directory as empty as it found it, or the next attempt would refuse it.
@@ -221,10 +220,19 @@ impl Drop for EmptyOnDrop<'_> {
     }
 }
 
-pub fn dir_is_empty(p: &Path) -> bool {
+/// Whether the directory is missing or empty. Only a directory that is
+/// positively absent or positively empty is empty: any other error (EACCES
+/// after a stray `chown -R`, EIO, EMFILE) is returned, never taken for
+/// "empty" — an empty data directory lets a leader release its key.
+pub fn dir_is_empty(p: &Path) -> std::io::Result<bool> {
     match std::fs::read_dir(p) {
-        Ok(mut it) => it.next().is_none(),
-        Err(_) => true,
+        Ok(mut it) => match it.next() {
+            None => Ok(true),
+            Some(Ok(_)) => Ok(false),
+            Some(Err(e)) => Err(e),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e),
     }
 }
 
@@ -249,9 +257,9 @@ Latest checkpoint's TimeLineID:       2
         std::fs::write(d.path().join("base/1"), "x").unwrap();
         std::fs::write(d.path().join("PG_VERSION"), "15").unwrap();
         EmptyOnDrop::new(d.path()).keep();
-        assert!(!dir_is_empty(d.path()), "kept");
+        assert!(!dir_is_empty(d.path()).unwrap(), "kept");
         drop(EmptyOnDrop::new(d.path()));
-        assert!(dir_is_empty(d.path()), "emptied");
+        assert!(dir_is_empty(d.path()).unwrap(), "emptied");
         assert!(d.path().exists(), "the directory itself stays");
     }
 

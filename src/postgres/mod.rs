@@ -77,6 +77,24 @@ pub enum StopOutcome {
     Immediate,
 }
 
+/// How a stop budget is shared: the status check, the fast shutdown, the
+/// immediate one (the final status check gets what is left).
+struct StopSplit {
+    status: Duration,
+    fast: Duration,
+    immediate: Duration,
+}
+
+fn ha_split(budget: Duration) -> StopSplit {
+    let ms = budget.as_millis() as u64;
+    let (status, fast, immediate) = crate::ha::stop_split_ms(ms);
+    StopSplit {
+        status: Duration::from_millis(status),
+        fast: Duration::from_millis(fast),
+        immediate: Duration::from_millis(immediate),
+    }
+}
+
 fn secs(d: Duration) -> String {
     d.as_secs().max(1).to_string()
 }
@@ -101,6 +119,31 @@ pub struct Postgres {
     client: Option<tokio_postgres::Client>,
     /// The newest timeline the WAL receiver reported since the last start.
     streamed_tli: Option<u32>,
+    /// What the last successful probe said of recovery, since this agent
+    /// last started or promoted the server: an unanswered probe of a server
+    /// last seen in recovery is an unknown *replica* (it becomes writable
+    /// only by a promotion). None: nothing known.
+    seen_in_recovery: Option<bool>,
+}
+
+/// What `pg_ctl status` says of the postmaster. Only its exit code 3 (no
+/// server running) means stopped; a timeout, a failure to run pg_ctl
+/// (EAGAIN under TasksMax, ENOENT after bin_dir changed), exit 4 (data
+/// directory not accessible) or anything else is unknown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Postmaster {
+    Running,
+    Stopped,
+    Unknown(String),
+}
+
+/// Reads `pg_ctl status`'s outcome.
+pub fn postmaster_from(outcome: &Result<String, PgError>) -> Postmaster {
+    match outcome {
+        Ok(_) => Postmaster::Running,
+        Err(PgError::Failed { code: Some(3), .. }) => Postmaster::Stopped,
+        Err(e) => Postmaster::Unknown(e.to_string()),
+    }
 }
 
 impl Postgres {
@@ -110,6 +153,7 @@ impl Postgres {
             member,
             client: None,
             streamed_tli: None,
+            seen_in_recovery: None,
         }
     }
 
@@ -179,18 +223,74 @@ impl Postgres {
         }
     }
 
-    /// How the instance is, this cycle.
+    /// How the instance is, this cycle, all within `timeout`. A failed query
+    /// means *stopped* only when the data directory is positively empty or
+    /// `pg_ctl status` says no server runs; otherwise the state is unknown.
     pub async fn probe(&mut self, timeout: Duration) -> LocalPostgres {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
         match self.query_state(timeout).await {
-            Ok(l) => l,
+            Ok(l) => {
+                self.seen_in_recovery = Some(l.in_recovery);
+                l
+            }
             Err(e) => {
                 log::debug!("probe: {e}");
                 self.client = None;
+                let data_dir = self.controldata(left()).await;
+                let postmaster = match &data_dir {
+                    // Nothing to run from: no server of ours can be up.
+                    DataDir::Empty => Postmaster::Stopped,
+                    _ => self.postmaster_status(left()).await,
+                };
+                let unknown = match postmaster {
+                    Postmaster::Stopped => false,
+                    Postmaster::Running => {
+                        log::debug!("probe: the postmaster runs but did not answer ({e})");
+                        true
+                    }
+                    Postmaster::Unknown(why) => {
+                        log::debug!("probe: {e}; pg_ctl status: {why}");
+                        true
+                    }
+                };
+                if !unknown {
+                    self.seen_in_recovery = None;
+                }
                 LocalPostgres {
-                    data_dir: self.controldata(timeout).await,
+                    data_dir,
+                    unknown,
+                    in_recovery: unknown && self.seen_in_recovery == Some(true),
                     ..Default::default()
                 }
             }
+        }
+    }
+
+    /// The postmaster as `pg_ctl status` sees it, within the timeout.
+    pub async fn postmaster_status(&self, timeout: Duration) -> Postmaster {
+        if timeout.is_zero() {
+            return Postmaster::Unknown("no time left to run pg_ctl status".into());
+        }
+        let mut cmd = ctl::command(self.bin(), "pg_ctl");
+        cmd.arg("status").arg("-D").arg(self.data());
+        postmaster_from(&ctl::run_captured(cmd, "pg_ctl status", timeout).await)
+    }
+
+    /// Whether the data directory is empty, read off the loop's thread
+    /// within the timeout (a stalled volume blocks the reading thread, not
+    /// the loop).
+    async fn data_dir_empty(&self, timeout: Duration) -> Result<bool, String> {
+        let dir = self.data().to_path_buf();
+        let read = tokio::task::spawn_blocking(move || ctl::dir_is_empty(&dir));
+        match tokio::time::timeout(timeout, read).await {
+            Ok(Ok(Ok(empty))) => Ok(empty),
+            Ok(Ok(Err(e))) => Err(format!("cannot read {}: {e}", self.data_str())),
+            Ok(Err(e)) => Err(format!("reading {}: {e}", self.data_str())),
+            Err(_) => Err(format!(
+                "reading {} did not finish within {timeout:?}",
+                self.data_str()
+            )),
         }
     }
 
@@ -239,8 +339,10 @@ impl Postgres {
 
     /// The data directory as the control file describes it.
     pub async fn controldata(&self, timeout: Duration) -> DataDir {
-        if ctl::dir_is_empty(self.data()) {
-            return DataDir::Empty;
+        match self.data_dir_empty(timeout).await {
+            Ok(true) => return DataDir::Empty,
+            Ok(false) => {}
+            Err(e) => return DataDir::Unreadable(e),
         }
         if !self.data().join("global/pg_control").exists() {
             return DataDir::Invalid(format!(
@@ -252,13 +354,14 @@ impl Postgres {
         cmd.arg("-D").arg(self.data());
         match ctl::run_captured(cmd, "pg_controldata", timeout).await {
             Ok(text) => ctl::parse_controldata(&text),
-            Err(e) => DataDir::Invalid(e.to_string()),
+            Err(e @ PgError::Failed { .. }) => DataDir::Invalid(e.to_string()),
+            Err(e) => DataDir::Unreadable(e.to_string()),
         }
     }
 
     /// Creates a new cluster in an empty data directory, checksums on.
     pub async fn initdb(&self, timeout: Duration) -> Result<(), PgError> {
-        if !ctl::dir_is_empty(self.data()) {
+        if !ctl::dir_is_empty(self.data()).map_err(io(format!("reading {}", self.data_str())))? {
             return Err(PgError::NotEmpty(self.data().into()));
         }
         create_dir_0700(self.data())?;
@@ -318,21 +421,23 @@ impl Postgres {
         std::fs::write(&s, b"").map_err(io(format!("writing {}", s.display())))
     }
 
-    async fn postmaster_running(&self, timeout: Duration) -> bool {
-        let mut cmd = ctl::command(self.bin(), "pg_ctl");
-        cmd.arg("status").arg("-D").arg(self.data());
-        ctl::run_captured(cmd, "pg_ctl status", timeout)
-            .await
-            .is_ok()
-    }
-
     /// Starts the server and waits until it accepts connections.
     pub async fn start(&mut self, timeout: Duration) -> Result<(), PgError> {
         self.client = None;
         self.streamed_tli = None;
+        self.seen_in_recovery = None;
         let data = self.data_str();
         let log = self.log();
-        if self.postmaster_running(timeout).await {
+        let status_time = (timeout / 10).max(Duration::from_millis(500));
+        let status = self.postmaster_status(status_time).await;
+        if let Postmaster::Unknown(why) = status {
+            // Starting a second postmaster beside one we cannot see is
+            // pointless, and its failure would say nothing.
+            return Err(PgError::Query(format!(
+                "not starting: cannot tell whether PostgreSQL runs ({why})"
+            )));
+        }
+        if status == Postmaster::Running {
             // Already up (still starting?): wait for it rather than fail.
             let end = tokio::time::Instant::now() + timeout;
             while tokio::time::Instant::now() < end {
@@ -365,22 +470,38 @@ impl Postgres {
         })
     }
 
-    /// Stops the server: fast, then immediate.
-    pub async fn stop(
-        &mut self,
-        fast: Duration,
-        immediate: Duration,
-    ) -> Result<StopOutcome, PgError> {
+    /// Stops the server, all within `budget`: fast for most of it, then
+    /// immediate. Succeeds only once the server is *known* stopped: a
+    /// `pg_ctl` that cannot run, times out or fails is an error, never
+    /// "already stopped" (the caller would release the key or disarm).
+    pub async fn stop(&mut self, budget: Duration) -> Result<StopOutcome, PgError> {
         self.client = None;
-        if !self.postmaster_running(immediate).await {
-            return Ok(StopOutcome::AlreadyStopped);
+        let end = tokio::time::Instant::now() + budget;
+        let left = || end.saturating_duration_since(tokio::time::Instant::now());
+        let split = ha_split(budget);
+        match self.postmaster_status(split.status).await {
+            Postmaster::Stopped => return Ok(StopOutcome::AlreadyStopped),
+            Postmaster::Running => {}
+            Postmaster::Unknown(why) => {
+                log::warn!("cannot tell whether PostgreSQL runs ({why}): stopping it anyway")
+            }
         }
         let data = self.data_str();
         let log = self.log();
-        let t = secs(fast);
+        let fast = split.fast.min(left());
         match ctl::run_pg_ctl(
             self.bin(),
-            &["stop", "-m", "fast", "-w", "-s", "-t", &t, "-D", &data],
+            &[
+                "stop",
+                "-m",
+                "fast",
+                "-w",
+                "-s",
+                "-t",
+                &secs(fast),
+                "-D",
+                &data,
+            ],
             &log,
             fast,
         )
@@ -389,19 +510,41 @@ impl Postgres {
             Ok(()) => return Ok(StopOutcome::Fast),
             Err(e) => log::warn!("fast shutdown did not finish ({e}): escalating to immediate"),
         }
-        let t = secs(immediate);
-        ctl::run_pg_ctl(
+        let immediate = split.immediate.min(left());
+        let r = ctl::run_pg_ctl(
             self.bin(),
-            &["stop", "-m", "immediate", "-w", "-s", "-t", &t, "-D", &data],
+            &[
+                "stop",
+                "-m",
+                "immediate",
+                "-w",
+                "-s",
+                "-t",
+                &secs(immediate),
+                "-D",
+                &data,
+            ],
             &log,
             immediate,
         )
-        .await?;
-        Ok(StopOutcome::Immediate)
+        .await;
+        // pg_ctl stop also fails when the server went away by itself
+        // meanwhile: only its status tells.
+        match self.postmaster_status(left()).await {
+            Postmaster::Stopped => Ok(StopOutcome::Immediate),
+            Postmaster::Running => Err(r.err().unwrap_or(PgError::Query(
+                "PostgreSQL still runs after an immediate shutdown".into(),
+            ))),
+            Postmaster::Unknown(why) => Err(PgError::Query(format!(
+                "cannot confirm that PostgreSQL stopped ({why})"
+            ))),
+        }
     }
 
     /// Promotes a replica and waits until it accepts writes.
     pub async fn promote(&mut self, timeout: Duration) -> Result<(), PgError> {
+        // From now on an unanswered probe may hide a primary.
+        self.seen_in_recovery = None;
         let data = self.data_str();
         let t = secs(timeout);
         ctl::run_pg_ctl(
@@ -427,7 +570,7 @@ impl Postgres {
 
     /// Clones the upstream into the empty data directory.
     pub async fn basebackup(&mut self, from: &Upstream, timeout: Duration) -> Result<(), PgError> {
-        if !ctl::dir_is_empty(self.data()) {
+        if !ctl::dir_is_empty(self.data()).map_err(io(format!("reading {}", self.data_str())))? {
             return Err(PgError::NotEmpty(self.data().into()));
         }
         create_dir_0700(self.data())?;

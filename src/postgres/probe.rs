@@ -61,6 +61,7 @@ pub fn from_row(
             checkpoint: lsn.unwrap_or_default(),
         },
         running: true,
+        unknown: false,
         in_recovery,
         timeline,
         lsn,
