@@ -1045,6 +1045,16 @@ pub fn validate(cfg: &Config) -> Vec<ConfigError> {
                 "required when watchdog.mode is not off (e.g. /dev/watchdog)".into(),
             );
         }
+    } else if cfg.watchdog.safety_margin > *TTL_RANGE.end() {
+        // Unused with the watchdog off, but still turned into milliseconds.
+        bad(
+            "watchdog.safety_margin",
+            format!(
+                "expected a number of seconds in 0..={}, found {}",
+                TTL_RANGE.end(),
+                cfg.watchdog.safety_margin
+            ),
+        );
     }
     let abs = |p: &Path| p.is_absolute();
     if cfg.postgresql.data_dir.as_os_str().is_empty() {
@@ -1360,6 +1370,13 @@ restapi:
         let e = one_error(&GOOD.replace("safety_margin: 2", "safety_margin: 18446744073709551615"));
         assert_eq!(e.key, "watchdog.safety_margin");
         assert!(e.message.contains("1..ttl (here 1..6)"), "{}", e.message);
+        let e = one_error(
+            &GOOD
+                .replace("mode: required", "mode: off")
+                .replace("safety_margin: 2", "safety_margin: 18446744073709551615"),
+        );
+        assert_eq!(e.key, "watchdog.safety_margin");
+        assert!(e.message.contains("0..=3600"), "{}", e.message);
         // The upper ends themselves are accepted.
         let y = GOOD
             .replace("ttl: 6", "ttl: 3600")
