@@ -437,6 +437,7 @@ fn too_deep(text: &str, limit: usize) -> Option<usize> {
             block_scalar_at = None;
         }
         let mut line = trimmed;
+        let mut dashes = 0;
         if quote.is_none() && flow == 0 {
             if line.trim().is_empty() || line.starts_with('#') {
                 continue;
@@ -445,7 +446,6 @@ fn too_deep(text: &str, limit: usize) -> Option<usize> {
                 indents.pop();
             }
             indents.push(indent);
-            let mut dashes = 0;
             while let Some(r) = line.strip_prefix("- ").or_else(|| line.strip_prefix("-\t")) {
                 line = r.trim_start();
                 dashes += 1;
@@ -457,7 +457,7 @@ fn too_deep(text: &str, limit: usize) -> Option<usize> {
                 return Some(n + 1);
             }
         }
-        let block_depth = indents.len();
+        let block_depth = indents.len() + dashes;
         let mut prev = ' ';
         // The last character outside quotes that is not a space: quotes and
         // brackets open a node only where a node can start (first on the
@@ -1456,6 +1456,8 @@ restapi:
         let sneaky = format!("a: b 'c\nb: {deep_text}");
         assert_eq!(too_deep(&sneaky, MAX_DEPTH), Some(2));
         assert_eq!(too_deep("a: b [c\nd: e", MAX_DEPTH), None);
+        let dashes_and_brackets = format!("a:\n{}{}", "- ".repeat(40), "[".repeat(30));
+        assert_eq!(too_deep(&dashes_and_brackets, MAX_DEPTH), Some(2));
         assert_eq!(too_deep("a: {\"k\":[1, [2]], 'x': \"y\"}", MAX_DEPTH), None);
         // The top-level mapping is the first level.
         let nested = |n: usize| format!("a: 1\nb: {}", "[".repeat(n));
