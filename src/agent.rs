@@ -71,7 +71,7 @@ impl Agent {
             cfg.ttl,
         );
         let pg = Postgres::new(cfg.postgresql.clone(), cfg.name.clone());
-        let shared = Arc::new(std::sync::Mutex::new(Snapshot::new(&cfg.scope, &cfg.name)));
+        let shared = snapshot::shared(Snapshot::new(&cfg.scope, &cfg.name));
         Agent {
             cfg,
             ha,

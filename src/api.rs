@@ -5,30 +5,55 @@
 //!
 //! Served by hyper on the loop's runtime from the last cycle's [`Snapshot`];
 //! a request never waits on, or blocks, the HA cycle. [`route`] is pure.
+//!
+//! The cost of serving is bounded: at most [`MAX_CONNECTIONS`] connections
+//! are served at once (more get an immediate 503 and are closed), and the
+//! member and cluster JSON are serialised once per snapshot and shared by
+//! every request that cycle ([`Published`]).
 
 use crate::cluster::Role;
-use crate::snapshot::{self, Shared, Snapshot};
+use crate::snapshot::{self, Published, Shared, Snapshot};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use log::debug;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Connections served at the same time.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// A response before it becomes HTTP.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
     pub status: u16,
     pub content_type: &'static str,
-    pub body: String,
+    /// Shared with other replies when it is a cached body.
+    pub body: Arc<str>,
 }
 
 fn json(status: u16, v: serde_json::Value) -> Reply {
+    json_body(status, v.to_string().into())
+}
+
+fn json_body(status: u16, body: Arc<str>) -> Reply {
     Reply {
         status,
         content_type: "application/json",
-        body: v.to_string(),
+        body,
     }
+}
+
+/// This member's JSON text, serialised once per snapshot.
+pub fn member_body(p: &Published) -> Arc<str> {
+    p.member_body(|s| member_json(s).to_string())
+}
+
+/// The cluster's JSON text, serialised once per snapshot.
+pub fn cluster_body(p: &Published) -> Arc<str> {
+    p.cluster_body(|s| cluster_json(s).to_string())
 }
 
 /// Parses `?lag=` as bytes, with optional kB/MB/GB units (as Patroni).
@@ -175,8 +200,9 @@ pub fn metrics(s: &Snapshot, now: Instant) -> String {
     out
 }
 
-/// The answer to a request, from the snapshot alone.
-pub fn route(method: &Method, path: &str, query: &str, s: &Snapshot, now: Instant) -> Reply {
+/// The answer to a request, from the published snapshot alone.
+pub fn route(method: &Method, path: &str, query: &str, p: &Published, now: Instant) -> Reply {
+    let s = &p.snap;
     if ![Method::GET, Method::HEAD, Method::OPTIONS].contains(method) {
         return json(
             405,
@@ -187,9 +213,9 @@ pub fn route(method: &Method, path: &str, query: &str, s: &Snapshot, now: Instan
     let primary = s.leader && s.local.writable();
     let replica = running && s.local.in_recovery;
     let code = |ok: bool| if ok { 200 } else { 503 };
-    let body = member_json(s);
+    let body = member_body(p);
     match path.trim_end_matches('/') {
-        "" | "/primary" | "/leader" | "/master" | "/read-write" => json(code(primary), body),
+        "" | "/primary" | "/leader" | "/master" | "/read-write" => json_body(code(primary), body),
         "/replica" => {
             let lag_ok = match query_param(query, "lag") {
                 None => true,
@@ -198,15 +224,15 @@ pub fn route(method: &Method, path: &str, query: &str, s: &Snapshot, now: Instan
                     None => {
                         return json(
                             400,
-                            serde_json::json!({ "error": format!("bad lag value {v:?}: bytes, or a number with kB/MB/GB") }),
+                            serde_json::json!({ "error": format!("bad lag value {}: bytes, or a number with kB/MB/GB", crate::config::excerpt(v)) }),
                         );
                     }
                 },
             };
-            json(code(replica && !s.noloadbalance && lag_ok), body)
+            json_body(code(replica && !s.noloadbalance && lag_ok), body)
         }
-        "/read-only" => json(code(primary || replica), body),
-        "/health" => json(code(running), body),
+        "/read-only" => json_body(code(primary || replica), body),
+        "/health" => json_body(code(running), body),
         "/liveness" => {
             let age = now.duration_since(s.cycle_at);
             json(
@@ -214,17 +240,17 @@ pub fn route(method: &Method, path: &str, query: &str, s: &Snapshot, now: Instan
                 serde_json::json!({ "last_cycle_ms_ago": age.as_millis() as u64 }),
             )
         }
-        "/readiness" => json(code(primary || replica), body),
-        "/patroni" => json(200, body),
-        "/cluster" => json(200, cluster_json(s)),
+        "/readiness" => json_body(code(primary || replica), body),
+        "/patroni" => json_body(200, body),
+        "/cluster" => json_body(200, cluster_body(p)),
         "/metrics" => Reply {
             status: 200,
             content_type: "text/plain; version=0.0.4",
-            body: metrics(s, now),
+            body: metrics(s, now).into(),
         },
         _ => json(
             404,
-            serde_json::json!({ "error": format!("no such endpoint: {path}") }),
+            serde_json::json!({ "error": format!("no such endpoint: {}", crate::config::excerpt(path)) }),
         ),
     }
 }
@@ -232,6 +258,7 @@ pub fn route(method: &Method, path: &str, query: &str, s: &Snapshot, now: Instan
 /// Serves the API until the task is dropped. Each connection gets a header
 /// timeout; malformed requests get 400 from hyper and the listener goes on.
 pub async fn serve(listener: TcpListener, shared: Shared) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -241,28 +268,34 @@ pub async fn serve(listener: TcpListener, shared: Shared) {
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Never wait on this client: one non-blocking write, then close.
+            let _ = stream.try_write(BUSY.as_bytes());
+            debug!("API: refused {peer}, over the limit of {MAX_CONNECTIONS} connections");
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let snap = snapshot::read(&shared);
+                let published = snapshot::current(&shared);
                 let r = route(
                     req.method(),
                     req.uri().path(),
                     req.uri().query().unwrap_or(""),
-                    &snap,
+                    &published,
                     Instant::now(),
                 );
                 let body = if req.method() == Method::GET {
-                    r.body
+                    Bytes::from_owner(Body(r.body))
                 } else {
-                    String::new()
+                    Bytes::new()
                 };
                 let resp = Response::builder()
                     .status(
                         StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                     )
                     .header("Content-Type", r.content_type)
-                    .body(Full::new(Bytes::from(body)));
+                    .body(Full::new(body));
                 async move { resp }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -275,7 +308,20 @@ pub async fn serve(listener: TcpListener, shared: Shared) {
             {
                 debug!("API connection from {peer}: {e}");
             }
+            drop(slot);
         });
+    }
+}
+
+/// The answer to a connection over [`MAX_CONNECTIONS`].
+const BUSY: &str = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 50\r\nConnection: close\r\n\r\n{\"error\":\"too many connections: try again later\"}\n";
+
+/// A cached body handed to hyper without a copy.
+struct Body(Arc<str>);
+
+impl AsRef<[u8]> for Body {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
     }
 }
 
@@ -303,7 +349,14 @@ mod tests {
 
     fn status(path: &str, s: &Snapshot) -> u16 {
         let (p, q) = path.split_once('?').unwrap_or((path, ""));
-        route(&Method::GET, p, q, s, Instant::now()).status
+        route(
+            &Method::GET,
+            p,
+            q,
+            &Published::new(s.clone()),
+            Instant::now(),
+        )
+        .status
     }
 
     #[test]
@@ -351,11 +404,25 @@ mod tests {
         assert_eq!(status("/patroni", &stopped), 200);
         assert_eq!(status("/nope", &stopped), 404);
         assert_eq!(
-            route(&Method::POST, "/primary", "", &primary, Instant::now()).status,
+            route(
+                &Method::POST,
+                "/primary",
+                "",
+                &Published::new(primary.clone()),
+                Instant::now()
+            )
+            .status,
             405
         );
         assert_eq!(
-            route(&Method::OPTIONS, "/primary", "", &primary, Instant::now()).status,
+            route(
+                &Method::OPTIONS,
+                "/primary",
+                "",
+                &Published::new(primary.clone()),
+                Instant::now()
+            )
+            .status,
             200
         );
     }
@@ -386,6 +453,89 @@ mod tests {
         assert_eq!(status("/replica?lag=lots", &r), 400);
         r.noloadbalance = true;
         assert_eq!(status("/replica", &r), 503);
+    }
+
+    #[test]
+    fn cluster_body_is_serialised_once_per_snapshot() {
+        let shared = snapshot::shared(snap(true, false, true));
+        let get = |path: &str| {
+            route(
+                &Method::GET,
+                path,
+                "",
+                &snapshot::current(&shared),
+                Instant::now(),
+            )
+        };
+        let (a, b) = (get("/cluster"), get("/cluster"));
+        assert_eq!(a.status, 200);
+        assert!(
+            Arc::ptr_eq(&a.body, &b.body),
+            "the second /cluster reuses the first one's body"
+        );
+        let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+        assert_eq!(v["error"], "etcd not readable in the last cycle");
+        let (m1, m2) = (get("/patroni"), get("/health"));
+        assert!(Arc::ptr_eq(&m1.body, &m2.body));
+        // The next cycle's snapshot gets its own body.
+        let mut next = snap(true, false, true);
+        next.view = Some(crate::cluster::ClusterView::default());
+        snapshot::write(&shared, next);
+        let c = get("/cluster");
+        assert!(!Arc::ptr_eq(&a.body, &c.body));
+        assert!(c.body.contains("\"members\":[]"), "{}", c.body);
+        assert!(Arc::ptr_eq(&c.body, &get("/cluster").body));
+    }
+
+    /// Reads one HTTP response (headers and a Content-Length body).
+    async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_limit_get_503() {
+        use tokio::io::AsyncReadExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = snapshot::shared(snap(true, false, true));
+        let server = tokio::spawn(serve(listener, shared));
+        // Fill every slot with an idle connection; the server accepts in
+        // order, so once the next one is refused, all of these hold a slot.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut refused = String::new();
+        extra.read_to_string(&mut refused).await.unwrap();
+        assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+        let (head, body) = refused.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains(&format!("Content-Length: {}", body.len())),
+            "{refused}"
+        );
+        assert!(body.contains("too many connections"));
+        // A freed slot serves again.
+        idle.pop();
+        let mut served = String::new();
+        for _ in 0..500 {
+            served = http_get(addr, "/cluster").await.unwrap_or_default();
+            if served.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+        assert!(served.ends_with(&*cluster_body(&Published::new(snap(true, false, true)))));
+        server.abort();
     }
 
     #[test]

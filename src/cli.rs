@@ -223,7 +223,12 @@ fn run(args: Args) -> Result<(), ExitCode> {
                 .block_on(dcs.get_raw("history", timeout_of(&cfg)))
                 .map_err(|e| fail(&format!("cannot read the cluster from etcd: {e}")))?
                 .unwrap_or_else(|| "[]".into());
-            let h = crate::cluster::parse_history(&raw);
+            let h = read_history(&raw).map_err(|e| {
+                fail(&format!(
+                    "the history key {}history is unreadable: {e}",
+                    cfg.prefix()
+                ))
+            })?;
             if json {
                 println!("{raw}");
             } else {
@@ -232,6 +237,12 @@ fn run(args: Args) -> Result<(), ExitCode> {
                     "TL", "LSN", "Reason", "Timestamp"
                 );
                 for (tl, lsn, reason, ts, who) in h {
+                    // Text from etcd: no control characters to the terminal.
+                    let (reason, ts, who) = (
+                        logging::escape(&reason),
+                        logging::escape(&ts),
+                        logging::escape(&who),
+                    );
                     println!(
                         "{tl:>3} | {:>12} | {reason:<28} | {ts:<25} | {who}",
                         crate::cluster::Lsn(lsn)
@@ -374,6 +385,51 @@ pub fn list_table(scope: &str, view: &crate::cluster::ClusterView) -> String {
         out.push_str(" Maintenance mode: on\n");
     }
     out
+}
+
+/// Parses the `history` key strictly (unlike the agent, which only appends
+/// to it): a person asking for the history must learn that the key holds
+/// garbage rather than see an empty table. The error quotes an excerpt.
+fn read_history(raw: &str) -> Result<Vec<crate::cluster::HistoryEntry>, String> {
+    const EXPECTED: &str =
+        "expected a JSON list of [timeline, lsn, reason, timestamp, new_leader] entries";
+    let items = match serde_json::from_str::<serde_json::Value>(raw) {
+        Ok(serde_json::Value::Array(items)) => items,
+        Ok(_) => return Err(format!("{EXPECTED}, found {}", config::excerpt(raw))),
+        Err(e) => {
+            return Err(format!(
+                "{EXPECTED}, found {} (not JSON: {e})",
+                config::excerpt(raw)
+            ));
+        }
+    };
+    let text = |v: Option<&serde_json::Value>| match v {
+        None | Some(serde_json::Value::Null) => Some(String::new()),
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(_) => None,
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let entry = e.as_array().and_then(|a| {
+                Some((
+                    crate::cluster::Timeline::try_from(a.first()?.as_u64()?).ok()?,
+                    a.get(1)?.as_u64()?,
+                    text(a.get(2))?,
+                    text(a.get(3))?,
+                    text(a.get(4))?,
+                ))
+            });
+            entry.ok_or_else(|| {
+                format!(
+                    "entry {} is {}: {EXPECTED}",
+                    i + 1,
+                    config::excerpt(&e.to_string())
+                )
+            })
+        })
+        .collect()
 }
 
 fn fail(msg: &str) -> ExitCode {
@@ -586,4 +642,46 @@ fn failover(path: &std::path::Path, to: &str) -> Result<(), ExitCode> {
             Err(fail(&format!("{to} did not become the leader in time")))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_key_is_read_strictly() {
+        let h = read_history(
+            r#"[[1, 25165984, "no recovery target specified", "2026-01-02T03:04:05Z", "n2"], [2, 50331648, "switchover"]]"#,
+        )
+        .unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!(
+            h[0],
+            (
+                1,
+                25165984,
+                "no recovery target specified".into(),
+                "2026-01-02T03:04:05Z".into(),
+                "n2".into()
+            )
+        );
+        assert_eq!((h[1].0, h[1].3.as_str()), (2, ""));
+        assert_eq!(read_history("[]").unwrap(), vec![]);
+        // Garbage of every kind is an error quoting a short excerpt.
+        let huge = format!("garbage{}", "x".repeat(1 << 20));
+        for (raw, says) in [
+            ("not json", "not JSON"),
+            ("{\"a\":1}", "found \"{\\\"a\\\":1}\""),
+            (huge.as_str(), "(1048583 bytes)"),
+            ("[[1, 2], \"x\"]", "entry 2 is \"\\\"x\\\"\""),
+            ("[[-1, 2]]", "entry 1"),
+            ("[[4294967296, 2]]", "entry 1"),
+            ("[[1, 2, 3]]", "entry 1"),
+        ] {
+            let e = read_history(raw).unwrap_err();
+            assert!(e.contains(says), "{raw:.40}: {e}");
+            assert!(e.contains("expected a JSON list"), "{e}");
+            assert!(e.len() < 400, "{}", e.len());
+        }
+    }
 }

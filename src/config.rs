@@ -287,15 +287,249 @@ impl std::fmt::Display for ConfigError {
 /// Reads, overrides from the environment, and validates. All errors found
 /// are returned, not only the first.
 pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = read_bounded(path).map_err(|message| {
         vec![ConfigError {
             file: path.into(),
             line: None,
             key: "(file)".into(),
-            message: format!("cannot read the configuration file: {e}"),
+            message,
         }]
     })?;
     load_str(&text, path, &|k| std::env::var(k).ok())
+}
+
+/// The largest configuration file accepted. A real one is a few kB; the cap
+/// keeps a wrong path (a log file, a device) from being read into memory.
+pub const MAX_FILE_BYTES: usize = 1 << 20;
+
+/// The deepest nesting of mappings and sequences accepted. leasedog's schema
+/// needs 4; the cap refuses hostile documents before the YAML parser, whose
+/// cost grows with the depth, ever sees them.
+pub const MAX_DEPTH: usize = 64;
+
+/// How many characters of a bad value an error message quotes.
+pub const EXCERPT_CHARS: usize = 80;
+
+/// Reads at most [`MAX_FILE_BYTES`] (+1 to notice a larger file, also one
+/// whose size the metadata does not tell, such as a device or a FIFO).
+fn read_bounded(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let too_big = |size: String| {
+        format!(
+            "the file is {size} bytes, over the limit of {MAX_FILE_BYTES} bytes (1 MiB): expected a leasedog YAML configuration of a few kB"
+        )
+    };
+    let file = std::fs::File::open(path)
+        .map_err(|e| format!("cannot read the configuration file: {e}"))?;
+    if let Ok(m) = file.metadata()
+        && m.len() > MAX_FILE_BYTES as u64
+    {
+        return Err(too_big(m.len().to_string()));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the configuration file: {e}"))?;
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err(too_big(format!("more than {MAX_FILE_BYTES}")));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "not UTF-8 text (invalid byte at offset {}): expected a YAML file",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+/// `s` quoted for an error message, cut to [`EXCERPT_CHARS`] characters (with
+/// `…` and the full length) so a huge value never makes a huge message.
+pub fn excerpt(s: &str) -> String {
+    match s.char_indices().nth(EXCERPT_CHARS) {
+        None => format!("{s:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &s[..cut], s.len()),
+    }
+}
+
+/// A path quoted like [`excerpt`].
+fn excerpt_path(p: &Path) -> String {
+    excerpt(&p.to_string_lossy())
+}
+
+/// Shortens every `` `...` `` or `"..."` span of a parser's message that is
+/// longer than [`EXCERPT_CHARS`] (serde quotes the offending value or key in
+/// full), then caps the whole message as a last resort.
+fn shorten_quoted(msg: &str) -> String {
+    let mut out = String::new();
+    let mut rest = msg;
+    while let Some(start) = rest.find(['`', '"']) {
+        let delim = rest[start..].chars().next().unwrap_or('"');
+        out.push_str(&rest[..=start]);
+        let body = &rest[start + 1..];
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in body.char_indices() {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' && delim == '"' {
+                escaped = true;
+            } else if c == delim {
+                end = Some(i);
+                break;
+            }
+        }
+        let (inner, after) = match end {
+            Some(i) => (&body[..i], &body[i..]),
+            None => (body, ""),
+        };
+        match inner.char_indices().nth(EXCERPT_CHARS) {
+            Some((cut, _)) => {
+                out.push_str(&inner[..cut]);
+                out.push('…');
+            }
+            None => out.push_str(inner),
+        }
+        match after.chars().next() {
+            Some(c) => {
+                out.push(c);
+                rest = &after[c.len_utf8()..];
+            }
+            None => rest = "",
+        }
+    }
+    out.push_str(rest);
+    const MAX_MESSAGE_CHARS: usize = 1000;
+    match out.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((cut, _)) => format!("{}…", &out[..cut]),
+        None => out,
+    }
+}
+
+/// Makes every error short, whatever the input: keys and parser messages
+/// can quote text straight from the file or the environment.
+fn tidy(mut errors: Vec<ConfigError>) -> Vec<ConfigError> {
+    for e in &mut errors {
+        if e.key.chars().nth(EXCERPT_CHARS).is_some() {
+            let cut: String = e.key.chars().take(EXCERPT_CHARS).collect();
+            e.key = format!("{cut}…");
+        }
+        e.message = shorten_quoted(&e.message);
+    }
+    errors
+}
+
+/// The line where the nesting of `text` first exceeds `limit`, found without
+/// parsing: flow brackets (`[`, `{`) count one level each, and so do block
+/// levels (deeper indentation, each `- ` of a sequence entry). Quoted
+/// scalars, comments and block scalars (`|`, `>`) are skipped. Linear in the
+/// length of the text.
+fn too_deep(text: &str, limit: usize) -> Option<usize> {
+    let mut indents: Vec<usize> = Vec::new();
+    let mut flow = 0usize;
+    let mut quote: Option<char> = None;
+    let mut block_scalar_at: Option<usize> = None;
+    for (n, raw) in text.lines().enumerate() {
+        let trimmed = raw.trim_start_matches(' ');
+        let indent = raw.len() - trimmed.len();
+        if let Some(at) = block_scalar_at {
+            if trimmed.trim().is_empty() || indent > at {
+                continue;
+            }
+            block_scalar_at = None;
+        }
+        let mut line = trimmed;
+        let mut dashes = 0;
+        if quote.is_none() && flow == 0 {
+            if line.trim().is_empty() || line.starts_with('#') {
+                continue;
+            }
+            while indents.last().is_some_and(|&i| i >= indent) {
+                indents.pop();
+            }
+            indents.push(indent);
+            while let Some(r) = line.strip_prefix("- ").or_else(|| line.strip_prefix("-\t")) {
+                line = r.trim_start();
+                dashes += 1;
+            }
+            if line == "-" {
+                dashes += 1;
+            }
+            if indents.len() + dashes > limit {
+                return Some(n + 1);
+            }
+        }
+        let block_depth = indents.len() + dashes;
+        let mut prev = ' ';
+        // The last character outside quotes that is not a space: quotes and
+        // brackets open a node only where a node can start (first on the
+        // line, after `: `, `? ` or, in flow, after `[`, `{`, `,`), not inside
+        // a plain scalar like `a: it's [sic]`.
+        let mut last: Option<char> = None;
+        let mut chars = line.chars().peekable();
+        while let Some(c) = chars.next() {
+            match quote {
+                Some('"') => {
+                    if c == '\\' {
+                        chars.next();
+                    } else if c == '"' {
+                        quote = None;
+                        last = Some(c);
+                    }
+                }
+                Some(_) => {
+                    if c == '\'' {
+                        if chars.peek() == Some(&'\'') {
+                            chars.next();
+                        } else {
+                            quote = None;
+                            last = Some(c);
+                        }
+                    }
+                }
+                None => {
+                    let node_start = match last {
+                        None => true,
+                        Some(':') => prev.is_whitespace() || flow > 0,
+                        Some('?') => prev.is_whitespace(),
+                        Some(l) => flow > 0 && "[{,".contains(l),
+                    };
+                    match c {
+                        '#' if prev.is_whitespace() => break,
+                        '"' | '\'' if node_start => quote = Some(c),
+                        '[' | '{' if node_start || flow > 0 => {
+                            flow += 1;
+                            if block_depth + flow > limit {
+                                return Some(n + 1);
+                            }
+                        }
+                        ']' | '}' if flow > 0 => flow -= 1,
+                        _ => {}
+                    }
+                    if !c.is_whitespace() {
+                        last = Some(c);
+                    }
+                }
+            }
+            prev = c;
+        }
+        if quote.is_none() && flow == 0 {
+            let value = line
+                .split_once(": ")
+                .map(|(_, v)| v)
+                .unwrap_or(line)
+                .split(" #")
+                .next()
+                .unwrap_or("")
+                .trim();
+            if value.starts_with(['|', '>'])
+                && value[1..]
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || c == '+' || c == '-')
+            {
+                block_scalar_at = Some(indent);
+            }
+        }
+    }
+    None
 }
 
 /// Scalar keys that can be overridden as `LEASEDOG_<PATH>` (dots become
@@ -526,12 +760,39 @@ pub fn load_str(
     source: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, Vec<ConfigError>> {
+    load_checked(text, source, env).map_err(tidy)
+}
+
+fn load_checked(
+    text: &str,
+    source: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<ConfigError>> {
     let err = |line: Option<usize>, key: &str, message: String| ConfigError {
         file: source.into(),
         line,
         key: key.into(),
         message,
     };
+    if text.len() > MAX_FILE_BYTES {
+        return Err(vec![err(
+            None,
+            "(file)",
+            format!(
+                "the file is {} bytes, over the limit of {MAX_FILE_BYTES} bytes (1 MiB): expected a leasedog YAML configuration of a few kB",
+                text.len()
+            ),
+        )]);
+    }
+    if let Some(line) = too_deep(text, MAX_DEPTH) {
+        return Err(vec![err(
+            Some(line),
+            "(syntax)",
+            format!(
+                "nested more than {MAX_DEPTH} levels deep (mappings, sequences, brackets): the configuration needs at most 4"
+            ),
+        )]);
+    }
     let mut value: serde_yaml::Value = if text.trim().is_empty() {
         serde_yaml::Value::Mapping(Default::default())
     } else {
@@ -576,7 +837,10 @@ pub fn load_str(
                 errors.push(err(
                     None,
                     key,
-                    format!("environment variable {var}={raw:?} is not valid: {e}"),
+                    format!(
+                        "environment variable {var}={} is not valid: {e}",
+                        excerpt(&raw)
+                    ),
                 ));
                 continue;
             }
@@ -641,6 +905,17 @@ pub fn load_str(
     }
 }
 
+/// Accepted `ttl`, seconds: a lease shorter than 2 s cannot survive one
+/// etcd round trip; one over an hour leaves a dead primary's key for an hour.
+pub const TTL_RANGE: std::ops::RangeInclusive<u64> = 2..=3600;
+/// Accepted `loop_wait`, seconds.
+pub const LOOP_WAIT_RANGE: std::ops::RangeInclusive<u64> = 1..=300;
+/// Accepted `retry_timeout`, seconds.
+pub const RETRY_TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 1..=3600;
+/// Accepted `maximum_lag_on_failover`, bytes: WAL positions are below 2^64,
+/// the cap leaves room for sums without overflow.
+pub const MAX_LAG_RANGE: std::ops::RangeInclusive<u64> = 0..=(1 << 62);
+
 /// The rules a configuration must satisfy (DESIGN §1). Pure.
 pub fn validate(cfg: &Config) -> Vec<ConfigError> {
     let mut out = Vec::new();
@@ -671,8 +946,8 @@ pub fn validate(cfg: &Config) -> Vec<ConfigError> {
         bad(
             "name",
             format!(
-                "expected letters, digits, '_', '.' or '-', found {:?}",
-                cfg.name
+                "expected letters, digits, '_', '.' or '-', found {}",
+                excerpt(&cfg.name)
             ),
         );
     }
@@ -684,25 +959,44 @@ pub fn validate(cfg: &Config) -> Vec<ConfigError> {
     }
     for h in &cfg.etcd3.hosts {
         if parse_host_port(h).is_none() {
-            bad("etcd3.hosts", format!("expected host:port, found {h:?}"));
+            bad(
+                "etcd3.hosts",
+                format!("expected host:port, found {}", excerpt(h)),
+            );
         }
     }
-    if cfg.ttl == 0 {
-        bad("ttl", "expected a number of seconds >= 1, found 0".into());
-    }
-    if cfg.loop_wait == 0 {
-        bad(
-            "loop_wait",
-            "expected a number of seconds >= 1, found 0".into(),
-        );
-    }
-    if cfg.retry_timeout == 0 {
-        bad(
+    // Bounds first: the rules below add and multiply these values, and the
+    // loop turns them into milliseconds.
+    let mut in_range = true;
+    for (key, value, range, what) in [
+        ("ttl", cfg.ttl, TTL_RANGE, "seconds"),
+        ("loop_wait", cfg.loop_wait, LOOP_WAIT_RANGE, "seconds"),
+        (
             "retry_timeout",
-            "expected a number of seconds >= 1, found 0".into(),
-        );
+            cfg.retry_timeout,
+            RETRY_TIMEOUT_RANGE,
+            "seconds",
+        ),
+        (
+            "maximum_lag_on_failover",
+            cfg.maximum_lag_on_failover,
+            MAX_LAG_RANGE,
+            "bytes",
+        ),
+    ] {
+        if !range.contains(&value) {
+            in_range = false;
+            bad(
+                key,
+                format!(
+                    "expected a number of {what} in {}..={}, found {value}",
+                    range.start(),
+                    range.end()
+                ),
+            );
+        }
     }
-    if cfg.loop_wait + 2 * cfg.retry_timeout > cfg.ttl {
+    if in_range && cfg.loop_wait + 2 * cfg.retry_timeout > cfg.ttl {
         bad(
             "ttl",
             format!(
@@ -719,14 +1013,20 @@ pub fn validate(cfg: &Config) -> Vec<ConfigError> {
         if sm < 1 {
             bad(
                 "watchdog.safety_margin",
-                format!("expected at least 1 second, found {sm}"),
+                format!(
+                    "expected a number of seconds in 1..ttl (here 1..{}), found {sm}",
+                    cfg.ttl
+                ),
             );
         } else if sm >= cfg.ttl {
             bad(
                 "watchdog.safety_margin",
-                format!("must be less than ttl ({}), found {sm}", cfg.ttl),
+                format!(
+                    "expected a number of seconds in 1..ttl (here 1..{}): less than ttl, found {sm}",
+                    cfg.ttl
+                ),
             );
-        } else {
+        } else if in_range {
             let wd = cfg.ttl - sm;
             if wd < 2 * cfg.loop_wait {
                 bad(
@@ -747,6 +1047,16 @@ pub fn validate(cfg: &Config) -> Vec<ConfigError> {
                 "required when watchdog.mode is not off (e.g. /dev/watchdog)".into(),
             );
         }
+    } else if cfg.watchdog.safety_margin > *TTL_RANGE.end() {
+        // Unused with the watchdog off, but still turned into milliseconds.
+        bad(
+            "watchdog.safety_margin",
+            format!(
+                "expected a number of seconds in 0..={}, found {}",
+                TTL_RANGE.end(),
+                cfg.watchdog.safety_margin
+            ),
+        );
     }
     let abs = |p: &Path| p.is_absolute();
     if cfg.postgresql.data_dir.as_os_str().is_empty() {
@@ -755,8 +1065,8 @@ pub fn validate(cfg: &Config) -> Vec<ConfigError> {
         bad(
             "postgresql.data_dir",
             format!(
-                "expected an absolute path, found {:?}",
-                cfg.postgresql.data_dir
+                "expected an absolute path, found {}",
+                excerpt_path(&cfg.postgresql.data_dir)
             ),
         );
     }
@@ -764,8 +1074,8 @@ pub fn validate(cfg: &Config) -> Vec<ConfigError> {
         bad(
             "postgresql.bin_dir",
             format!(
-                "expected an absolute path, found {:?}",
-                cfg.postgresql.bin_dir
+                "expected an absolute path, found {}",
+                excerpt_path(&cfg.postgresql.bin_dir)
             ),
         );
     }
@@ -773,8 +1083,8 @@ pub fn validate(cfg: &Config) -> Vec<ConfigError> {
         bad(
             "postgresql.socket_dir",
             format!(
-                "expected an absolute path, found {:?}",
-                cfg.postgresql.socket_dir
+                "expected an absolute path, found {}",
+                excerpt_path(&cfg.postgresql.socket_dir)
             ),
         );
     }
@@ -809,28 +1119,43 @@ pub fn validate(cfg: &Config) -> Vec<ConfigError> {
                 ),
             );
         } else if parse_host_port(val).is_none() {
-            bad(key, format!("expected host:port, found {val:?}"));
+            bad(key, format!("expected host:port, found {}", excerpt(val)));
         }
     }
     if !["error", "warn", "info", "debug", "trace"].contains(&cfg.log.level.as_str()) {
         bad(
             "log.level",
             format!(
-                "expected error, warn, info, debug or trace, found {:?}",
-                cfg.log.level
+                "expected error, warn, info, debug or trace, found {}",
+                excerpt(&cfg.log.level)
             ),
         );
     }
     out
 }
 
-/// Checks what the configuration points at on this machine: the PostgreSQL
-/// programs. Touches nothing.
+/// Checks what the configuration points at on this machine: the data
+/// directory (absent, or a directory) and the PostgreSQL programs. Touches
+/// nothing.
 pub fn check_environment(cfg: &Config) -> Vec<ConfigError> {
     use std::os::unix::fs::PermissionsExt;
-    let text = std::fs::read_to_string(&cfg.source).unwrap_or_default();
+    let text = read_bounded(&cfg.source).unwrap_or_default();
     let line = find_line(&text, "postgresql.bin_dir");
     let mut out = Vec::new();
+    let data_dir = &cfg.postgresql.data_dir;
+    if let Ok(m) = std::fs::metadata(data_dir)
+        && !m.is_dir()
+    {
+        out.push(ConfigError {
+            file: cfg.source.clone(),
+            line: find_line(&text, "postgresql.data_dir"),
+            key: "postgresql.data_dir".into(),
+            message: format!(
+                "{} exists and is not a directory: expected PostgreSQL's data directory, or a path where it can be created",
+                excerpt_path(data_dir)
+            ),
+        });
+    }
     for prog in [
         "postgres",
         "pg_ctl",
@@ -849,7 +1174,7 @@ pub fn check_environment(cfg: &Config) -> Vec<ConfigError> {
                 key: "postgresql.bin_dir".into(),
                 message: format!(
                     "{} has no executable {prog}: expected the directory of the PostgreSQL server programs (e.g. /usr/lib/postgresql/15/bin)",
-                    cfg.postgresql.bin_dir.display()
+                    excerpt_path(&cfg.postgresql.bin_dir)
                 ),
             });
         }
@@ -1007,8 +1332,204 @@ restapi:
         let errs = load_text(&GOOD.replace("ttl: 6", "ttl: 0")).unwrap_err();
         assert!(
             errs.iter()
-                .any(|e| e.key == "ttl" && e.message.contains(">= 1")),
+                .any(|e| e.key == "ttl" && e.message.contains("in 2..=3600, found 0")),
             "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn timing_keys_are_bounded_and_name_the_range() {
+        for (from, to, key, range) in [
+            ("ttl: 6", "ttl: 18446744073709551615", "ttl", "2..=3600"),
+            ("ttl: 6", "ttl: 3601", "ttl", "2..=3600"),
+            ("loop_wait: 1", "loop_wait: 301", "loop_wait", "1..=300"),
+            (
+                "loop_wait: 1",
+                "loop_wait: 18446744073709551615",
+                "loop_wait",
+                "1..=300",
+            ),
+            (
+                "retry_timeout: 2",
+                "retry_timeout: 9223372036854775808",
+                "retry_timeout",
+                "1..=3600",
+            ),
+            (
+                "ttl: 6",
+                "ttl: 6\nmaximum_lag_on_failover: 18446744073709551615",
+                "maximum_lag_on_failover",
+                "0..=4611686018427387904",
+            ),
+        ] {
+            let errs = load_text(&GOOD.replace(from, to)).unwrap_err();
+            assert!(
+                errs.iter()
+                    .any(|e| e.key == key && e.message.contains(range) && e.line.is_some()),
+                "{to}: {errs:?}"
+            );
+        }
+        let e = one_error(&GOOD.replace("safety_margin: 2", "safety_margin: 18446744073709551615"));
+        assert_eq!(e.key, "watchdog.safety_margin");
+        assert!(e.message.contains("1..ttl (here 1..6)"), "{}", e.message);
+        let e = one_error(
+            &GOOD
+                .replace("mode: required", "mode: off")
+                .replace("safety_margin: 2", "safety_margin: 18446744073709551615"),
+        );
+        assert_eq!(e.key, "watchdog.safety_margin");
+        assert!(e.message.contains("0..=3600"), "{}", e.message);
+        // The upper ends themselves are accepted.
+        let y = GOOD
+            .replace("ttl: 6", "ttl: 3600")
+            .replace("loop_wait: 1", "loop_wait: 300")
+            .replace("retry_timeout: 2", "retry_timeout: 1000")
+            .replace(
+                "ttl: 3600",
+                "ttl: 3600\nmaximum_lag_on_failover: 4611686018427387904",
+            );
+        let c = load_text(&y).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!((c.ttl, c.maximum_lag_on_failover), (3600, 1 << 62));
+        // From the environment too.
+        let env = |k: &str| (k == "LEASEDOG_TTL").then(|| "18446744073709551615".to_string());
+        let errs = load_str(GOOD, Path::new("x.yml"), &env).unwrap_err();
+        assert!(errs.iter().any(|e| e.key == "ttl"), "{errs:?}");
+    }
+
+    #[test]
+    fn oversized_file_is_refused_before_parsing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.yml");
+        // Not YAML at all: parsing would fail differently.
+        std::fs::write(&path, vec![b'['; MAX_FILE_BYTES + 1]).unwrap();
+        let errs = load(&path).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        let text = errs[0].to_string();
+        assert!(text.starts_with(&path.display().to_string()), "{text}");
+        assert!(
+            text.contains(&format!("{} bytes", MAX_FILE_BYTES + 1))
+                && text.contains(&format!("limit of {MAX_FILE_BYTES} bytes")),
+            "{text}"
+        );
+        // Text handed over directly gets the same rule.
+        let e = one_error(&format!("{GOOD}#{}\n", "x".repeat(MAX_FILE_BYTES)));
+        assert_eq!(e.key, "(file)");
+        assert!(e.message.contains("over the limit"), "{}", e.message);
+        // A file at the limit is read (and judged on its content).
+        std::fs::write(
+            &path,
+            format!("{GOOD}#{}", "x".repeat(MAX_FILE_BYTES - GOOD.len() - 1)),
+        )
+        .unwrap();
+        assert!(load(&path).is_ok());
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_fast() {
+        let started = std::time::Instant::now();
+        for deep in [
+            "[".repeat(100_000),
+            format!("scope: {}", "{a: ".repeat(100_000)),
+            format!("{}x", "- ".repeat(100_000)),
+            (0..1000)
+                .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+                .collect::<String>(),
+        ] {
+            let e = one_error(&deep);
+            assert_eq!(e.key, "(syntax)", "{e}");
+            assert!(e.message.contains("more than 64 levels"), "{}", e.message);
+            assert!(e.line.is_some());
+        }
+        // Well under a second: the parser never saw these documents.
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        // Brackets inside quotes, comments and block scalars are no nesting.
+        let deep_text = "[".repeat(200);
+        let y = format!(
+            "{GOOD}log:\n  level: \"{deep_text}\" # {deep_text}\npostgresql_x: |\n  {deep_text}\n"
+        );
+        let errs = load_text(&y).unwrap_err();
+        assert!(errs.iter().all(|e| e.key != "(syntax)"), "{errs:?}");
+        assert_eq!(
+            too_deep(&format!("a: 'it''s [{deep_text}'"), MAX_DEPTH),
+            None
+        );
+        // A quote inside a plain scalar opens nothing: the brackets after it
+        // still count.
+        let sneaky = format!("a: b 'c\nb: {deep_text}");
+        assert_eq!(too_deep(&sneaky, MAX_DEPTH), Some(2));
+        assert_eq!(too_deep("a: b [c\nd: e", MAX_DEPTH), None);
+        let dashes_and_brackets = format!("a:\n{}{}", "- ".repeat(40), "[".repeat(30));
+        assert_eq!(too_deep(&dashes_and_brackets, MAX_DEPTH), Some(2));
+        assert_eq!(too_deep("a: {\"k\":[1, [2]], 'x': \"y\"}", MAX_DEPTH), None);
+        // The top-level mapping is the first level.
+        let nested = |n: usize| format!("a: 1\nb: {}", "[".repeat(n));
+        assert_eq!(too_deep(&nested(MAX_DEPTH - 1), MAX_DEPTH), None);
+        assert_eq!(too_deep(&nested(MAX_DEPTH), MAX_DEPTH), Some(2));
+    }
+
+    #[test]
+    fn errors_quote_only_an_excerpt_of_huge_values() {
+        let huge = "y".repeat(500_000);
+        let short = |e: &ConfigError| e.to_string().len() < 1200;
+        // A value of ours, from the file and from the environment.
+        let e = one_error(&GOOD.replace("name: pg1", &format!("name: \"p g{huge}\"")));
+        assert!(short(&e) && e.message.contains("…"), "{}", e.message.len());
+        let big_env = format!("pg 1{}", "z".repeat(10 << 20));
+        let env = |k: &str| (k == "LEASEDOG_NAME").then(|| big_env.clone());
+        let errs = load_str(GOOD, Path::new("x.yml"), &env).unwrap_err();
+        assert!(errs.iter().all(short), "{}", errs[0].message.len());
+        assert!(
+            errs[0]
+                .message
+                .contains(&format!("({} bytes)", big_env.len()))
+        );
+        // A value the parser quotes, and a huge unknown key.
+        let e = one_error(&GOOD.replace("mode: required", &format!("mode: {huge}")));
+        assert!(short(&e) && e.message.contains("required"), "{}", e.message);
+        let e = one_error(&GOOD.replace(
+            "  safety_margin: 2",
+            &format!("  safety_margin: 2\n  ? {huge}\n  : 1"),
+        ));
+        assert!(short(&e) && e.message.contains("unknown field"), "{e}");
+        assert_eq!(excerpt("abc"), "\"abc\"");
+        assert_eq!(
+            excerpt(&"é".repeat(100))
+                .chars()
+                .filter(|&c| c == 'é')
+                .count(),
+            80
+        );
+    }
+
+    #[test]
+    fn data_dir_that_is_a_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, "x").unwrap();
+        let source = dir.path().join("leasedog.yml");
+        let text = GOOD.replace("/var/lib/postgresql/15/demo", &file.display().to_string());
+        std::fs::write(&source, &text).unwrap();
+        let cfg = load_str(&text, &source, &no_env).unwrap();
+        let errs = check_environment(&cfg);
+        let e = errs
+            .iter()
+            .find(|e| e.key == "postgresql.data_dir")
+            .unwrap_or_else(|| panic!("{errs:?}"));
+        assert_eq!(e.line, Some(12));
+        assert!(e.message.contains("exists and is not a directory"), "{e}");
+        // A directory, or nothing yet, is fine.
+        let mut ok = cfg.clone();
+        ok.postgresql.data_dir = dir.path().into();
+        assert!(
+            check_environment(&ok)
+                .iter()
+                .all(|e| e.key != "postgresql.data_dir")
+        );
+        ok.postgresql.data_dir = dir.path().join("absent");
+        assert!(
+            check_environment(&ok)
+                .iter()
+                .all(|e| e.key != "postgresql.data_dir")
         );
     }
 

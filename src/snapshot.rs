@@ -1,9 +1,15 @@
 //! What the last HA cycle saw and did, shared read-only with the HTTP API and
 //! the control socket. The loop replaces it after every cycle; readers never
 //! wait on the loop and the loop never waits on them.
+//!
+//! Each cycle's snapshot is published as an immutable [`Published`]: readers
+//! take a reference to it (no copy of the cluster view per request), and the
+//! JSON bodies the API and the control socket answer with are serialised at
+//! most once per snapshot, on first use, so a flood of `/cluster` requests
+//! costs one serialisation per cycle, not one per request.
 
 use crate::cluster::{ClusterView, LocalPostgres, Role};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 /// One cycle's outcome.
@@ -69,20 +75,96 @@ impl Snapshot {
     }
 }
 
-/// The shared handle.
-pub type Shared = Arc<Mutex<Snapshot>>;
+/// A snapshot as published by the loop, with its serialised bodies.
+#[derive(Debug)]
+pub struct Published {
+    pub snap: Snapshot,
+    member_body: OnceLock<Arc<str>>,
+    cluster_body: OnceLock<Arc<str>>,
+}
 
-/// Reads a copy (a poisoned lock still holds the last good value).
-pub fn read(s: &Shared) -> Snapshot {
+impl Published {
+    pub fn new(snap: Snapshot) -> Published {
+        Published {
+            snap,
+            member_body: OnceLock::new(),
+            cluster_body: OnceLock::new(),
+        }
+    }
+
+    /// This member's JSON (`/patroni`, control `status`), made by `make` on
+    /// the first call for this snapshot and shared afterwards.
+    pub fn member_body(&self, make: impl FnOnce(&Snapshot) -> String) -> Arc<str> {
+        self.member_body
+            .get_or_init(|| make(&self.snap).into())
+            .clone()
+    }
+
+    /// The cluster's JSON (`/cluster`), made at most once per snapshot.
+    pub fn cluster_body(&self, make: impl FnOnce(&Snapshot) -> String) -> Arc<str> {
+        self.cluster_body
+            .get_or_init(|| make(&self.snap).into())
+            .clone()
+    }
+}
+
+/// The shared handle: the last published snapshot.
+pub type Shared = Arc<Mutex<Arc<Published>>>;
+
+/// A handle holding `snap` (the loop makes it once, at start).
+pub fn shared(snap: Snapshot) -> Shared {
+    Arc::new(Mutex::new(Arc::new(Published::new(snap))))
+}
+
+/// The last published snapshot, without copying it (a poisoned lock still
+/// holds the last good value).
+pub fn current(s: &Shared) -> Arc<Published> {
     match s.lock() {
         Ok(g) => g.clone(),
         Err(p) => p.into_inner().clone(),
     }
 }
 
+/// Reads a copy.
+pub fn read(s: &Shared) -> Snapshot {
+    current(s).snap.clone()
+}
+
+/// Publishes the next snapshot; its bodies are made afresh when asked for.
 pub fn write(s: &Shared, snap: Snapshot) {
+    let next = Arc::new(Published::new(snap));
     match s.lock() {
-        Ok(mut g) => *g = snap,
-        Err(p) => *p.into_inner() = snap,
+        Ok(mut g) => *g = next,
+        Err(p) => *p.into_inner() = next,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_made_once_per_snapshot() {
+        let s = shared(Snapshot::new("demo", "n1"));
+        let calls = std::cell::Cell::new(0);
+        let make = |snap: &Snapshot| {
+            calls.set(calls.get() + 1);
+            format!("{} {}", snap.name, snap.summary)
+        };
+        let p = current(&s);
+        let a = p.cluster_body(make);
+        let b = current(&s).cluster_body(make);
+        assert!(Arc::ptr_eq(&a, &b), "the second request reuses the body");
+        assert_eq!(calls.get(), 1);
+        assert_eq!(&*a, "n1 starting");
+        let mut next = Snapshot::new("demo", "n1");
+        next.summary = "leader".into();
+        write(&s, next);
+        assert_eq!(&*current(&s).cluster_body(make), "n1 leader");
+        assert_eq!(calls.get(), 2);
+        // The member body has its own cache.
+        assert_eq!(&*current(&s).member_body(|_| "m".into()), "m");
+        assert_eq!(&*current(&s).member_body(|_| "other".into()), "m");
+        assert_eq!(read(&s).summary, "leader");
     }
 }
