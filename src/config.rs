@@ -1379,9 +1379,11 @@ restapi:
         );
         assert_eq!(e.key, "watchdog.safety_margin");
         assert!(e.message.contains("0..=3600"), "{}", e.message);
-        // The upper ends themselves are accepted.
+        // The upper ends themselves are accepted (a ttl of an hour needs a
+        // safety margin above the watchdog's 3% rate slack).
         let y = GOOD
             .replace("ttl: 6", "ttl: 3600")
+            .replace("safety_margin: 2", "safety_margin: 120")
             .replace("loop_wait: 1", "loop_wait: 300")
             .replace("retry_timeout: 2", "retry_timeout: 1000")
             .replace(
