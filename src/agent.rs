@@ -146,13 +146,8 @@ impl Agent {
         let mut usr1 = sig(SignalKind::user_defined1(), "SIGUSR1")?;
         let mut usr2 = sig(SignalKind::user_defined2(), "SIGUSR2")?;
         let mut hup = sig(SignalKind::hangup(), "SIGHUP")?;
-        let (ctl_tx, mut ctl_rx) = tokio::sync::mpsc::channel::<crate::control::Request>(8);
-        let control = crate::control::bind(&self.cfg.control.socket)?;
-        let _control = AbortOnDrop(tokio::spawn(crate::control::serve(
-            control,
-            self.shared.clone(),
-            ctl_tx,
-        )));
+        // Bind the port before touching the socket path: a second instance
+        // (or a port in use) fails here having changed nothing.
         let listener = tokio::net::TcpListener::bind(&self.cfg.restapi.listen)
             .await
             .map_err(|e| {
@@ -161,6 +156,13 @@ impl Agent {
                     self.cfg.restapi.listen
                 )
             })?;
+        let (ctl_tx, mut ctl_rx) = tokio::sync::mpsc::channel::<crate::control::Request>(8);
+        let control = crate::control::bind(&self.cfg.control.socket)?;
+        let _control = AbortOnDrop(tokio::spawn(crate::control::serve(
+            control,
+            self.shared.clone(),
+            ctl_tx,
+        )));
         let api = tokio::spawn(crate::api::serve(listener, self.shared.clone()));
         let _api = AbortOnDrop(api);
         let _watch = dcs::spawn_watch(
@@ -316,6 +318,24 @@ impl Agent {
                 Some(when) if when > unix_now => {
                     v.failover = None;
                     wake_at_schedule = Some((when - unix_now) * 1000);
+                }
+                // As Patroni: a schedule more than 1.5 loop_wait in the
+                // past is stale (agents were down, clocks jumped): it is
+                // dropped, not run at some arbitrary later moment.
+                Some(when) if unix_now * 1000 > when * 1000 + self.ha.loop_wait_ms * 3 / 2 => {
+                    self.warn_limited(format!(
+                        "ignoring a stale switchover scheduled at {at} ({} s ago)",
+                        unix_now - when
+                    ));
+                    v.failover = None;
+                    if v.leader.as_ref().is_some_and(|l| {
+                        l.name == self.cfg.name && Some(l.lease) == self.node.lease_id
+                    }) {
+                        let t = self.io_timeout();
+                        if let Err(e) = self.dcs.delete_failover(t).await {
+                            self.warn_limited(format!("clearing the stale switchover: {e}"));
+                        }
+                    }
                 }
                 Some(_) => {}
                 None => {

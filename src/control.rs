@@ -80,13 +80,22 @@ fn reply(ok: bool, field: &str, value: serde_json::Value) -> String {
     serde_json::Value::Object(m).to_string() + "\n"
 }
 
-/// Binds the socket (replacing a stale one) with mode 0660.
+/// Binds the socket (replacing a stale one, refusing a live one) with mode
+/// 0660.
 pub fn bind(path: &Path) -> Result<UnixListener, String> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent()
         && !dir.exists()
     {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    // A socket that answers belongs to a running agent: a second instance
+    // must not take it away. Only a stale one (nobody listening) goes.
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(format!(
+            "another leasedog is running: its control socket {} answers; stop it first",
+            path.display()
+        ));
     }
     let _ = std::fs::remove_file(path);
     let l = UnixListener::bind(path)
@@ -253,6 +262,21 @@ pub async fn request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_live_socket_is_never_taken_over_a_stale_one_is() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("ctl.sock");
+        let first = bind(&path).unwrap();
+        let e = bind(&path).unwrap_err();
+        assert!(e.contains("another leasedog is running"), "{e}");
+        // The first instance's socket still answers.
+        assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+        drop(first);
+        // Its file is left behind, stale: a new instance replaces it.
+        assert!(path.exists());
+        let _second = bind(&path).unwrap();
+    }
     use crate::snapshot::Snapshot;
 
     /// A served socket in a temporary directory (kept alive by the guard).

@@ -41,6 +41,9 @@ pub enum DcsError {
         source: etcd_client::Error,
     },
     NoLease,
+    /// etcd answered for another lease, or with a shorter TTL than asked:
+    /// the lease deadline the fence computes would be wrong.
+    Lease(String),
 }
 
 impl std::fmt::Display for DcsError {
@@ -53,6 +56,7 @@ impl std::fmt::Display for DcsError {
                 source,
             } => write!(f, "etcd {op} failed ({endpoint}): {source}"),
             DcsError::NoLease => write!(f, "no etcd lease yet"),
+            DcsError::Lease(m) => write!(f, "{m}"),
         }
     }
 }
@@ -221,8 +225,16 @@ impl Dcs {
                 c.lease_grant(ttl, None).await
             })
             .await?;
-        self.lease = Some(resp.id());
         self.keeper = None;
+        if resp.ttl() < ttl {
+            // The lease would expire before the deadline the fence computes.
+            return Err(DcsError::Lease(format!(
+                "etcd granted lease {:x} a TTL of {} s where {ttl} s was asked: refusing it (the fence needs the full ttl)",
+                resp.id(),
+                resp.ttl()
+            )));
+        }
+        self.lease = Some(resp.id());
         Ok(KeepAlive {
             lease_id: resp.id(),
             granted_new: true,
@@ -251,7 +263,19 @@ impl Dcs {
             let left = timeout.saturating_sub(start.elapsed());
             let res = tokio::time::timeout(left, self.keepalive_once(id, &endpoint)).await;
             let broken = match res {
-                Ok(Ok(Some(ttl))) if ttl > 0 => {
+                Ok(Ok(Some((rid, _)))) if rid != id => {
+                    self.keeper = None;
+                    return Err(DcsError::Lease(format!(
+                        "etcd answered a keep-alive of lease {id:x} for lease {rid:x}"
+                    )));
+                }
+                Ok(Ok(Some((_, ttl)))) if ttl > 0 && ttl < self.ttl => {
+                    return Err(DcsError::Lease(format!(
+                        "etcd renewed lease {id:x} for {ttl} s where the ttl is {} s: not counted as renewed",
+                        self.ttl
+                    )));
+                }
+                Ok(Ok(Some((_, ttl)))) if ttl > 0 => {
                     return Ok(KeepAlive {
                         lease_id: id,
                         granted_new: false,
@@ -311,7 +335,7 @@ impl Dcs {
         &mut self,
         id: i64,
         endpoint: &str,
-    ) -> Result<Option<i64>, etcd_client::Error> {
+    ) -> Result<Option<(i64, i64)>, etcd_client::Error> {
         if self.keeper.is_none() {
             let client = match &self.clients[self.current] {
                 Some(c) => c.clone(),
@@ -328,7 +352,7 @@ impl Dcs {
             return Ok(None);
         };
         keeper.keep_alive().await?;
-        Ok(stream.message().await?.map(|r| r.ttl()))
+        Ok(stream.message().await?.map(|r| (r.id(), r.ttl())))
     }
 
     fn own_lease(&self) -> Result<i64, DcsError> {

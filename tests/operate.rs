@@ -142,20 +142,39 @@ fn pause_and_resume_by_cli_socket_and_signal() {
     let p = c.wait_healthy(BOOT);
     let leader = c.nodes[p].name.clone();
 
-    // Pause by the CLI: the watchdog is disarmed.
+    // Pause by the CLI. The fence holds in maintenance mode (a pause can be
+    // lifted from any node while this one hangs or is cut off): the leader
+    // keeps feeding its watchdog while PostgreSQL is writable.
     let (code, out) = cli(&c, p, &["pause", "--wait"]);
     assert_eq!(code, 0, "{out}");
-    wait_for("magic close while paused", Duration::from_secs(5), || {
+    let paused_at = c.nodes[p].watchdog_events().len();
+    wait_for("fed while paused", Duration::from_secs(5), || {
+        let ev = c.nodes[p].watchdog_events();
+        (ev[paused_at..]
+            .iter()
+            .filter(|(_, o)| o == "keepalive")
+            .count()
+            >= 2)
+            .then_some(())
+    });
+    assert!(
+        !c.nodes[p].watchdog_events()[paused_at..]
+            .iter()
+            .any(|(_, o)| o == "magic-close"),
+        "disarmed while paused with PostgreSQL writable"
+    );
+    // The primary's postmaster dies: nothing is left to fence (magic
+    // close); nobody promotes, nobody restarts it.
+    c.kill_postmaster(p);
+    wait_for("postmaster gone", Duration::from_secs(5), || {
+        c.nodes[p].postmaster_pid().is_none().then_some(())
+    });
+    wait_for("magic close once stopped", Duration::from_secs(5), || {
         c.nodes[p]
             .watchdog_events()
             .last()
             .filter(|(_, o)| o == "magic-close")
             .map(|_| ())
-    });
-    // The primary's postmaster dies: nobody promotes, nobody restarts it.
-    c.kill_postmaster(p);
-    wait_for("postmaster gone", Duration::from_secs(5), || {
-        c.nodes[p].postmaster_pid().is_none().then_some(())
     });
     let end = Instant::now() + Duration::from_secs(c.opts.ttl + 2);
     while Instant::now() < end {

@@ -1617,7 +1617,7 @@ fn teeth_with_a_watchdog_longer_than_the_lease() {
 
 #[test]
 fn teeth_when_feeding_after_a_late_renewal() {
-    finds_split_brain(fast(3, WatchdogMode::Required, Broken::FeedLate), 2000);
+    finds_split_brain(fast(3, WatchdogMode::Required, Broken::FeedLate), 8000);
 }
 
 #[test]
