@@ -1617,7 +1617,15 @@ fn teeth_with_a_watchdog_longer_than_the_lease() {
 
 #[test]
 fn teeth_when_feeding_after_a_late_renewal() {
-    finds_split_brain(fast(3, WatchdogMode::Required, Broken::FeedLate), 8000);
+    // A one-second safety margin: any feed more than a second after its
+    // renewal lets the watchdog outlast the lease.
+    finds_split_brain(
+        Setup {
+            margin: 1,
+            ..fast(3, WatchdogMode::Required, Broken::FeedLate)
+        },
+        2000,
+    );
 }
 
 #[test]
@@ -1625,5 +1633,16 @@ fn teeth_when_unknown_is_taken_for_stopped() {
     finds_split_brain(
         fast(3, WatchdogMode::Required, Broken::UnknownIsStopped),
         2000,
+    );
+}
+
+#[test]
+fn one_second_safety_margin() {
+    sweep(
+        Setup {
+            margin: 1,
+            ..fast(3, WatchdogMode::Required, Broken::None)
+        },
+        300,
     );
 }
