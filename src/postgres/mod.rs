@@ -277,6 +277,22 @@ impl Postgres {
         postmaster_from(&ctl::run_captured(cmd, "pg_ctl status", timeout).await)
     }
 
+    /// True only when the data directory positively holds no cluster: it is
+    /// absent or empty, or readable without a `PG_VERSION` (a postmaster
+    /// cannot run from it). Any error reading it is false.
+    async fn holds_no_cluster(&self, timeout: Duration) -> bool {
+        let timeout = timeout.max(Duration::from_millis(200));
+        if self.data_dir_empty(timeout).await == Ok(true) {
+            return true;
+        }
+        let version = self.data().join("PG_VERSION");
+        let look = tokio::task::spawn_blocking(move || std::fs::symlink_metadata(version));
+        matches!(
+            tokio::time::timeout(timeout, look).await,
+            Ok(Ok(Err(e))) if e.kind() == std::io::ErrorKind::NotFound
+        )
+    }
+
     /// Whether the data directory is empty, read off the loop's thread
     /// within the timeout (a stalled volume blocks the reading thread, not
     /// the loop).
@@ -482,6 +498,11 @@ impl Postgres {
         match self.postmaster_status(split.status).await {
             Postmaster::Stopped => return Ok(StopOutcome::AlreadyStopped),
             Postmaster::Running => {}
+            Postmaster::Unknown(_) if self.holds_no_cluster(split.status).await => {
+                // pg_ctl exits 4 for a directory without a cluster (an
+                // emptied, interrupted clone): nothing can run from it.
+                return Ok(StopOutcome::AlreadyStopped);
+            }
             Postmaster::Unknown(why) => {
                 log::warn!("cannot tell whether PostgreSQL runs ({why}): stopping it anyway")
             }
@@ -725,4 +746,73 @@ fn create_dir_0700(p: &Path) -> Result<(), PgError> {
     }
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))
         .map_err(io(format!("chmod {}", p.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A Postgres whose `pg_ctl` is a script.
+    fn with_pg_ctl(dir: &Path, script: &str) -> Postgres {
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let p = bin.join("pg_ctl");
+        std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cfg = PostgresqlConfig {
+            data_dir: dir.join("data"),
+            bin_dir: bin,
+            ..Default::default()
+        };
+        Postgres::new(cfg, "n1".into())
+    }
+
+    #[tokio::test]
+    async fn a_failing_pg_ctl_is_never_stopped() {
+        let d = tempfile::tempdir().unwrap();
+        // Exit 4 (data directory not accessible), a hang, a missing program:
+        // the stop fails rather than answer "already stopped".
+        for script in ["exit 4", "sleep 5", "exit 1"] {
+            let mut pg = with_pg_ctl(d.path(), script);
+            std::fs::create_dir_all(d.path().join("data")).unwrap();
+            std::fs::write(d.path().join("data/PG_VERSION"), "15\n").unwrap();
+            let r = pg.stop(Duration::from_millis(600)).await;
+            assert!(r.is_err(), "{script}: {r:?}");
+            assert!(matches!(
+                pg.postmaster_status(Duration::from_millis(300)).await,
+                Postmaster::Unknown(_)
+            ));
+        }
+        let mut pg = with_pg_ctl(d.path(), "exit 4");
+        std::fs::remove_file(d.path().join("bin/pg_ctl")).unwrap();
+        assert!(pg.stop(Duration::from_millis(600)).await.is_err());
+        // Only exit 3 means stopped.
+        let mut pg = with_pg_ctl(d.path(), "exit 3");
+        assert_eq!(
+            pg.stop(Duration::from_millis(600)).await.unwrap(),
+            StopOutcome::AlreadyStopped
+        );
+        // A directory with no cluster in it runs nothing, whatever pg_ctl says.
+        let mut pg = with_pg_ctl(d.path(), "exit 4");
+        std::fs::remove_file(d.path().join("data/PG_VERSION")).unwrap();
+        assert_eq!(
+            pg.stop(Duration::from_millis(600)).await.unwrap(),
+            StopOutcome::AlreadyStopped
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_data_directory_is_not_empty() {
+        let d = tempfile::tempdir().unwrap();
+        let pg = with_pg_ctl(d.path(), "exit 4");
+        // Absent: empty.
+        assert_eq!(pg.controldata(Duration::from_secs(1)).await, DataDir::Empty);
+        // A file where the directory should be: not readable as a directory.
+        std::fs::write(d.path().join("data"), "x").unwrap();
+        assert!(matches!(
+            pg.controldata(Duration::from_secs(1)).await,
+            DataDir::Unreadable(_)
+        ));
+    }
 }
