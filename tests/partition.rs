@@ -361,12 +361,17 @@ fn partitions_from_etcd() {
         std::fs::write(dir.join("leasedog.yml"), yaml).unwrap();
         net.dirs.push(dir);
     }
+    // The nodes' directories only: etcd (root) is already writing its own,
+    // and a recursive chown racing with it fails on files etcd just removed
+    // (its snap/.touch) — the one setup failure seen in CI.
     must(&[
         "chown",
-        "-R",
         "postgres:postgres",
         net._tmp.path().to_str().unwrap(),
     ]);
+    for dir in &net.dirs {
+        must(&["chown", "-R", "postgres:postgres", dir.to_str().unwrap()]);
+    }
     for i in 0..N {
         let ns = net.ns(&format!("n{i}"));
         let cfg = net.dirs[i].join("leasedog.yml");
