@@ -38,12 +38,11 @@ pub struct Agent {
     started: Instant,
     wake: Arc<Notify>,
     last_summary: String,
+    /// This cycle's etcd read and probe of PostgreSQL (before any action).
     last_view: Option<ClusterView>,
     last_local: LocalPostgres,
     /// The last cycle, for the HTTP API and the control socket.
     shared: Shared,
-    /// This cycle's probe of PostgreSQL, before any action.
-    cycle_local: LocalPostgres,
     /// The member key as last written, with the lease it was bound to.
     published: Option<(Option<i64>, MemberInfo)>,
     /// When the watchdog was last armed or fed.
@@ -88,7 +87,6 @@ impl Agent {
             shared,
             last_feed: None,
             published: None,
-            cycle_local: LocalPostgres::default(),
             notifier: crate::notify::Notifier::from_env(),
         }
     }
@@ -366,10 +364,9 @@ impl Agent {
         } else {
             debug!("{}", decision.summary);
         }
-        self.cycle_local = local.clone();
-        let ok = self.act(&decision).await;
         self.last_view = view;
         self.last_local = local;
+        let ok = self.act(&decision).await;
         self.publish().await;
         self.update_snapshot(&decision.summary, started);
 
@@ -409,6 +406,11 @@ impl Agent {
                     info!("new etcd lease {:x}", ka.lease_id);
                 }
                 self.node.on_renewed(sent, ka.lease_id, ka.granted_new);
+                // The member key lives on this lease: (re)write it now, not
+                // after the cycle's actions, one of which may hold the loop
+                // (a replica's start): the new leader makes a replication
+                // slot only for members that publish a key.
+                self.publish().await;
                 Ok(())
             }
             Action::ConfirmLeader { status } => {
@@ -478,7 +480,7 @@ impl Agent {
             }
             Action::StartPrimary => {
                 self.pg.write_primary_conf().map_err(|e| e.to_string())?;
-                self.pg.start(t).await.map_err(|e| e.to_string())?;
+                self.pg.start(t, false).await.map_err(|e| e.to_string())?;
                 info!("PostgreSQL started as primary");
                 self.callback(Event::Start, "primary");
                 Ok(())
@@ -488,10 +490,13 @@ impl Agent {
                 self.pg
                     .write_standby(up.as_ref())
                     .map_err(|e| e.to_string())?;
-                self.pg
-                    .start(self.slow_timeout())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                // Bounded by a cycle's budget: a replica whose recovery is
+                // not yet consistent must not hold the loop until its lease
+                // and member key lapse (the new leader makes its slot only
+                // for members with a key). It goes on starting; the next
+                // probes see it as an unknown server in recovery.
+                let t = Duration::from_millis(ha::start_wait_ms(&self.ha, &self.node, self.now()));
+                self.pg.start(t, true).await.map_err(|e| e.to_string())?;
                 match upstream {
                     Some(u) => info!("PostgreSQL started as a replica of {}", u.member),
                     None => info!("PostgreSQL started read-only"),
@@ -518,8 +523,8 @@ impl Agent {
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
                 let entry = serde_json::json!([
-                    self.cycle_local.timeline.unwrap_or(0),
-                    self.cycle_local.lsn.map(|l| l.0).unwrap_or(0),
+                    self.last_local.timeline.unwrap_or(0),
+                    self.last_local.lsn.map(|l| l.0).unwrap_or(0),
                     "promoted by leasedog",
                     crate::cluster::format_time(unix),
                     self.cfg.name,
@@ -571,15 +576,6 @@ impl Agent {
                 .sync_slots(slots, t)
                 .await
                 .map_err(|e| e.to_string()),
-        }
-    }
-
-    /// Timeout for a replica-side start (no lease at stake).
-    fn slow_timeout(&self) -> Duration {
-        if self.node.leader_confirmed {
-            self.io_timeout()
-        } else {
-            Duration::from_millis(self.ha.retry_timeout_ms.max(30_000))
         }
     }
 
@@ -751,14 +747,7 @@ impl Agent {
                 self.cfg.postgresql.connect_address
             ),
             api_url: format!("http://{}/patroni", self.cfg.restapi.connect_address),
-            state: if l.running {
-                "running"
-            } else if l.unknown {
-                "unknown"
-            } else {
-                "stopped"
-            }
-            .into(),
+            state: l.state_name().into(),
             role: l.role(),
             xlog_location: l.lsn.map(|x| x.0),
             timeline: l.timeline,

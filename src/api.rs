@@ -83,11 +83,7 @@ fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
 /// This member as `/patroni` shows it.
 pub fn member_json(s: &Snapshot) -> serde_json::Value {
     let role = s.role();
-    let state = if s.local.running {
-        "running"
-    } else {
-        "stopped"
-    };
+    let state = s.local.state_name();
     let mut xlog = serde_json::Map::new();
     if let Some(l) = s.local.lsn {
         if role == Role::Replica {

@@ -372,6 +372,17 @@ impl LocalPostgres {
         }
     }
 
+    /// The state a member key and `/patroni` publish.
+    pub fn state_name(&self) -> &'static str {
+        if self.running {
+            "running"
+        } else if self.unknown {
+            "unknown"
+        } else {
+            "stopped"
+        }
+    }
+
     /// Known running and accepting writes.
     pub fn writable(&self) -> bool {
         self.running && !self.in_recovery

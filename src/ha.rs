@@ -266,6 +266,18 @@ pub fn io_timeout_ms(cfg: &HaConfig, node: &NodeState, now: Millis) -> u64 {
     t
 }
 
+/// How long starting PostgreSQL read-only may hold the loop: half a ttl
+/// (the member key, bound to the lease, must be published meanwhile), at
+/// least a second, and for a leader no longer than its I/O timeout.
+pub fn start_wait_ms(cfg: &HaConfig, node: &NodeState, now: Millis) -> u64 {
+    let t = (cfg.ttl_ms / 2).max(1000);
+    if node.leader_confirmed {
+        t.min(io_timeout_ms(cfg, node, now))
+    } else {
+        t
+    }
+}
+
 /// How long a replica may fail to follow a leader on a later timeline before
 /// it is stopped and rewound.
 pub fn stall_limit_ms(cfg: &HaConfig) -> u64 {

@@ -1189,11 +1189,11 @@ impl Sim {
         }
         let broken = self.setup.broken;
         let n = &mut self.nodes[i];
-        if matches!(
-            a,
-            Action::StartPrimary | Action::StartReplica { .. } | Action::Promote
-        ) {
-            n.seen_in_recovery = None;
+        match a {
+            Action::StartPrimary | Action::Promote => n.seen_in_recovery = None,
+            // Started with standby.signal: in recovery until promoted.
+            Action::StartReplica { .. } => n.seen_in_recovery = Some(true),
+            _ => {}
         }
         let wd_secs = n.cfg.watchdog_timeout_secs();
         let wd_true = match broken {
@@ -1450,14 +1450,7 @@ fn member_info(n: &Node) -> MemberInfo {
     MemberInfo {
         conn_url: format!("postgres://{}:5432/postgres", n.name),
         api_url: String::new(),
-        state: if l.running {
-            "running"
-        } else if l.unknown {
-            "unknown"
-        } else {
-            "stopped"
-        }
-        .into(),
+        state: l.state_name().into(),
         role: l.role(),
         xlog_location: l.lsn.map(|x| x.0),
         timeline: l.timeline,

@@ -85,7 +85,7 @@ struct StopSplit {
     immediate: Duration,
 }
 
-fn ha_split(budget: Duration) -> StopSplit {
+fn split_budget(budget: Duration) -> StopSplit {
     let ms = budget.as_millis() as u64;
     let (status, fast, immediate) = crate::ha::stop_split_ms(ms);
     StopSplit {
@@ -437,11 +437,14 @@ impl Postgres {
         std::fs::write(&s, b"").map_err(io(format!("writing {}", s.display())))
     }
 
-    /// Starts the server and waits until it accepts connections.
-    pub async fn start(&mut self, timeout: Duration) -> Result<(), PgError> {
+    /// Starts the server and waits until it accepts connections. A
+    /// `standby` start (standby.signal written) is known to be in recovery
+    /// from now on, also while it does not answer yet: it leaves recovery
+    /// only by a promotion.
+    pub async fn start(&mut self, timeout: Duration, standby: bool) -> Result<(), PgError> {
         self.client = None;
         self.streamed_tli = None;
-        self.seen_in_recovery = None;
+        self.seen_in_recovery = standby.then_some(true);
         let data = self.data_str();
         let log = self.log();
         let status_time = (timeout / 10).max(Duration::from_millis(500));
@@ -494,7 +497,7 @@ impl Postgres {
         self.client = None;
         let end = tokio::time::Instant::now() + budget;
         let left = || end.saturating_duration_since(tokio::time::Instant::now());
-        let split = ha_split(budget);
+        let split = split_budget(budget);
         match self.postmaster_status(split.status).await {
             Postmaster::Stopped => return Ok(StopOutcome::AlreadyStopped),
             Postmaster::Running => {}
