@@ -4,7 +4,7 @@
 
 use crate::cluster::slot_name;
 use crate::config::PostgresqlConfig;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The include line appended to postgresql.conf.
 pub const INCLUDE_LINE: &str = "include_if_exists = 'leasedog.conf'";
@@ -26,6 +26,21 @@ pub fn conninfo_quote(v: &str) -> String {
     } else {
         format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
     }
+}
+
+/// The password file beside the data directory (`<data_dir>.pgpass`, mode
+/// 0600, like the server log beside it: a base backup never copies it).
+pub fn passfile_path(data_dir: &Path) -> PathBuf {
+    let mut s = data_dir.as_os_str().to_owned();
+    s.push(".pgpass");
+    PathBuf::from(s)
+}
+
+/// One `.pgpass` line for `user` on every host, port and database, with
+/// `:` and `\` escaped as libpq expects.
+pub fn pgpass_line(user: &str, password: &str) -> String {
+    let esc = |v: &str| v.replace('\\', "\\\\").replace(':', "\\:");
+    format!("*:*:*:{}:{}\n", esc(user), esc(password))
 }
 
 /// `host:port` split, the host part possibly a comma list.
@@ -64,8 +79,11 @@ impl Upstream {
         })
     }
 
-    /// A libpq connection string for replication or pg_rewind.
-    pub fn conninfo(&self, dbname: Option<&str>) -> String {
+    /// A libpq connection string for replication or pg_rewind. It never
+    /// carries the password (it would be in a command line, readable by any
+    /// local user, or in PostgreSQL's log on every reload): libpq reads it
+    /// from `passfile`, which `Postgres::write_passfile` keeps.
+    pub fn conninfo(&self, dbname: Option<&str>, passfile: &Path) -> String {
         let mut s = format!(
             "host={} port={} user={} application_name={} connect_timeout=2 keepalives=1 keepalives_idle=2 keepalives_interval=1 keepalives_count=3",
             conninfo_quote(&self.host),
@@ -73,9 +91,10 @@ impl Upstream {
             conninfo_quote(&self.user),
             conninfo_quote(&self.application_name)
         );
-        if let Some(p) = &self.password {
-            s.push_str(&format!(" password={}", conninfo_quote(p)));
-        }
+        s.push_str(&format!(
+            " passfile={}",
+            conninfo_quote(&passfile.display().to_string())
+        ));
         if let Some(db) = dbname {
             s.push_str(&format!(" dbname={}", conninfo_quote(db)));
         }
@@ -136,7 +155,10 @@ pub fn managed_conf(cfg: &PostgresqlConfig, member: &str, upstream: Option<&Upst
         &cfg.socket_dir.display().to_string(),
     );
     if let Some(up) = upstream {
-        set("primary_conninfo", &up.conninfo(None));
+        set(
+            "primary_conninfo",
+            &up.conninfo(None, &passfile_path(&cfg.data_dir)),
+        );
         set("primary_slot_name", &slot_name(member));
         set("recovery_target_timeline", "latest");
     }
@@ -193,6 +215,7 @@ mod tests {
         let mut c = PostgresqlConfig {
             listen: "127.0.0.1:6543".into(),
             socket_dir: PathBuf::from("/tmp/s"),
+            data_dir: PathBuf::from("/d"),
             ..Default::default()
         };
         c.parameters.insert(
@@ -241,8 +264,18 @@ mod tests {
             r.contains("host=10.0.0.2 port=5432 user=replicator application_name=Node-1"),
             "{r}"
         );
-        // libpq's \' inside the conninfo, its backslash doubled for postgresql.conf
-        assert!(r.contains("password=''s3\\\\''cret''"), "{r}");
+        // The password never appears: libpq reads it from the passfile.
+        assert!(!r.contains("s3") && !r.contains("password"), "{r}");
+        assert!(r.contains("passfile=/d.pgpass"), "{r}");
+    }
+
+    #[test]
+    fn pgpass_lines_escape_colons_and_backslashes() {
+        assert_eq!(pgpass_line("rep", "a:b\\c"), "*:*:*:rep:a\\:b\\\\c\n");
+        assert_eq!(
+            passfile_path(Path::new("/var/lib/pg/data")),
+            PathBuf::from("/var/lib/pg/data.pgpass")
+        );
     }
 
     #[test]
@@ -257,7 +290,10 @@ mod tests {
             (u.host.as_str(), u.port, u.user.as_str()),
             ("127.0.0.1", 5433, "rep")
         );
-        assert!(u.conninfo(Some("postgres")).ends_with("dbname=postgres"));
+        assert!(
+            u.conninfo(Some("postgres"), Path::new("/x"))
+                .ends_with("passfile=/x dbname=postgres")
+        );
         assert!(Upstream::from_conn_url("garbage", &creds, "n1").is_none());
     }
 

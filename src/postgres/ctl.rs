@@ -100,14 +100,21 @@ pub async fn run_pg_ctl(
 ) -> Result<(), PgError> {
     let mut cmd = command(bin_dir, "pg_ctl");
     cmd.args(args);
+    // 0600: the server log can hold what clients sent (and, before
+    // passfiles, held replication passwords); Debian's data directory's
+    // parent is world-readable.
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(log)
         .map_err(|e| PgError::Io {
             what: format!("opening {}", log.display()),
             source: e,
         })?;
+    // A log created 0644 by an older version is tightened too.
+    let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
     let err = file.try_clone().map_err(|e| PgError::Io {
         what: "log file".into(),
         source: e,

@@ -412,8 +412,28 @@ impl Postgres {
         Ok(())
     }
 
+    /// Writes `<data_dir>.pgpass` (0600) with the configured replication and
+    /// superuser passwords: primary_conninfo, pg_basebackup and pg_rewind
+    /// name this file instead of carrying a password.
+    fn write_passfile(&self) -> Result<(), PgError> {
+        let a = &self.cfg.authentication;
+        let text: String = [&a.replication, &a.superuser]
+            .iter()
+            .filter_map(|c| {
+                c.password
+                    .as_deref()
+                    .map(|p| conf::pgpass_line(&c.username, p))
+            })
+            .collect();
+        let p = conf::passfile_path(self.data());
+        conf::write_atomic(&p, &text).map_err(io(format!("writing {}", p.display())))
+    }
+
     fn write_managed(&self, upstream: Option<&Upstream>) -> Result<(), PgError> {
         self.ensure_include_and_hba()?;
+        if upstream.is_some() {
+            self.write_passfile()?;
+        }
         let p = self.data().join(conf::MANAGED_FILE);
         conf::write_atomic(&p, &conf::managed_conf(&self.cfg, &self.member, upstream))
             .map_err(io(format!("writing {}", p.display())))
@@ -598,11 +618,12 @@ impl Postgres {
             return Err(PgError::NotEmpty(self.data().into()));
         }
         create_dir_0700(self.data())?;
+        self.write_passfile()?;
         let mut cmd = ctl::command(self.bin(), "pg_basebackup");
         cmd.arg("-D")
             .arg(self.data())
             .args(["-X", "stream", "-c", "fast", "--no-password", "-d"])
-            .arg(from.conninfo(None));
+            .arg(from.conninfo(None, &conf::passfile_path(self.data())));
         // The directory was empty before: a failed or interrupted clone
         // leaves it empty again.
         let fresh = ctl::EmptyOnDrop::new(self.data());
@@ -636,10 +657,11 @@ impl Postgres {
         // into its control file yet; pg_rewind would then see one timeline
         // and rewind nothing. Ask it for a checkpoint first.
         checkpoint_upstream(&source, timeout).await?;
+        self.write_passfile()?;
         let mut cmd = ctl::command(self.bin(), "pg_rewind");
         cmd.arg("--target-pgdata").arg(self.data()).arg(format!(
             "--source-server={}",
-            source.conninfo(Some("postgres"))
+            source.conninfo(Some("postgres"), &conf::passfile_path(self.data()))
         ));
         let out = ctl::run_captured(cmd, "pg_rewind", timeout).await?;
         log::info!("pg_rewind: {}", ctl::tail(&out).replace('\n', "; "));
@@ -803,6 +825,29 @@ mod tests {
             pg.stop(Duration::from_millis(600)).await.unwrap(),
             StopOutcome::AlreadyStopped
         );
+    }
+
+    #[tokio::test]
+    async fn passwords_stay_in_0600_files() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let mut pg = with_pg_ctl(d.path(), "exit 0");
+        pg.cfg.authentication.replication.password = Some("rep:pw".into());
+        pg.cfg.authentication.superuser.password = Some("su-pw".into());
+        std::fs::create_dir_all(d.path().join("data")).unwrap();
+        pg.write_passfile().unwrap();
+        let f = conf::passfile_path(pg.data());
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(
+            text.contains("rep\\:pw") && text.contains("su-pw"),
+            "{text}"
+        );
+        assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o777, 0o600);
+        // The server log pg_ctl writes to is 0600, also when it existed.
+        std::fs::write(pg.log(), "old\n").unwrap();
+        std::fs::set_permissions(pg.log(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        pg.reload(Duration::from_secs(2)).await.unwrap();
+        assert_eq!(std::fs::metadata(pg.log()).unwrap().mode() & 0o777, 0o600);
     }
 
     #[tokio::test]
