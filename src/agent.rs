@@ -45,6 +45,8 @@ pub struct Agent {
     shared: Shared,
     /// The member key as last written, with the lease it was bound to.
     published: Option<(Option<i64>, MemberInfo)>,
+    /// This cycle's read was already compared with what we published.
+    member_key_checked: bool,
     /// When the watchdog was last armed or fed.
     last_feed: Option<Instant>,
     /// When each recent warning was last logged, to rate-limit repeats.
@@ -87,6 +89,7 @@ impl Agent {
             shared,
             last_feed: None,
             published: None,
+            member_key_checked: false,
             notifier: crate::notify::Notifier::from_env(),
         }
     }
@@ -366,6 +369,7 @@ impl Agent {
         }
         self.last_view = view;
         self.last_local = local;
+        self.member_key_checked = false;
         let ok = self.act(&decision).await;
         self.publish().await;
         self.update_snapshot(&decision.summary, started);
@@ -729,7 +733,14 @@ impl Agent {
         // The key lives as long as the lease: write it only when it changed
         // or the lease is new.
         let current = (self.dcs.lease_id(), info.clone());
-        if self.published.as_ref() == Some(&current) {
+        // A key deleted or changed behind our back (by a hostile or clumsy
+        // writer) is rewritten: list, switchover and the resume guard read
+        // it. Checked against this cycle's read, once per cycle.
+        let tampered = !std::mem::replace(&mut self.member_key_checked, true)
+            && self.last_view.as_ref().is_some_and(|v| {
+                v.member(&self.cfg.name).map(|m| &m.info) != self.published.as_ref().map(|p| &p.1)
+            });
+        if self.published.as_ref() == Some(&current) && !tampered {
             return;
         }
         let t = self.io_timeout();

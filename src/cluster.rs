@@ -527,6 +527,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_member_key_reads_back_as_written() {
+        // The agent rewrites its key when what etcd holds differs from what
+        // it wrote: a lossy round trip would rewrite it every cycle.
+        for info in [
+            MemberInfo::default(),
+            MemberInfo {
+                conn_url: "postgres://10.0.0.1:5432/postgres".into(),
+                api_url: "http://10.0.0.1:8008/patroni".into(),
+                state: "unknown".into(),
+                role: Role::Replica,
+                xlog_location: Some(77),
+                timeline: Some(3),
+                tags: Tags {
+                    nofailover: true,
+                    noloadbalance: true,
+                },
+                version: "0.1.0".into(),
+                epoch: Some(9),
+                streaming: true,
+                pause: true,
+            },
+        ] {
+            let json = serde_json::to_string(&info).unwrap();
+            match parse_key("members/n1", json.as_bytes()) {
+                Ok(KeyParse::Member(m)) => assert_eq!(m.info, info),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn resume_needs_a_leader_whose_agent_runs() {
         let mut v = ClusterView::default();
         assert_eq!(resume_refusal(&v), None, "not paused: nothing to refuse");

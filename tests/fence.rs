@@ -276,3 +276,53 @@ fn with_logs_on_failure(c: &mut Cluster, body: fn(&mut Cluster)) {
         std::panic::resume_unwind(e);
     }
 }
+
+/// A member's own key deleted or forged behind its back is rewritten within
+/// a cycle or two, not left until its own state changes.
+#[test]
+fn a_deleted_or_forged_member_key_is_rewritten() {
+    let mut c = Cluster::start(1, Opts::default());
+    with_logs_on_failure(&mut c, deleted_member_key_is_rewritten);
+}
+
+fn deleted_member_key_is_rewritten(c: &mut Cluster) {
+    wait_for("primary", BOOT, || {
+        (c.nodes[0].is_primary() == Some(true)).then_some(())
+    });
+    let key = format!("/service/{}/members/node1", c.scope);
+    let value = wait_for("member key", Duration::from_secs(10), || {
+        c.etcd
+            .ctl(&["get", "--print-value-only", &key])
+            .ok()
+            .filter(|v| v.contains("running"))
+    });
+    c.etcd.ctl(&["del", &key]).unwrap();
+    let t = Instant::now();
+    wait_for("member key rewritten", Duration::from_secs(5), || {
+        c.etcd
+            .ctl(&["get", "--print-value-only", &key])
+            .ok()
+            .filter(|v| v.trim() == value.trim())
+    });
+    eprintln!(
+        "deleted member key back after {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
+    c.etcd
+        .ctl(&[
+            "put",
+            &key,
+            r#"{"conn_url":"postgres://10.6.6.6:5432/postgres","state":"running","role":"master"}"#,
+        ])
+        .unwrap();
+    wait_for(
+        "forged member key rewritten",
+        Duration::from_secs(5),
+        || {
+            c.etcd
+                .ctl(&["get", "--print-value-only", &key])
+                .ok()
+                .filter(|v| v.trim() == value.trim())
+        },
+    );
+}
