@@ -604,7 +604,23 @@ impl Agent {
         }
         let secs = self.ha.watchdog_timeout_secs();
         match Watchdog::arm(self.cfg.watchdog.driver, &self.cfg.watchdog.device, secs) {
+            Ok(w) if !w.magic_close() && required => {
+                // Any close stops such a device: a crashed agent would leave
+                // a writable primary unfenced.
+                let _ = w.disarm();
+                self.node.on_arm_failed();
+                Err(format!(
+                    "watchdog required but {} does not support the magic close (WDIOF_MAGICCLOSE): a crash of the agent would stop it",
+                    self.cfg.watchdog.device.display()
+                ))
+            }
             Ok(w) => {
+                if !w.magic_close() {
+                    self.warn_limited(format!(
+                        "{} does not support the magic close (WDIOF_MAGICCLOSE): it fences a hang but not a crash of the agent",
+                        self.cfg.watchdog.device.display()
+                    ));
+                }
                 info!(
                     "watchdog armed: {} ({}), timeout {}s",
                     self.cfg.watchdog.device.display(),

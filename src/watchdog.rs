@@ -159,6 +159,9 @@ pub struct Watchdog {
     device: PathBuf,
     timeout: u32,
     identity: String,
+    /// WDIOF_MAGICCLOSE: only the magic character stops it. Without it any
+    /// close stops the timer, so an agent that crashes leaves no fence.
+    magic_close: bool,
 }
 
 fn identity_of(info: &WatchdogInfo) -> String {
@@ -275,6 +278,9 @@ impl Watchdog {
                     device: device.into(),
                     timeout: got,
                     identity: "leasedog testing watchdog".into(),
+                    // The testing device can pretend to lack the magic close.
+                    magic_close: std::env::var_os("LEASEDOG_TESTING_WATCHDOG_NO_MAGICCLOSE")
+                        .is_none(),
                 };
                 if got > timeout_secs {
                     let _ = w.disarm();
@@ -323,9 +329,15 @@ impl Watchdog {
                     device: device.into(),
                     timeout: got,
                     identity,
+                    magic_close: info.options & WDIOF_MAGICCLOSE != 0,
                 })
             }
         }
+    }
+
+    /// Whether the device supports the magic close (see the field).
+    pub fn magic_close(&self) -> bool {
+        self.magic_close
     }
 
     /// Pings the watchdog.

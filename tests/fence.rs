@@ -326,3 +326,42 @@ fn deleted_member_key_is_rewritten(c: &mut Cluster) {
         },
     );
 }
+
+/// A device without WDIOF_MAGICCLOSE stops on any close, so a crashed agent
+/// would leave its primary unfenced: required mode refuses it (and never
+/// takes the leader key), after closing it again.
+#[test]
+fn required_mode_refuses_a_watchdog_without_magic_close() {
+    let mut c = Cluster::new(
+        1,
+        Opts {
+            watchdog_mode: "required",
+            ..Opts::default()
+        },
+    );
+    c.start_agent_env(0, &[("LEASEDOG_TESTING_WATCHDOG_NO_MAGICCLOSE", "1")]);
+    with_logs_on_failure(&mut c, |c| {
+        wait_for("the refusal", Duration::from_secs(10), || {
+            c.nodes[0]
+                .agent_log_text()
+                .contains("does not support the magic close")
+                .then_some(())
+        });
+        let end = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < end {
+            assert_eq!(c.leader(), None, "took the leader key");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(!c.nodes[0].data_dir.join("PG_VERSION").exists());
+        let ops: Vec<String> = c.nodes[0]
+            .watchdog_events()
+            .into_iter()
+            .map(|(_, o)| o)
+            .collect();
+        assert_eq!(
+            ops.last().map(String::as_str),
+            Some("magic-close"),
+            "{ops:?}"
+        );
+    });
+}
