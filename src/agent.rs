@@ -466,6 +466,17 @@ impl Agent {
                 info!("released the leader key");
                 Ok(())
             }
+            Action::ClearUnleasedLeader { mod_revision } => {
+                let cleared = self
+                    .dcs
+                    .clear_unleased_leader(*mod_revision, t)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if cleared {
+                    warn!("cleared a leader key that was bound to no lease");
+                }
+                Ok(())
+            }
             Action::ArmWatchdog { required } => self.arm_watchdog(*required),
             Action::FeedWatchdog => {
                 self.feed_watchdog();
@@ -988,6 +999,7 @@ fn describe(a: &Action) -> &'static str {
         Action::AcquireLeader => "leader key acquisition",
         Action::TakeOverLeader { .. } => "leader key take-over",
         Action::ReleaseLeader => "leader key release",
+        Action::ClearUnleasedLeader { .. } => "clearing an unleased leader key",
         Action::ArmWatchdog { .. } => "arming the watchdog",
         Action::FeedWatchdog => "feeding the watchdog",
         Action::DisarmWatchdog => "disarming the watchdog",

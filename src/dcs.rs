@@ -434,6 +434,26 @@ impl Dcs {
         self.txn("leader take-over", txn, timeout).await
     }
 
+    /// Deletes a leader key bound to no lease (it would never expire: no
+    /// agent writes one; a hand or a hostile writer did), only if it is
+    /// still the very key observed and still bound to no lease, so that it
+    /// cannot race a real leader's acquisition.
+    pub async fn clear_unleased_leader(
+        &mut self,
+        observed_mod_revision: i64,
+        timeout: Duration,
+    ) -> Result<bool, DcsError> {
+        let leader = self.key("leader");
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(leader.clone(), CompareOp::Equal, observed_mod_revision),
+                Compare::lease(leader.clone(), CompareOp::Equal, 0),
+            ])
+            .and_then([TxnOp::delete(leader, None)]);
+        self.txn("clearing an unleased leader key", txn, timeout)
+            .await
+    }
+
     /// Deletes the leader key if it holds our name.
     pub async fn release_leader(&mut self, timeout: Duration) -> Result<bool, DcsError> {
         let leader = self.key("leader");

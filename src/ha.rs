@@ -310,6 +310,11 @@ pub enum Action {
     },
     /// Txn: delete the leader key if it holds our name.
     ReleaseLeader,
+    /// Txn: delete a leader key bound to no lease (it never expires), if it
+    /// is still the key observed at `mod_revision` and still unleased.
+    ClearUnleasedLeader {
+        mod_revision: i64,
+    },
     /// Open the watchdog and set its timeout; allowed only under the feed rule.
     ArmWatchdog {
         required: bool,
@@ -531,6 +536,23 @@ pub fn decide(i: Input<'_>) -> Decision {
             });
             p.recheck_in(0);
             p.done("the leader key holds our name from a previous run: taking it over")
+        }
+        Some(l) if l.lease == 0 => {
+            // No agent writes a leader key without a lease: this one would
+            // hold the cluster leaderless forever. Our own name with no lease
+            // is taken over above; anyone else's is cleared.
+            p.push(Action::KeepAlive);
+            if p.i.local.may_be_writable() {
+                p.stop_and_disarm();
+            }
+            p.push(Action::ClearUnleasedLeader {
+                mod_revision: l.mod_revision,
+            });
+            p.recheck_in(0);
+            p.done(format!(
+                "the leader key names {} but is bound to no lease (it would never expire): clearing it",
+                l.name
+            ))
         }
         Some(l) => decide_follower(p, view, l.name.clone()),
         None => decide_no_leader(p, view),
@@ -970,11 +992,20 @@ fn decide_no_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
         return p.done("no leader; tagged nofailover: not a candidate");
     }
 
-    // The member that handed over in a switchover does not take the key back.
-    if view.failover.as_ref().is_some_and(|f| {
-        f.leader.as_deref() == Some(cfg.name.as_str())
-            && f.member.as_deref() != Some(cfg.name.as_str())
-    }) {
+    // The member that handed over in a switchover does not take the key
+    // back — for a ttl: if no candidate could take it (all of them behind,
+    // say), waiting longer would leave the cluster leaderless for good.
+    let leaderless_for =
+        p.i.node
+            .no_leader_since
+            .map(|t| p.i.now.since(t))
+            .unwrap_or(0);
+    if leaderless_for < cfg.ttl_ms
+        && view.failover.as_ref().is_some_and(|f| {
+            f.leader.as_deref() == Some(cfg.name.as_str())
+                && f.member.as_deref() != Some(cfg.name.as_str())
+        })
+    {
         p.disarm_if_armed();
         p.recheck_in(p.i.cfg.loop_wait_ms.min(1000));
         return p.done("no leader: I handed over in a switchover, waiting for the new leader");
@@ -1214,6 +1245,52 @@ mod tests {
         let wd_ms = c.watchdog_timeout_secs() as u64 * 1000;
         let latest_feed = 10_000 + c.safety_margin_ms - c.feed_slack_ms() - 1;
         assert!(latest_feed + wd_ms * (100 + WATCHDOG_RATE_PCT) / 100 < 10_000 + c.ttl_ms);
+    }
+
+    #[test]
+    fn a_handed_over_leader_waits_a_ttl_at_most() {
+        let c = cfg(WatchdogMode::Required);
+        let mut v = view(None, vec![member("a", Role::Replica, 900, 1)]);
+        v.failover = Some(crate::cluster::FailoverRequest {
+            leader: Some("b".into()),
+            member: None,
+            scheduled_at: None,
+        });
+        let mut n = replica_node();
+        n.no_leader_since = Some(Millis(10_000));
+        let d = run(&c, 11_000, Some(&v), &replica(1000, "x:1"), &n);
+        assert!(d.summary.contains("handed over"), "{}", d.summary);
+        // A ttl (6 s) later nobody took the key: it takes part again.
+        let d = run(&c, 16_000, Some(&v), &replica(1000, "x:1"), &n);
+        assert!(!d.summary.contains("handed over"), "{}", d.summary);
+    }
+
+    #[test]
+    fn a_leader_key_without_a_lease_is_cleared() {
+        let c = cfg(WatchdogMode::Required);
+        let mut v = view(leader("a", 0), vec![]);
+        let d = run(&c, 11_000, Some(&v), &replica(900, "x:1"), &replica_node());
+        assert_eq!(
+            d.actions,
+            vec![KeepAlive, ClearUnleasedLeader { mod_revision: 7 }]
+        );
+        // A writable node stops first: whoever the key names may run too.
+        let d = run(&c, 11_000, Some(&v), &primary(1000), &replica_node());
+        assert_eq!(
+            d.actions,
+            vec![
+                KeepAlive,
+                StopPostgres,
+                ClearUnleasedLeader { mod_revision: 7 }
+            ]
+        );
+        // Our own name without a lease: taken over, as after a restart.
+        v.leader = leader("b", 0);
+        let d = run(&c, 11_000, Some(&v), &stopped(true), &replica_node());
+        assert_eq!(
+            d.actions,
+            vec![KeepAlive, TakeOverLeader { mod_revision: 7 }]
+        );
     }
 
     #[test]

@@ -101,6 +101,7 @@ enum Op {
     Acquire(Option<i64>),
     TakeOver(Option<i64>, i64),
     Release,
+    ClearUnleased(i64),
     PutMember(Option<i64>, String),
     Initialize(String),
     DeleteFailover,
@@ -269,6 +270,14 @@ impl Etcd {
             }
             Op::Release => {
                 if matches!(held(self), Some((v, _, _)) if v == name) {
+                    self.del(&leader);
+                    (Reply::Bool(true), true)
+                } else {
+                    (Reply::Bool(false), false)
+                }
+            }
+            Op::ClearUnleased(rev) => {
+                if matches!(held(self), Some((_, 0, m)) if m == *rev) {
                     self.del(&leader);
                     (Reply::Bool(true), true)
                 } else {
@@ -552,6 +561,9 @@ enum Fault {
     Pause(u64),
     /// An operator asks for a switchover.
     Switchover,
+    /// Someone writes a leader key bound to no lease naming no member, while
+    /// the cluster has no leader.
+    UnleasedLeader,
 }
 
 struct Sim {
@@ -634,12 +646,13 @@ impl Sim {
             // A quarter are failed observations and operator commands; the
             // rest keep the mix of process, network and etcd faults.
             let f = if rng.chance(25) {
-                match rng.range(0, 4) {
+                match rng.range(0, 5) {
                     0 => Fault::ProbeFails(node, rng.range(100, long)),
                     1 => Fault::CtlFails(node, rng.range(500, long)),
                     2 => Fault::DirFails(node, rng.range(500, long)),
                     3 => Fault::Pause(rng.range(1000, long)),
-                    _ => Fault::Switchover,
+                    4 => Fault::Switchover,
+                    _ => Fault::UnleasedLeader,
                 }
             } else {
                 match rng.range(0, 10) {
@@ -947,10 +960,9 @@ impl Sim {
         Ok(())
     }
 
-    fn fault(&mut self, k: usize) {
-        let f = self.faults[k].1.clone();
-        self.note(format!("fault {f:?}"));
-        self.kinds.insert(match f {
+    /// The name of a fault's kind, for the report.
+    fn kind(f: &Fault) -> &'static str {
+        match f {
             Fault::Hang(..) => "agent hang",
             Fault::Stutter(..) => "stuttering agent",
             Fault::Crash(..) => "agent crash",
@@ -966,7 +978,16 @@ impl Sim {
             Fault::DirFails(..) => "data directory unreadable",
             Fault::Pause(..) => "pause and resume",
             Fault::Switchover => "switchover",
-        });
+            Fault::UnleasedLeader => "leader key without a lease",
+        }
+    }
+
+    fn fault(&mut self, k: usize) {
+        let f = self.faults[k].1.clone();
+        self.note(format!("fault {f:?}"));
+        if !matches!(f, Fault::UnleasedLeader) {
+            self.kinds.insert(Self::kind(&f));
+        }
         match f {
             Fault::ProbeFails(i, d) => self.nodes[i].probe_fail_until = self.now + d,
             Fault::CtlFails(i, d) => {
@@ -985,6 +1006,17 @@ impl Sim {
                     .put(&format!("{PREFIX}config"), r#"{"pause":true}"#.into(), 0);
                 self.watch_fired();
                 self.at(self.now + d, Ev::Resume);
+            }
+            Fault::UnleasedLeader => {
+                // Only into a leaderless moment (overwriting a live leader's
+                // key is another fault); waits for one until the quiet time.
+                if self.etcd.view().leader.is_none() {
+                    self.kinds.insert("leader key without a lease");
+                    self.etcd.put(&format!("{PREFIX}leader"), "ghost".into(), 0);
+                    self.watch_fired();
+                } else if self.now + 200 < self.quiet_from {
+                    self.at(self.now + 200, Ev::Fault(k));
+                }
             }
             Fault::Switchover => {
                 if let Some(l) = self.etcd.view().leader {
@@ -1179,6 +1211,7 @@ impl Sim {
                 Some(Op::Release)
             }
             Action::WriteInitialize { system_id } => Some(Op::Initialize(system_id.clone())),
+            Action::ClearUnleasedLeader { mod_revision } => Some(Op::ClearUnleased(*mod_revision)),
             Action::DeleteFailover => Some(Op::DeleteFailover),
             _ => None,
         };
@@ -1277,7 +1310,12 @@ impl Sim {
                 n.node.on_leader_txn(won);
                 won
             }
-            (Action::ReleaseLeader | Action::WriteInitialize { .. }, Some(Reply::Bool(_))) => true,
+            (
+                Action::ReleaseLeader
+                | Action::WriteInitialize { .. }
+                | Action::ClearUnleasedLeader { .. },
+                Some(Reply::Bool(_)),
+            ) => true,
             (Action::DeleteFailover, Some(Reply::Done)) => true,
             _ => false,
         }
