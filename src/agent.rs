@@ -553,6 +553,22 @@ impl Agent {
                 Ok(())
             }
             Action::StopPostgres => self.stop_postgres().await,
+            Action::StopCleanly => {
+                let budget = self
+                    .node
+                    .clean_stop_budget_ms(&self.ha, self.now())
+                    .unwrap_or(self.ha.stop_budget_ms());
+                let outcome = self
+                    .pg
+                    .stop_cleanly(Duration::from_millis(budget))
+                    .await
+                    .map_err(|e| format!("no clean shutdown for the switchover: {e}"))?;
+                info!("PostgreSQL stopped for the switchover ({outcome:?})");
+                self.callback(Event::Stop, "primary");
+                self.callback(Event::RoleChange, "demoted");
+                Ok(())
+            }
+            Action::ConfirmHandover { candidate } => self.confirm_handover(candidate).await,
             Action::Clone { upstream } => {
                 let up = self.upstream(upstream)?;
                 info!("cloning from {} with pg_basebackup", upstream.member);
@@ -722,6 +738,69 @@ impl Agent {
         Ok(())
     }
 
+    /// After a switchover's clean stop: the key goes only once the candidate
+    /// has received the shutdown checkpoint (then it holds every commit this
+    /// primary acknowledged). Otherwise the request is deleted and this node
+    /// stays the leader: the next cycle starts PostgreSQL again.
+    async fn confirm_handover(&mut self, candidate: &ha::Upstream) -> Result<(), String> {
+        let t = Duration::from_millis(self.ha.retry_timeout_ms);
+        let shutdown = match self.pg.controldata(t).await {
+            crate::cluster::DataDir::Initialized {
+                crashed: false,
+                checkpoint,
+                ..
+            } => Some(checkpoint),
+            _ => None,
+        };
+        let mut up = self.upstream(candidate)?;
+        up.user = self
+            .cfg
+            .postgresql
+            .authentication
+            .superuser
+            .username
+            .clone();
+        up.password = self
+            .cfg
+            .postgresql
+            .authentication
+            .superuser
+            .password
+            .clone();
+        let end = Instant::now() + t;
+        let mut seen = None;
+        if let Some(ckpt) = shutdown {
+            while Instant::now() < end {
+                let left = end.saturating_duration_since(Instant::now());
+                match postgres::received_lsn(&up, left.min(Duration::from_secs(1))).await {
+                    Ok(lsn) if lsn > ckpt => {
+                        info!(
+                            "{} received the shutdown checkpoint {ckpt} (at {lsn}): handing over",
+                            candidate.member
+                        );
+                        return Ok(());
+                    }
+                    Ok(lsn) => seen = Some(lsn.to_string()),
+                    Err(e) => seen = Some(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let why = match (shutdown, seen) {
+            (None, _) => "PostgreSQL did not shut down cleanly".to_string(),
+            (Some(c), s) => format!(
+                "{} did not receive the shutdown checkpoint {c} (last seen: {})",
+                candidate.member,
+                s.unwrap_or_else(|| "nothing".into())
+            ),
+        };
+        let t = self.io_timeout();
+        if let Err(e) = self.dcs.delete_failover(t).await {
+            warn!("clearing the abandoned switchover request: {e}");
+        }
+        Err(format!("switchover abandoned, staying the leader: {why}"))
+    }
+
     fn callback(&self, ev: Event, role: &str) {
         let t = Duration::from_millis(self.ha.retry_timeout_ms.max(10_000));
         callbacks::fire(&self.cfg.postgresql.callbacks, ev, role, &self.cfg.scope, t);
@@ -864,16 +943,11 @@ impl Agent {
         // (the loop no longer renews): 60% of it for a fast (clean) stop,
         // the rest for an immediate one. Others fence nothing and may let a
         // checkpoint finish: NON_LEADER_FAST_STOP, then immediate.
-        let now = self.now();
-        let budget = match self.node.must_stop_at(&self.ha) {
-            Some(stop) if self.node.leader_confirmed => Duration::from_millis(
-                stop.plus(self.ha.stop_budget_ms())
-                    .since(now)
-                    .saturating_sub(ha::SLACK_FIXED_MS)
-                    .max(1000),
-            ),
-            _ => NON_LEADER_STOP,
-        };
+        let budget = self
+            .node
+            .clean_stop_budget_ms(&self.ha, self.now())
+            .map(Duration::from_millis)
+            .unwrap_or(NON_LEADER_STOP);
         let stopped = match self.pg.stop(budget).await {
             Ok(o) => {
                 info!("PostgreSQL stopped ({o:?})");
@@ -1009,6 +1083,8 @@ fn describe(a: &Action) -> &'static str {
         Action::Follow { .. } => "switching upstream",
         Action::Promote => "promotion",
         Action::StopPostgres => "stopping PostgreSQL",
+        Action::StopCleanly => "stopping PostgreSQL cleanly",
+        Action::ConfirmHandover { .. } => "handing over",
         Action::Clone { .. } => "pg_basebackup",
         Action::Rewind { .. } => "pg_rewind",
         Action::CreateReplicationUser => "creating the replication user",

@@ -146,6 +146,19 @@ impl NodeState {
         Some(hard.minus(cfg.stop_budget_ms()))
     }
 
+    /// What a leader has left, at `now`, to stop PostgreSQL cleanly: until
+    /// the earlier of its lease and watchdog deadlines, less the fixed
+    /// slack, at least a second. None when it is not the confirmed leader.
+    pub fn clean_stop_budget_ms(&self, cfg: &HaConfig, now: Millis) -> Option<u64> {
+        let stop = self.must_stop_at(cfg).filter(|_| self.leader_confirmed)?;
+        Some(
+            stop.plus(cfg.stop_budget_ms())
+                .since(now)
+                .saturating_sub(SLACK_FIXED_MS)
+                .max(1000),
+        )
+    }
+
     /// This node may keep PostgreSQL writable at `now`.
     pub fn may_stay_primary(&self, cfg: &HaConfig, now: Millis) -> bool {
         self.leader_confirmed && self.must_stop_at(cfg).is_some_and(|t| now < t)
@@ -337,6 +350,16 @@ pub enum Action {
     Promote,
     /// Stop PostgreSQL: fast, then immediate. Succeeds only once stopped.
     StopPostgres,
+    /// A switchover's stop: a fast (clean) shutdown only, whose shutdown
+    /// checkpoint the standbys receive. Fails rather than escalate.
+    StopCleanly,
+    /// A switchover's check before the key goes: the candidate received
+    /// this server's shutdown checkpoint, so it holds every acknowledged
+    /// commit. If not, the switchover is abandoned (the request deleted)
+    /// and this node stays the leader (it starts PostgreSQL again).
+    ConfirmHandover {
+        candidate: Upstream,
+    },
     /// pg_basebackup into the empty data directory.
     Clone {
         upstream: Upstream,
@@ -725,10 +748,18 @@ fn decide_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
             }
             match switchover_target(cfg, view, local, req.member.as_deref()) {
                 Ok(target) => {
-                    // Stop cleanly first (replicas receive the shutdown
-                    // checkpoint), then let the key go; disarm only once
-                    // PostgreSQL is stopped.
-                    p.push(Action::StopPostgres);
+                    // Stop cleanly (replicas receive the shutdown
+                    // checkpoint), make sure the candidate has it, then let
+                    // the key go; disarm only once PostgreSQL is stopped.
+                    let Some(candidate) = view.member(&target).map(|m| Upstream {
+                        member: target.clone(),
+                        conn_url: m.info.conn_url.clone(),
+                    }) else {
+                        p.push(Action::DeleteFailover);
+                        return p.done(format!("switchover refused: no member key for {target}"));
+                    };
+                    p.push(Action::StopCleanly);
+                    p.push(Action::ConfirmHandover { candidate });
                     p.push(Action::ReleaseLeader);
                     if node.watchdog_armed {
                         p.push(Action::DisarmWatchdog);
@@ -2027,9 +2058,17 @@ mod tests {
         });
         // The leader stops, releases, then disarms.
         let d = run(&c, 11_000, Some(&v), &primary(1000), &leading(true));
+        let candidate = Upstream {
+            member: "a".into(),
+            conn_url: a.info.conn_url.clone(),
+        };
         assert!(
-            d.actions
-                .ends_with(&[StopPostgres, ReleaseLeader, DisarmWatchdog]),
+            d.actions.ends_with(&[
+                StopCleanly,
+                ConfirmHandover { candidate },
+                ReleaseLeader,
+                DisarmWatchdog
+            ]),
             "{:?}",
             d.actions
         );

@@ -616,3 +616,58 @@ fn switchover_to_a_lagging_replica_is_refused() {
     });
     assert_eq!(c.wait_healthy(Duration::from_secs(60)), r);
 }
+
+/// Defect: a switchover released the key after any stop, an immediate one
+/// included, so commits the candidate had not received were lost. Now the
+/// leader stops cleanly and hands over only once the candidate received the
+/// shutdown checkpoint. A candidate whose walreceiver is stalled right
+/// before the request passes the pre-check (no lag yet) but never receives
+/// it: the switchover is abandoned and the old leader is primary again.
+#[test]
+fn switchover_is_abandoned_when_the_candidate_misses_the_shutdown_checkpoint() {
+    let c = Cluster::start(2, Opts::default());
+    let p = c.wait_healthy(BOOT);
+    c.wait_published_streaming(Duration::from_secs(20));
+    let r = 1 - p;
+    let (leader, candidate) = (c.nodes[p].name.clone(), c.nodes[r].name.clone());
+    let pm = c.nodes[r].postmaster_pid().expect("replica running");
+    let wr = wait_for("the replica's walreceiver", Duration::from_secs(10), || {
+        walreceiver_pid(pm)
+    });
+    // SAFETY: kill(2) on a process of our test cluster.
+    unsafe { libc::kill(wr, libc::SIGSTOP) };
+    struct Thaw(i32);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            // SAFETY: as above.
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+    let thaw = Thaw(wr);
+    let _ = cli(&c, p, &["switchover", "--to", &candidate]);
+    wait_for("the switchover abandoned", Duration::from_secs(30), || {
+        c.nodes[p]
+            .agent_log_text()
+            .contains("switchover abandoned, staying the leader")
+            .then_some(())
+    });
+    wait_for(
+        "the old leader primary again",
+        Duration::from_secs(30),
+        || (c.nodes[p].is_primary() == Some(true)).then_some(()),
+    );
+    assert_eq!(c.leader().as_deref(), Some(leader.as_str()));
+    assert_ne!(
+        c.nodes[r].is_primary(),
+        Some(true),
+        "the candidate was promoted"
+    );
+    drop(thaw);
+    // Received again, the replica streams; a switchover then goes through.
+    c.wait_published_streaming(Duration::from_secs(30));
+    wait_for("the switchover", Duration::from_secs(60), || {
+        let (code, out) = cli(&c, p, &["switchover", "--to", &candidate]);
+        (code == 0).then_some(out)
+    });
+    assert_eq!(c.wait_healthy(Duration::from_secs(60)), r);
+}

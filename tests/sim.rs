@@ -1276,7 +1276,7 @@ impl Sim {
                     Action::StartPrimary | Action::StartReplica { .. } => self.rng.range(100, 400),
                     Action::Follow { .. } => 10,
                     Action::Promote => self.rng.range(50, 200),
-                    Action::StopPostgres => {
+                    Action::StopPostgres | Action::StopCleanly => {
                         if self.rng.chance(5) {
                             self.rng.range(1000, 3000)
                         } else {
@@ -1284,6 +1284,7 @@ impl Sim {
                         }
                     }
                     Action::Clone { .. } => self.rng.range(500, 1500),
+                    Action::ConfirmHandover { .. } => self.rng.range(20, 200),
                     Action::Rewind { .. } => self.rng.range(200, 600),
                     _ => 10,
                 };
@@ -1331,8 +1332,8 @@ impl Sim {
         if self.now < self.nodes[i].ctl_fail_until {
             // pg_ctl cannot run or times out: nothing changes. The old stop
             // took its failed `pg_ctl status` for "already stopped".
-            let lies =
-                self.setup.broken == Broken::UnknownIsStopped && matches!(a, Action::StopPostgres);
+            let lies = self.setup.broken == Broken::UnknownIsStopped
+                && matches!(a, Action::StopPostgres | Action::StopCleanly);
             return Ok(lies);
         }
         let up = |s: &Sim, u: &ha::Upstream| s.upstream_of(u).map(|j| all[j].clone());
@@ -1402,10 +1403,23 @@ impl Sim {
                     self.note(format!("{name} promoted"));
                 }
             }
-            Action::StopPostgres => {
+            Action::StopPostgres | Action::StopCleanly => {
                 let pg = &mut self.nodes[i].pg;
                 pg.state = PgState::Stopped;
                 pg.streaming = false;
+            }
+            Action::ConfirmHandover { candidate } => {
+                // The candidate holds everything this stopped primary wrote
+                // (its shutdown checkpoint); else the request is dropped
+                // (the agent deletes the failover key) and the leader stays.
+                let me = &self.nodes[i].pg;
+                let has_it =
+                    up(self, candidate).is_some_and(|c| c.data && c.tl == me.tl && c.lsn >= me.lsn);
+                if me.running() || me.crashed || !has_it {
+                    self.etcd.del(&format!("{PREFIX}failover"));
+                    self.watch_fired();
+                    return Ok(false);
+                }
             }
             Action::Clone { upstream } => {
                 let Some(src) = up(self, upstream) else {

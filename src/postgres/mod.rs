@@ -514,6 +514,21 @@ impl Postgres {
     /// `pg_ctl` that cannot run, times out or fails is an error, never
     /// "already stopped" (the caller would release the key or disarm).
     pub async fn stop(&mut self, budget: Duration) -> Result<StopOutcome, PgError> {
+        self.stop_with(budget, true).await
+    }
+
+    /// A fast (clean) shutdown only, within `budget`: an error when it does
+    /// not finish (the server may still be shutting down). For switchovers:
+    /// an immediate shutdown skips the checkpoint the standbys must receive.
+    pub async fn stop_cleanly(&mut self, budget: Duration) -> Result<StopOutcome, PgError> {
+        self.stop_with(budget, false).await
+    }
+
+    async fn stop_with(
+        &mut self,
+        budget: Duration,
+        escalate: bool,
+    ) -> Result<StopOutcome, PgError> {
         self.client = None;
         let end = tokio::time::Instant::now() + budget;
         let left = || end.saturating_duration_since(tokio::time::Instant::now());
@@ -532,7 +547,11 @@ impl Postgres {
         }
         let data = self.data_str();
         let log = self.log();
-        let fast = split.fast.min(left());
+        let fast = if escalate {
+            split.fast.min(left())
+        } else {
+            left().saturating_sub(split.status)
+        };
         match ctl::run_pg_ctl(
             self.bin(),
             &[
@@ -552,6 +571,7 @@ impl Postgres {
         .await
         {
             Ok(()) => return Ok(StopOutcome::Fast),
+            Err(e) if !escalate => return Err(e),
             Err(e) => log::warn!("fast shutdown did not finish ({e}): escalating to immediate"),
         }
         let immediate = split.immediate.min(left());
@@ -724,6 +744,46 @@ impl Postgres {
         }
         self.execute(&sql, timeout).await
     }
+}
+
+/// The WAL position a remote standby has received
+/// (`pg_last_wal_receive_lsn()`, as superuser over TCP).
+pub async fn received_lsn(
+    up: &Upstream,
+    timeout: Duration,
+) -> Result<crate::cluster::Lsn, PgError> {
+    let mut c = tokio_postgres::Config::new();
+    c.host(&up.host)
+        .port(up.port)
+        .user(&up.user)
+        .dbname("postgres")
+        .application_name("leasedog")
+        .connect_timeout(timeout);
+    if let Some(p) = &up.password {
+        c.password(p);
+    }
+    let work = async {
+        let (client, conn) = c.connect(tokio_postgres::NoTls).await?;
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let r = client
+            .query_one(
+                "SELECT COALESCE(pg_last_wal_receive_lsn(), '0/0')::text",
+                &[],
+            )
+            .await;
+        task.abort();
+        r
+    };
+    let row = match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(row)) => row,
+        Ok(Err(e)) => return Err(PgError::Query(format!("{}:{}: {e}", up.host, up.port))),
+        Err(_) => return Err(PgError::Query(format!("{}:{} timed out", up.host, up.port))),
+    };
+    let text: String = row.try_get(0).map_err(|e| PgError::Query(e.to_string()))?;
+    crate::cluster::Lsn::parse(&text)
+        .ok_or_else(|| PgError::Query(format!("unreadable LSN {text:?}")))
 }
 
 /// Runs CHECKPOINT on a remote server (as superuser, over TCP).
