@@ -1002,10 +1002,27 @@ fn decide_no_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
     let (cfg, local) = (p.i.cfg, p.i.local);
     p.push(Action::KeepAlive);
 
-    if view.initialize.is_none() {
-        // Bootstrap race. An existing data directory is adopted.
+    // No `initialize` key: a new cluster — or an existing one whose keys
+    // were wiped. Only a node with nothing to lose (an empty data directory)
+    // or a writable primary races for the key: a replica that won would
+    // promote beside the running primary, without any lag rule. Replicas
+    // wait a ttl for the primary to take its key back, then elect as after
+    // any loss of the leader (the most advanced one leads).
+    let leaderless_for =
+        p.i.node
+            .no_leader_since
+            .map(|t| p.i.now.since(t))
+            .unwrap_or(0);
+    let has_data = matches!(local.data_dir, DataDir::Initialized { .. });
+    if view.initialize.is_none() && (!has_data || local.writable() || leaderless_for < cfg.ttl_ms) {
         if cfg.nofailover {
             return p.done("waiting for bootstrap: tagged nofailover");
+        }
+        if has_data && !local.writable() {
+            p.recheck_in(p.i.cfg.loop_wait_ms.min(1000));
+            return p.done(
+                "no leader and no initialize key (wiped?): waiting for the primary to take its key back",
+            );
         }
         // In required mode a node that cannot arm never takes the key.
         p.fence_for_acquire();
@@ -1276,6 +1293,32 @@ mod tests {
         let wd_ms = c.watchdog_timeout_secs() as u64 * 1000;
         let latest_feed = 10_000 + c.safety_margin_ms - c.feed_slack_ms() - 1;
         assert!(latest_feed + wd_ms * (100 + WATCHDOG_RATE_PCT) / 100 < 10_000 + c.ttl_ms);
+    }
+
+    #[test]
+    fn after_an_etcd_wipe_only_the_primary_races() {
+        let c = cfg(WatchdogMode::Required);
+        let mut v = view(None, vec![]);
+        v.initialize = None;
+        v.status = None;
+        let mut n = replica_node();
+        n.no_leader_since = Some(Millis(10_000));
+        // A replica does not race (it would promote beside the primary).
+        let d = run(&c, 11_000, Some(&v), &replica(900, "x:1"), &n);
+        assert_eq!(d.actions, vec![KeepAlive], "{}", d.summary);
+        // The writable primary takes its key back.
+        let d = run(&c, 11_000, Some(&v), &primary(1000), &leading(true));
+        assert!(
+            d.actions.ends_with(&[FeedWatchdog, AcquireLeader]),
+            "{:?}",
+            d.actions
+        );
+        // An empty node still bootstraps.
+        let d = run(&c, 11_000, Some(&v), &LocalPostgres::default(), &n);
+        assert!(d.actions.contains(&AcquireLeader), "{:?}", d.actions);
+        // A ttl without a leader: the replicas elect as after any failover.
+        let d = run(&c, 16_000, Some(&v), &replica(900, "x:1"), &n);
+        assert!(!d.summary.contains("wiped"), "{}", d.summary);
     }
 
     #[test]

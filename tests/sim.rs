@@ -564,6 +564,9 @@ enum Fault {
     /// Someone writes a leader key bound to no lease naming no member, while
     /// the cluster has no leader.
     UnleasedLeader,
+    /// Every key of the cluster deleted at once (a wiped or replaced etcd
+    /// namespace); leases live on.
+    EtcdWipe,
 }
 
 struct Sim {
@@ -646,12 +649,13 @@ impl Sim {
             // A quarter are failed observations and operator commands; the
             // rest keep the mix of process, network and etcd faults.
             let f = if rng.chance(25) {
-                match rng.range(0, 5) {
+                match rng.range(0, 6) {
                     0 => Fault::ProbeFails(node, rng.range(100, long)),
                     1 => Fault::CtlFails(node, rng.range(500, long)),
                     2 => Fault::DirFails(node, rng.range(500, long)),
                     3 => Fault::Pause(rng.range(1000, long)),
                     4 => Fault::Switchover,
+                    5 => Fault::EtcdWipe,
                     _ => Fault::UnleasedLeader,
                 }
             } else {
@@ -979,6 +983,7 @@ impl Sim {
             Fault::Pause(..) => "pause and resume",
             Fault::Switchover => "switchover",
             Fault::UnleasedLeader => "leader key without a lease",
+            Fault::EtcdWipe => "etcd keys wiped",
         }
     }
 
@@ -1006,6 +1011,13 @@ impl Sim {
                     .put(&format!("{PREFIX}config"), r#"{"pause":true}"#.into(), 0);
                 self.watch_fired();
                 self.at(self.now + d, Ev::Resume);
+            }
+            Fault::EtcdWipe => {
+                let keys: Vec<String> = self.etcd.kv.keys().cloned().collect();
+                for k in keys {
+                    self.etcd.del(&k);
+                }
+                self.watch_fired();
             }
             Fault::UnleasedLeader => {
                 // Only into a leaderless moment (overwriting a live leader's
