@@ -89,7 +89,17 @@ pub struct Dcs {
     ttl: i64,
     lease: Option<i64>,
     keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+    /// The last `config` value that could be read: an unreadable one (odd
+    /// data, a hostile writer) never ends maintenance mode or changes
+    /// settings.
+    last_good_config: Option<crate::cluster::DynamicConfig>,
+    /// When unreadable keys were last reported (once per 30 s, counted).
+    skipped_reported: Option<std::time::Instant>,
 }
+
+/// Values larger than this are skipped as unreadable: no key leasedog or
+/// Patroni writes comes near it.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
 impl Dcs {
     /// No I/O: clients connect on first use.
@@ -104,6 +114,8 @@ impl Dcs {
             ttl: ttl_secs as i64,
             lease: None,
             keeper: None,
+            last_good_config: None,
+            skipped_reported: None,
         }
     }
 
@@ -191,12 +203,22 @@ impl Dcs {
             revision: resp.header().map(|h| h.revision()).unwrap_or(0),
             ..Default::default()
         };
+        let mut skipped = Vec::new();
+        let mut config_unreadable = false;
         for kv in resp.kvs() {
             let Ok(key) = std::str::from_utf8(kv.key()) else {
-                warn!("skipping a key that is not UTF-8 under {}", self.prefix);
+                skipped.push("a key that is not UTF-8".to_string());
                 continue;
             };
             let rel = key.strip_prefix(&self.prefix).unwrap_or(key);
+            if kv.value().len() > MAX_VALUE_BYTES {
+                skipped.push(format!(
+                    "{key}: {} bytes (limit {MAX_VALUE_BYTES})",
+                    kv.value().len()
+                ));
+                config_unreadable |= rel == "config";
+                continue;
+            }
             match parse_key(rel, kv.value()) {
                 Ok(KeyParse::Leader(name)) => {
                     view.leader = Some(Leader {
@@ -208,12 +230,34 @@ impl Dcs {
                 }
                 Ok(KeyParse::Member(m)) => view.members.push(m),
                 Ok(KeyParse::Initialize(id)) => view.initialize = Some(id),
-                Ok(KeyParse::Config(c)) => view.config = c,
+                Ok(KeyParse::Config(c)) => {
+                    self.last_good_config = Some(c.clone());
+                    view.config = c;
+                }
                 Ok(KeyParse::Failover(f)) => view.failover = Some(f),
                 Ok(KeyParse::Status(s)) => view.status = Some(s),
                 Ok(KeyParse::Ignored) => {}
-                Err(e) => warn!("skipping {key}: {e}"),
+                Err(e) => {
+                    config_unreadable |= rel == "config";
+                    skipped.push(format!("{key}: {e}"));
+                }
             }
+        }
+        if config_unreadable && let Some(c) = &self.last_good_config {
+            view.config = c.clone();
+        }
+        if !skipped.is_empty()
+            && self
+                .skipped_reported
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(30))
+        {
+            self.skipped_reported = Some(std::time::Instant::now());
+            warn!(
+                "skipping {} unreadable key(s) under {} (reported once per 30 s), e.g. {}",
+                skipped.len(),
+                self.prefix,
+                crate::config::excerpt(&skipped[0])
+            );
         }
         Ok(view)
     }

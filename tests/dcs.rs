@@ -249,3 +249,41 @@ fn watch_wakes_on_leader_change() {
         }
     });
 }
+
+/// An unreadable `config` (garbage, or oversized) keeps the last good one:
+/// a hostile or clumsy write never ends maintenance mode. Oversized values
+/// are skipped; the rest of the cluster still reads. A leader key bound to
+/// no lease is cleared only while it is the key observed.
+#[test]
+fn odd_config_and_oversized_values_and_unleased_leader() {
+    let e = EtcdServer::start();
+    rt().block_on(async {
+        let mut a = dcs(&e, "a", 10);
+        let key = |k: &str| format!("{PREFIX}{k}");
+        e.ctl(&["put", &key("config"), r#"{"pause":true}"#])
+            .unwrap();
+        assert!(a.read(T).await.unwrap().paused());
+        e.ctl(&["put", &key("config"), "{not json"]).unwrap();
+        assert!(a.read(T).await.unwrap().paused(), "garbage ended the pause");
+        let big = format!(r#"{{"pause":false,"x":"{}"}}"#, "y".repeat(100_000));
+        e.ctl(&["put", &key("config"), &big]).unwrap();
+        e.ctl(&["put", &key("members/huge"), &"z".repeat(100_000)])
+            .unwrap();
+        e.ctl(&["put", &key("initialize"), "42"]).unwrap();
+        let v = a.read(T).await.unwrap();
+        assert!(v.paused(), "an oversized config ended the pause");
+        assert!(v.member("huge").is_none());
+        assert_eq!(v.initialize.as_deref(), Some("42"));
+
+        e.ctl(&["put", &key("leader"), "ghost"]).unwrap();
+        let v = a.read(T).await.unwrap();
+        let l = v.leader.unwrap();
+        assert_eq!((l.name.as_str(), l.lease), ("ghost", 0));
+        // A changed key (another revision) is not cleared.
+        e.ctl(&["put", &key("leader"), "ghost"]).unwrap();
+        assert!(!a.clear_unleased_leader(l.mod_revision, T).await.unwrap());
+        let l = a.read(T).await.unwrap().leader.unwrap();
+        assert!(a.clear_unleased_leader(l.mod_revision, T).await.unwrap());
+        assert!(a.read(T).await.unwrap().leader.is_none());
+    });
+}
