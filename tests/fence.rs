@@ -365,3 +365,78 @@ fn required_mode_refuses_a_watchdog_without_magic_close() {
         );
     });
 }
+
+/// API and control-socket load runs on the loop's thread: it must never
+/// delay a watchdog feed. 16 clients flood `/cluster`, `/primary` and the
+/// socket's `status` for 6 s; the feeds keep their rhythm.
+#[test]
+fn api_and_socket_floods_never_move_a_feed() {
+    let mut c = Cluster::start(1, Opts::default());
+    with_logs_on_failure(&mut c, |c| {
+        wait_for("primary", BOOT, || {
+            (c.nodes[0].is_primary() == Some(true)).then_some(())
+        });
+        let api = format!("127.0.0.1:{}", c.nodes[0].api_port);
+        let sock = c.nodes[0].dir.join("leasedog.sock");
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicU64::new(0));
+        let start = common::cluster::monotonic_ms();
+        let mut threads = Vec::new();
+        for i in 0..16 {
+            let (api, sock, stop, served) =
+                (api.clone(), sock.clone(), stop.clone(), served.clone());
+            threads.push(std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                while !stop.load(Ordering::Relaxed) {
+                    let ok = if i % 4 == 3 {
+                        std::os::unix::net::UnixStream::connect(&sock).and_then(|mut s| {
+                            s.write_all(b"{\"cmd\":\"status\"}\n")?;
+                            let mut b = [0u8; 4096];
+                            s.read(&mut b)
+                        })
+                    } else {
+                        let path = if i % 2 == 0 { "/cluster" } else { "/primary" };
+                        std::net::TcpStream::connect(&api).and_then(|mut s| {
+                            s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
+                            let mut v = Vec::new();
+                            s.read_to_end(&mut v)
+                        })
+                    };
+                    if ok.is_ok() {
+                        served.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        std::thread::sleep(Duration::from_secs(6));
+        stop.store(true, Ordering::Relaxed);
+        for t in threads {
+            let _ = t.join();
+        }
+        let end = common::cluster::monotonic_ms();
+        let feeds: Vec<u64> = c.nodes[0]
+            .watchdog_events()
+            .into_iter()
+            .filter(|(t, o)| o == "keepalive" && *t >= start.saturating_sub(1500) && *t <= end)
+            .map(|(t, _)| t)
+            .collect();
+        let worst = feeds
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or(u64::MAX);
+        let n = served.load(Ordering::Relaxed);
+        eprintln!(
+            "{n} requests in 6 s ({} per s); {} feeds, longest gap {worst} ms (watchdog timeout 4000 ms)",
+            n / 6,
+            feeds.len()
+        );
+        assert!(n > 600, "the flood did not flood: {n} requests");
+        assert!(feeds.len() >= 4, "feeds: {feeds:?}");
+        // loop_wait is 1 s: a feed late by more than a cycle is a delay.
+        assert!(
+            worst < 2000,
+            "a feed came {worst} ms after the previous one"
+        );
+    });
+}
