@@ -433,9 +433,10 @@ fn api_and_socket_floods_never_move_a_feed() {
         );
         assert!(n > 600, "the flood did not flood: {n} requests");
         assert!(feeds.len() >= 4, "feeds: {feeds:?}");
-        // loop_wait is 1 s: a feed late by more than a cycle is a delay.
+        // loop_wait 1 s, watchdog timeout 4 s: a gap of 2.5 s would be a
+        // cycle and a half lost to the load.
         assert!(
-            worst < 2000,
+            worst < 2500,
             "a feed came {worst} ms after the previous one"
         );
     });
