@@ -94,6 +94,32 @@ impl Agent {
         }
     }
 
+    /// After a crash, systemd hands back the watchdog the previous process
+    /// stored: it is still open and counting from that process's last
+    /// feed. It is taken over as armed (opening the device again would fail:
+    /// it opens once); the decisions feed or disarm it as always.
+    fn adopt_stored_watchdog(&mut self) {
+        let Some(fd) = crate::notify::passed_fd(WATCHDOG_FD_NAME) else {
+            return;
+        };
+        match Watchdog::adopt(self.cfg.watchdog.driver, &self.cfg.watchdog.device, fd) {
+            Ok(w) => {
+                let secs = if w.timeout() > 0 {
+                    w.timeout()
+                } else {
+                    self.ha.watchdog_timeout_secs()
+                };
+                warn!(
+                    "took over the armed watchdog {} from systemd's file descriptor store (the previous agent died with it armed); timeout {secs}s",
+                    self.cfg.watchdog.device.display()
+                );
+                self.node.on_armed(self.now(), secs);
+                self.watchdog = Some(w);
+            }
+            Err(e) => error!("the watchdog passed back by systemd is unusable: {e}"),
+        }
+    }
+
     /// Tells systemd something (`READY=1`, `STATUS=…`), when it listens.
     fn notify(&self, state: &str) {
         if let Some(n) = &self.notifier {
@@ -132,6 +158,7 @@ impl Agent {
         if let Err(e) = watchdog::lock_memory() {
             warn!("could not lock memory (mlockall): {e}; paging may stall the loop");
         }
+        self.adopt_stored_watchdog();
         if self.cfg.watchdog.mode != WatchdogMode::Off {
             match watchdog::boot_status(self.cfg.watchdog.driver, &self.cfg.watchdog.device) {
                 Ok(true) => warn!(
@@ -656,6 +683,15 @@ impl Agent {
                 );
                 self.node.on_armed(now, w.timeout());
                 self.last_feed = Some(Instant::now());
+                // systemd keeps the device open if this process dies: a
+                // crash must not close it (the close would ping it).
+                if let (Some(n), Some(fd)) = (&self.notifier, w.fd())
+                    && let Err(e) = n.store_fd(fd, WATCHDOG_FD_NAME)
+                {
+                    warn!(
+                        "could not hand the watchdog to systemd's file descriptor store: {e}; a crash of the agent would restart its countdown"
+                    );
+                }
                 self.watchdog = Some(w);
                 Ok(())
             }
@@ -702,6 +738,11 @@ impl Agent {
 
     fn disarm_watchdog(&mut self) {
         if let Some(w) = self.watchdog.take() {
+            // systemd's stored copy goes too, or the device would stay open
+            // (and counting) after our magic close.
+            if let Some(n) = &self.notifier {
+                n.remove_fd(WATCHDOG_FD_NAME);
+            }
             match w.disarm() {
                 Ok(()) => info!("watchdog disarmed"),
                 Err(e) => error!("watchdog magic close failed (it may still fire): {e}"),
@@ -1028,6 +1069,9 @@ impl Agent {
         self.disarm_watchdog();
     }
 }
+
+/// The name of the watchdog's descriptor in systemd's file descriptor store.
+const WATCHDOG_FD_NAME: &str = "watchdog";
 
 /// Runs a long operation (initdb, pg_basebackup: minutes to hours) so that
 /// SIGTERM or SIGINT end it rather than wait for it: the operation is

@@ -52,6 +52,40 @@ impl Notifier {
     }
 
     /// Sends one notification, e.g. `READY=1` or `STATUS=...`.
+    /// Hands `fd` to systemd's file descriptor store under `name`
+    /// (`FDSTORE=1`, needs `FileDescriptorStoreMax=` in the unit): systemd
+    /// keeps it open if this process dies and passes it back on restart.
+    pub fn store_fd(&self, fd: std::os::fd::BorrowedFd<'_>, name: &str) -> std::io::Result<()> {
+        use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, sendmsg};
+        use std::os::fd::{AsRawFd, RawFd};
+        let addr = match (self.addr.as_pathname(), {
+            use std::os::linux::net::SocketAddrExt;
+            self.addr.as_abstract_name()
+        }) {
+            (Some(p), _) => UnixAddr::new(p),
+            (None, Some(n)) => UnixAddr::new_abstract(n),
+            (None, None) => return Err(std::io::Error::other("unnamed notify socket")),
+        }
+        .map_err(std::io::Error::from)?;
+        let msg = format!("FDSTORE=1\nFDNAME={name}");
+        let iov = [std::io::IoSlice::new(msg.as_bytes())];
+        let fds: [RawFd; 1] = [fd.as_raw_fd()];
+        sendmsg(
+            self.socket.as_raw_fd(),
+            &iov,
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            Some(&addr),
+        )
+        .map(|_| ())
+        .map_err(std::io::Error::from)
+    }
+
+    /// Asks systemd to close its stored copy of `name`.
+    pub fn remove_fd(&self, name: &str) {
+        self.send(&format!("FDSTOREREMOVE=1\nFDNAME={name}"));
+    }
+
     pub fn send(&self, state: &str) {
         if let Err(e) = self.socket.send_to_addr(state.as_bytes(), &self.addr) {
             log::debug!("sd_notify {state:?}: {e}");
@@ -60,6 +94,46 @@ impl Notifier {
 }
 
 /// A `STATUS=` line: one line, bounded, whatever the summary holds.
+/// The index among the descriptors systemd passed (`LISTEN_PID`,
+/// `LISTEN_FDS`, `LISTEN_FDNAMES`) of the one named `name`, when they are
+/// meant for process `pid`.
+pub fn listen_index(
+    listen_pid: Option<&str>,
+    listen_fds: Option<&str>,
+    names: Option<&str>,
+    pid: u32,
+    name: &str,
+) -> Option<usize> {
+    if listen_pid?.trim().parse::<u32>().ok()? != pid {
+        return None;
+    }
+    let n: usize = listen_fds?.trim().parse().ok()?;
+    names?.split(':').take(n).position(|x| x == name)
+}
+
+/// The descriptor named `name` that systemd passed to this process from its
+/// file descriptor store, made close-on-exec (children must never hold it).
+pub fn passed_fd(name: &str) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let var = |k: &str| std::env::var(k).ok();
+    let i = listen_index(
+        var("LISTEN_PID").as_deref(),
+        var("LISTEN_FDS").as_deref(),
+        var("LISTEN_FDNAMES").as_deref(),
+        std::process::id(),
+        name,
+    )?;
+    let raw = 3 + i as i32;
+    // SAFETY: systemd passes LISTEN_FDS descriptors open from fd 3 on, for
+    // this process (LISTEN_PID checked); nothing else owns them.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    let _ = nix::fcntl::fcntl(
+        &fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    Some(fd)
+}
+
 pub fn status_line(summary: &str) -> String {
     let one: String = summary
         .chars()
@@ -72,6 +146,59 @@ pub fn status_line(summary: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passed_descriptors_are_found_by_name_and_pid() {
+        let f = |pid, fds, names| listen_index(pid, fds, names, 42, "watchdog");
+        assert_eq!(f(Some("42"), Some("1"), Some("watchdog")), Some(0));
+        assert_eq!(f(Some("42"), Some("2"), Some("other:watchdog")), Some(1));
+        assert_eq!(
+            f(Some("43"), Some("1"), Some("watchdog")),
+            None,
+            "another pid's"
+        );
+        assert_eq!(
+            f(Some("42"), Some("1"), Some("other:watchdog")),
+            None,
+            "beyond LISTEN_FDS"
+        );
+        assert_eq!(f(None, Some("1"), Some("watchdog")), None);
+        assert_eq!(f(Some("42"), Some("x"), Some("watchdog")), None);
+    }
+
+    #[test]
+    fn a_stored_descriptor_reaches_the_socket_with_its_name() {
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+        use std::os::fd::{AsFd, AsRawFd};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        let n = Notifier::new(path.to_str().unwrap()).unwrap();
+        let file = std::fs::File::create(dir.path().join("wd")).unwrap();
+        n.store_fd(file.as_fd(), "watchdog").unwrap();
+        let mut buf = [0u8; 128];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let msg = recvmsg::<()>(
+            rx.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::empty(),
+        )
+        .unwrap();
+        let fds: Vec<_> = msg
+            .cmsgs()
+            .unwrap()
+            .filter_map(|c| match c {
+                ControlMessageOwned::ScmRights(f) => Some(f),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let len = msg.bytes;
+        assert_eq!(fds.len(), 1);
+        assert_eq!(&buf[..len], b"FDSTORE=1\nFDNAME=watchdog");
+    }
 
     #[test]
     fn sends_to_a_path_socket() {

@@ -340,6 +340,60 @@ impl Watchdog {
         self.magic_close
     }
 
+    /// The open device, to hand to systemd's file descriptor store.
+    pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        match &self.backend {
+            Some(Backend::Device(f)) | Some(Backend::Testing(f)) => Some(f.as_fd()),
+            None => None,
+        }
+    }
+
+    /// Takes over a watchdog that is already open and counting: the
+    /// descriptor systemd's file descriptor store kept while the previous
+    /// agent crashed (closing it would have pinged it, restarting its
+    /// countdown past the lease). Its timeout is read back; nothing is
+    /// written, so the hardware deadline stays the previous feed's.
+    pub fn adopt(
+        driver: WatchdogDriver,
+        device: &Path,
+        fd: std::os::fd::OwnedFd,
+    ) -> Result<Watchdog, WatchdogError> {
+        let f = File::from(fd);
+        match driver {
+            WatchdogDriver::Testing => {
+                let mut f = f;
+                log_line(&mut f, device, "adopt")?;
+                Ok(Watchdog {
+                    backend: Some(Backend::Testing(f)),
+                    device: device.into(),
+                    timeout: 0,
+                    identity: "leasedog testing watchdog".into(),
+                    magic_close: true,
+                })
+            }
+            WatchdogDriver::Device => {
+                let info = get_support(&f, device)?;
+                let mut t: libc::c_int = 0;
+                // SAFETY: the fd is an open watchdog device; `t` is a c_int.
+                unsafe { wdioc_gettimeout(f.as_raw_fd(), &mut t) }.map_err(|e| {
+                    WatchdogError::Io {
+                        op: "WDIOC_GETTIMEOUT",
+                        device: device.into(),
+                        source: e.into(),
+                    }
+                })?;
+                Ok(Watchdog {
+                    backend: Some(Backend::Device(f)),
+                    device: device.into(),
+                    timeout: t.max(0) as u32,
+                    identity: identity_of(&info),
+                    magic_close: info.options & WDIOF_MAGICCLOSE != 0,
+                })
+            }
+        }
+    }
+
     /// Pings the watchdog.
     pub fn keepalive(&mut self) -> Result<(), WatchdogError> {
         match self.backend.as_mut() {
@@ -582,6 +636,22 @@ mod tests {
         w.keepalive().unwrap();
         w.disarm().unwrap();
         assert_eq!(ops(&p), ["open", "timeout 4", "keepalive", "magic-close"]);
+    }
+
+    #[test]
+    fn an_open_device_is_adopted_without_a_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("wd");
+        let mut w = Watchdog::arm_with(WatchdogDriver::Testing, &p, 4, 0).unwrap();
+        let fd = w.fd().unwrap().try_clone_to_owned().unwrap();
+        let mut adopted = Watchdog::adopt(WatchdogDriver::Testing, &p, fd).unwrap();
+        std::mem::forget(w.backend.take());
+        adopted.keepalive().unwrap();
+        adopted.disarm().unwrap();
+        assert_eq!(
+            ops(&p),
+            ["open", "timeout 4", "adopt", "keepalive", "magic-close"]
+        );
     }
 
     #[test]
