@@ -70,6 +70,10 @@ enum Broken {
     /// (probe and `pg_ctl status`, or the data directory read) is taken for
     /// "stopped"/"empty", and a stop whose `pg_ctl` fails reports success.
     UnknownIsStopped,
+    /// Defect 5: the watchdog is not kept in systemd's file descriptor
+    /// store, so a crashed agent's close pings it (Linux's
+    /// `watchdog_release`): a full timeout from the crash, not the last feed.
+    ClosePings,
 }
 
 #[derive(Debug, Clone)]
@@ -863,11 +867,19 @@ impl Sim {
                     && until <= self.now
                 {
                     self.note(format!("{} agent starts", self.nodes[i].name));
+                    let now = self.now;
                     let n = &mut self.nodes[i];
                     n.agent = Agent::Idle;
                     n.node = NodeState::default();
                     n.queue.clear();
                     n.pending = None;
+                    // The stored watchdog is handed back and taken over as
+                    // armed (`Agent::adopt_stored_watchdog`).
+                    if n.wd_expiry.is_some() {
+                        let local = n.local(now);
+                        let secs = n.cfg.watchdog_timeout_secs();
+                        n.node.on_armed(local, secs);
+                    }
                     self.at(self.now, Ev::Cycle(i));
                 }
             }
@@ -1045,8 +1057,15 @@ impl Sim {
                 self.at(self.now + d1 + gap, Ev::Fault(k));
             }
             Fault::Crash(i, d) => {
-                // The process dies: the watchdog stays open without the magic
-                // character and keeps counting.
+                // The process dies. systemd's file descriptor store keeps the
+                // watchdog open: it keeps counting from the last feed. Without
+                // the store, the close pings it.
+                if self.setup.broken == Broken::ClosePings && self.nodes[i].wd_expiry.is_some() {
+                    let n = &self.nodes[i];
+                    let wd = n.to_true(n.cfg.watchdog_timeout_secs() as u64 * 1000);
+                    self.nodes[i].wd_expiry = Some(self.now + wd);
+                    self.at(self.now + wd, Ev::Wd(i));
+                }
                 self.nodes[i].agent = Agent::Down {
                     until: self.now + d,
                 };
@@ -1702,4 +1721,9 @@ fn one_second_safety_margin() {
         },
         300,
     );
+}
+
+#[test]
+fn teeth_when_a_crash_closes_the_watchdog() {
+    finds_split_brain(fast(3, WatchdogMode::Required, Broken::ClosePings), 2000);
 }
