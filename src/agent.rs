@@ -684,8 +684,10 @@ impl Agent {
                 self.node.on_armed(now, w.timeout());
                 self.last_feed = Some(Instant::now());
                 // systemd keeps the device open if this process dies: a
-                // crash must not close it (the close would ping it).
+                // crash must not close it (the close would ping it). Only
+                // where the unit asks for it (and has a store).
                 if let (Some(n), Some(fd)) = (&self.notifier, w.fd())
+                    && std::env::var_os("LEASEDOG_WATCHDOG_FDSTORE").is_some()
                     && let Err(e) = n.store_fd(fd, WATCHDOG_FD_NAME)
                 {
                     warn!(

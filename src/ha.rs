@@ -1014,11 +1014,28 @@ fn decide_no_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
             .map(|t| p.i.now.since(t))
             .unwrap_or(0);
     let has_data = matches!(local.data_dir, DataDir::Initialized { .. });
-    if view.initialize.is_none() && (!has_data || local.writable() || leaderless_for < cfg.ttl_ms) {
+    // A stopped former primary (an existing data directory to adopt) races
+    // too, once member keys had two cycles to reappear and none of them
+    // shows another member running.
+    let others_running = view
+        .members
+        .iter()
+        .any(|m| m.name != cfg.name && m.info.state != "stopped");
+    let adopts = matches!(
+        local.data_dir,
+        DataDir::Initialized {
+            was_primary: true,
+            ..
+        }
+    ) && local.known_stopped()
+        && !others_running
+        && leaderless_for >= 2 * cfg.loop_wait_ms;
+    let races = !has_data || local.writable() || adopts;
+    if view.initialize.is_none() && (races || leaderless_for < cfg.ttl_ms) {
         if cfg.nofailover {
             return p.done("waiting for bootstrap: tagged nofailover");
         }
-        if has_data && !local.writable() {
+        if !races {
             p.recheck_in(p.i.cfg.loop_wait_ms.min(1000));
             return p.done(
                 "no leader and no initialize key (wiped?): waiting for the primary to take its key back",
@@ -1316,6 +1333,16 @@ mod tests {
         // An empty node still bootstraps.
         let d = run(&c, 11_000, Some(&v), &LocalPostgres::default(), &n);
         assert!(d.actions.contains(&AcquireLeader), "{:?}", d.actions);
+        // A stopped former primary adopts its data after two cycles, unless
+        // another member runs.
+        let d = run(&c, 10_500, Some(&v), &stopped(true), &n);
+        assert!(!d.actions.contains(&AcquireLeader), "{:?}", d.actions);
+        let d = run(&c, 12_000, Some(&v), &stopped(true), &n);
+        assert!(d.actions.contains(&AcquireLeader), "{:?}", d.actions);
+        let mut v2 = v.clone();
+        v2.members = vec![member("a", Role::Primary, 1000, 1)];
+        let d = run(&c, 12_000, Some(&v2), &stopped(true), &n);
+        assert!(!d.actions.contains(&AcquireLeader), "{:?}", d.actions);
         // A ttl without a leader: the replicas elect as after any failover.
         let d = run(&c, 16_000, Some(&v), &replica(900, "x:1"), &n);
         assert!(!d.summary.contains("wiped"), "{}", d.summary);
