@@ -634,6 +634,13 @@ fn switchover_is_abandoned_when_the_candidate_misses_the_shutdown_checkpoint() {
     let wr = wait_for("the replica's walreceiver", Duration::from_secs(10), || {
         walreceiver_pid(pm)
     });
+    // Caught up as the leader sees it (so the pre-check passes), then stalled.
+    wait_for("the candidate caught up", Duration::from_secs(20), || {
+        let q = format!(
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name = '{candidate}' AND flush_lsn = pg_current_wal_lsn()"
+        );
+        (c.nodes[p].sql(&q).ok()? == "1").then_some(())
+    });
     // SAFETY: kill(2) on a process of our test cluster.
     unsafe { libc::kill(wr, libc::SIGSTOP) };
     struct Thaw(i32);
