@@ -95,6 +95,30 @@ pub struct Dcs {
     last_good_config: Option<crate::cluster::DynamicConfig>,
     /// When unreadable keys were last reported (once per 30 s, counted).
     skipped_reported: Option<std::time::Instant>,
+    /// Keys asked for per page of a prefix read: halved when a page is too
+    /// large for gRPC, grown again when pages come back small.
+    page_limit: usize,
+}
+
+/// The most keys one page of a prefix read asks for.
+const MAX_PAGE_KEYS: usize = 1024;
+
+/// The end of the key range holding every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff (or empty): to the end of the key space.
+    vec![0]
+}
+
+/// gRPC refused to decode an answer over its message size limit.
+fn too_large(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("message length too large"))
 }
 
 /// Values larger than this are skipped as unreadable: no key leasedog or
@@ -116,6 +140,7 @@ impl Dcs {
             keeper: None,
             last_good_config: None,
             skipped_reported: None,
+            page_limit: MAX_PAGE_KEYS,
         }
     }
 
@@ -175,7 +200,10 @@ impl Dcs {
         match res {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(source)) => {
-                self.rotate();
+                // An answer too large for gRPC says nothing about the endpoint.
+                if !too_large(&source) {
+                    self.rotate();
+                }
                 Err(DcsError::Etcd {
                     op,
                     endpoint,
@@ -189,23 +217,110 @@ impl Dcs {
         }
     }
 
-    /// One linearizable read of the cluster prefix. Keys with odd data are
-    /// logged and skipped.
+    /// One linearizable read of the cluster prefix, in pages that all read
+    /// the same revision. Keys with odd data are logged and skipped.
+    ///
+    /// Why pages: a single answer is limited to 4 MiB by gRPC; a prefix
+    /// holding more (a hostile writer, thousands of junk keys) would make
+    /// every read fail and every member blind. A page too large to decode
+    /// is asked again at half the size, down to one key; a single key too
+    /// large even alone is skipped as unreadable.
     pub async fn read(&mut self, timeout: Duration) -> Result<ClusterView, DcsError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let prefix = self.prefix.clone();
-        let resp = self
-            .call("read", timeout, |mut c| async move {
-                c.get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-                    .await
-            })
-            .await?;
+        let end = prefix_end(prefix.as_bytes());
+        let mut start = prefix.as_bytes().to_vec();
+        let mut revision = 0i64;
+        let mut kvs: Vec<etcd_client::KeyValue> = Vec::new();
+        let mut oversize: Vec<String> = Vec::new();
+        let mut limit = self.page_limit;
+        let mut largest_page = 0usize;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(limit as i64)
+                .with_revision(revision);
+            let key = start.clone();
+            let res = self
+                .call(
+                    "read",
+                    left,
+                    |mut c| async move { c.get(key, Some(opts)).await },
+                )
+                .await;
+            let resp = match res {
+                Ok(r) => r,
+                Err(DcsError::Etcd { source, .. }) if too_large(&source) && limit > 1 => {
+                    limit /= 2;
+                    self.page_limit = limit;
+                    continue;
+                }
+                Err(DcsError::Etcd { source, .. }) if too_large(&source) => {
+                    // One key alone is over the limit: learn its name and
+                    // step over it.
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let opts = GetOptions::new()
+                        .with_range(end.clone())
+                        .with_limit(1)
+                        .with_revision(revision)
+                        .with_keys_only();
+                    let key = start.clone();
+                    let resp = self
+                        .call(
+                            "read",
+                            left,
+                            |mut c| async move { c.get(key, Some(opts)).await },
+                        )
+                        .await?;
+                    let Some(kv) = resp.kvs().first() else {
+                        break;
+                    };
+                    oversize.push(String::from_utf8_lossy(kv.key()).into_owned());
+                    start = kv.key().to_vec();
+                    start.push(0);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if revision == 0 {
+                revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            let bytes: usize = resp
+                .kvs()
+                .iter()
+                .map(|kv| kv.key().len() + kv.value().len())
+                .sum();
+            largest_page = largest_page.max(bytes);
+            let more = resp.more();
+            let mut resp = resp;
+            let page = resp.take_kvs();
+            if let Some(last) = page.last() {
+                start = last.key().to_vec();
+                start.push(0);
+            }
+            let empty = page.is_empty();
+            kvs.extend(page);
+            if !more || empty {
+                break;
+            }
+        }
+        // Pages came back small: ask for more per page next time.
+        if largest_page < 1024 * 1024 && self.page_limit < MAX_PAGE_KEYS {
+            self.page_limit = (self.page_limit * 2).min(MAX_PAGE_KEYS);
+        }
         let mut view = ClusterView {
-            revision: resp.header().map(|h| h.revision()).unwrap_or(0),
+            revision,
             ..Default::default()
         };
-        let mut skipped = Vec::new();
-        let mut config_unreadable = false;
-        for kv in resp.kvs() {
+        let mut skipped: Vec<String> = oversize
+            .iter()
+            .map(|k| format!("{k}: too large to read"))
+            .collect();
+        let mut config_unreadable = oversize
+            .iter()
+            .any(|k| k.strip_prefix(&self.prefix) == Some("config"));
+        for kv in &kvs {
             let Ok(key) = std::str::from_utf8(kv.key()) else {
                 skipped.push("a key that is not UTF-8".to_string());
                 continue;

@@ -287,3 +287,54 @@ fn odd_config_and_oversized_values_and_unleased_leader() {
         assert!(a.read(T).await.unwrap().leader.is_none());
     });
 }
+
+/// A prefix holding more than one gRPC message (4 MiB) still reads: in
+/// pages of one revision, the oversized values skipped, the real keys seen.
+/// Before paging, every read failed and every member was blind.
+#[test]
+fn a_prefix_larger_than_a_grpc_message_still_reads() {
+    let e = EtcdServer::start();
+    rt().block_on(async {
+        let mut client = etcd_client::Client::connect([e.endpoint()], None)
+            .await
+            .unwrap();
+        // 7 x 1.4 MiB: about 10 MiB, each just under etcd's request limit.
+        let junk = "j".repeat(1_400_000);
+        for i in 0..7 {
+            client
+                .put(format!("{PREFIX}members/junk{i}"), junk.clone(), None)
+                .await
+                .unwrap();
+        }
+        for i in 0..1500 {
+            client
+                .put(format!("{PREFIX}members/small{i:04}"), "{", None)
+                .await
+                .unwrap();
+        }
+        let mut b = dcs(&e, "b", 10);
+        b.keepalive(T).await.unwrap();
+        let info = MemberInfo {
+            role: Role::Primary,
+            state: "running".into(),
+            ..Default::default()
+        };
+        b.put_member(&info, T).await.unwrap();
+        client
+            .put(format!("{PREFIX}initialize"), "42", None)
+            .await
+            .unwrap();
+        assert!(b.acquire_leader(T).await.unwrap());
+
+        let mut a = dcs(&e, "a", 10);
+        let v = a.read(Duration::from_secs(10)).await.unwrap();
+        assert!(v.member("b").is_some(), "the real member was not seen");
+        assert_eq!(v.leader.as_ref().map(|l| l.name.as_str()), Some("b"));
+        assert_eq!(v.initialize.as_deref(), Some("42"));
+        assert!(v.member("junk0").is_none() && v.member("small0001").is_none());
+        // And again, with the page size it learned.
+        let again = a.read(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(again.revision, v.revision);
+        assert!(again.member("b").is_some());
+    });
+}
