@@ -212,6 +212,11 @@ impl Agent {
         // `start` returns now, not after a first cycle that may clone a
         // replica for hours.
         self.notify("READY=1");
+        // A reloaded file is read and checked on a blocking thread: a huge
+        // or hostile file costs that thread, never a feed of the loop.
+        let (reload_tx, mut reload_rx) =
+            tokio::sync::mpsc::channel::<Result<Config, Vec<crate::config::ConfigError>>>(1);
+        let mut reloading = false;
         loop {
             let next = self.cycle().await;
             let wait = Duration::from_millis(next.since(self.now()));
@@ -222,7 +227,21 @@ impl Agent {
                 _ = int.recv() => { self.shutdown().await; return Ok(Exit::Graceful); }
                 _ = usr1.recv() => { self.command_logged(Command::Pause).await; }
                 _ = usr2.recv() => { self.command_logged(Command::Resume { force: false }).await; }
-                _ = hup.recv() => { self.reload(); }
+                _ = hup.recv() => {
+                    if reloading {
+                        info!("SIGHUP: a reload is already being read; ignored");
+                    } else {
+                        reloading = true;
+                        let (path, tx) = (self.cfg.source.clone(), reload_tx.clone());
+                        tokio::task::spawn_blocking(move || {
+                            let _ = tx.blocking_send(crate::config::load(&path));
+                        });
+                    }
+                }
+                Some(loaded) = reload_rx.recv() => {
+                    reloading = false;
+                    self.reload(loaded);
+                }
                 Some((cmd, answer)) = ctl_rx.recv() => {
                     let r = self.command(cmd).await;
                     let _ = answer.send(r);
@@ -276,10 +295,11 @@ impl Agent {
         }
     }
 
-    /// SIGHUP: re-reads the configuration file; applies what can change
-    /// while running and says what needs a restart.
-    fn reload(&mut self) {
-        let new = match crate::config::load(&self.cfg.source) {
+    /// SIGHUP: applies the re-read configuration file (read off the loop's
+    /// thread): what can change while running, and says what needs a
+    /// restart. A file that fails changes nothing.
+    fn reload(&mut self, loaded: Result<Config, Vec<crate::config::ConfigError>>) {
+        let new = match loaded {
             Ok(c) => c,
             Err(errors) => {
                 for e in errors {

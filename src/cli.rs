@@ -147,6 +147,12 @@ fn run(args: Args) -> Result<(), ExitCode> {
                 }
                 return Err(ExitCode::from(1));
             }
+            // Before anything is bound, read or touched.
+            let _lock = crate::instance::lock(&cfg.postgresql.data_dir, &cfg.control.socket)
+                .map_err(|e| {
+                    log::error!("{e}");
+                    ExitCode::from(1)
+                })?;
             let rt = runtime()?;
             match rt.block_on(Agent::new(cfg).run()) {
                 Ok(_) => Ok(()),

@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod dcs;
 pub mod ha;
+pub mod instance;
 pub mod logging;
 pub mod notify;
 pub mod postgres;

@@ -408,17 +408,7 @@ fn api_and_socket_floods_never_move_a_feed() {
             let _ = t.join();
         }
         let end = common::cluster::monotonic_ms();
-        let feeds: Vec<u64> = c.nodes[0]
-            .watchdog_events()
-            .into_iter()
-            .filter(|(t, o)| o == "keepalive" && *t >= start.saturating_sub(1500) && *t <= end)
-            .map(|(t, _)| t)
-            .collect();
-        let worst = feeds
-            .windows(2)
-            .map(|w| w[1] - w[0])
-            .max()
-            .unwrap_or(u64::MAX);
+        let (feeds, worst) = feeds_and_longest_gap(&c.nodes[0], start.saturating_sub(1500), end);
         let n = served.load(Ordering::Relaxed);
         eprintln!(
             "{n} requests in 6 s ({} per s); {} feeds, longest gap {worst} ms (watchdog timeout 4000 ms)",
@@ -433,5 +423,163 @@ fn api_and_socket_floods_never_move_a_feed() {
             worst < 2500,
             "a feed came {worst} ms after the previous one"
         );
+    });
+}
+
+/// The watchdog feeds between two instants and the longest gap between
+/// consecutive ones (u64::MAX when there are fewer than two).
+fn feeds_and_longest_gap(node: &common::cluster::Node, from: u64, to: u64) -> (Vec<u64>, u64) {
+    let feeds: Vec<u64> = node
+        .watchdog_events()
+        .into_iter()
+        .filter(|(t, o)| o == "keepalive" && *t >= from && *t <= to)
+        .map(|(t, _)| t)
+        .collect();
+    let worst = feeds
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or(u64::MAX);
+    (feeds, worst)
+}
+
+/// SIGHUP re-reads the file off the loop's thread: a file that cannot be
+/// read (here a FIFO nobody writes, as a hung mount would be) or that costs
+/// a lot to parse (aliases expanding to a billion nodes) never moves a
+/// feed, and a reload that fails changes nothing. Before, the loop read the
+/// file itself: a deeply nested file stalled it 18 s.
+#[test]
+fn a_reload_that_hangs_or_fails_never_moves_a_feed() {
+    let mut c = Cluster::start(1, Opts::default());
+    with_logs_on_failure(&mut c, |c| {
+        wait_for("primary", BOOT, || {
+            (c.nodes[0].is_primary() == Some(true)).then_some(())
+        });
+        let path = c.nodes[0].config.clone();
+        let good = std::fs::read_to_string(&path).unwrap();
+        let pid = c.nodes[0].agent_pid().unwrap();
+        let hup = || {
+            // SAFETY: kill(2) on the agent we spawned.
+            unsafe { libc::kill(pid, libc::SIGHUP) };
+        };
+
+        // A file whose aliases expand without end: refused, nothing changes.
+        let mut laughs = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            laughs += &format!(
+                "a{i}: &a{i} [{}]\n",
+                vec![format!("*a{}", i - 1); 10].join(", ")
+            );
+        }
+        std::fs::write(&path, laughs).unwrap();
+        let start = monotonic_ms();
+        for _ in 0..20 {
+            hup();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        wait_for("the refusal", Duration::from_secs(10), || {
+            c.nodes[0]
+                .agent_log_text()
+                .contains("reload refused")
+                .then_some(())
+        });
+
+        // A file that never answers: the read waits on its own thread.
+        std::fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        hup();
+        std::thread::sleep(Duration::from_secs(5));
+        hup();
+        let end = monotonic_ms();
+        let (feeds, worst) = feeds_and_longest_gap(&c.nodes[0], start, end);
+        eprintln!(
+            "{} feeds in {} ms, longest gap {worst} ms",
+            feeds.len(),
+            end - start
+        );
+        assert!(feeds.len() >= 4, "feeds: {feeds:?}");
+        assert!(
+            worst < 2500,
+            "a feed came {worst} ms after the previous one"
+        );
+        assert_eq!(c.nodes[0].is_primary(), Some(true));
+
+        // The file answers at last: the waiting reload completes.
+        std::fs::write(&path, &good).unwrap();
+        wait_for("the reload", Duration::from_secs(10), || {
+            c.nodes[0]
+                .agent_log_text()
+                .contains("configuration reloaded")
+                .then_some(())
+        });
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, good).unwrap();
+        // (`list` reads the same file: only now can it be asked.)
+        assert_eq!(c.leader().as_deref(), Some("node1"));
+    });
+}
+
+/// A second `leasedog run` for the same data directory (its own port and
+/// socket, so nothing else stops it) exits at once with a clear message and
+/// touches nothing; the running agent keeps its socket and its PostgreSQL.
+/// Before the lock, it ran beside the first one.
+#[test]
+fn a_second_agent_for_the_same_data_directory_is_refused() {
+    let mut c = Cluster::start(1, Opts::default());
+    with_logs_on_failure(&mut c, |c| {
+        wait_for("primary", BOOT, || {
+            (c.nodes[0].is_primary() == Some(true)).then_some(())
+        });
+        let cfg = std::fs::read_to_string(&c.nodes[0].config).unwrap();
+        let api = c.nodes[0].api_port;
+        let other_port = common::cluster::free_port();
+        let sock = c.nodes[0].dir.join("leasedog.sock");
+        let other_sock = c.nodes[0].dir.join("second.sock");
+        let second = c.nodes[0].dir.join("second.yaml");
+        let cfg = cfg
+            .replace(
+                &format!("127.0.0.1:{api}"),
+                &format!("127.0.0.1:{other_port}"),
+            )
+            .replace(
+                &sock.display().to_string(),
+                &other_sock.display().to_string(),
+            );
+        std::fs::write(&second, cfg).unwrap();
+        std::fs::set_permissions(&second, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut child = c
+            .leasedog_with(&second)
+            .arg("run")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(1),
+            "second agent: {text}"
+        );
+        assert!(
+            text.contains("another leasedog is running for the data directory"),
+            "{text}"
+        );
+        assert!(!other_sock.exists(), "the second agent made its socket");
+        assert!(std::os::unix::net::UnixStream::connect(&sock).is_ok());
+        assert_eq!(c.nodes[0].is_primary(), Some(true));
     });
 }

@@ -330,8 +330,13 @@ log:
 
     /// A command running the binary as the postgres user.
     pub fn leasedog(&self, i: usize) -> Command {
+        self.leasedog_with(&self.nodes[i].config)
+    }
+
+    /// A command running the binary as the postgres user with this file.
+    pub fn leasedog_with(&self, config: &Path) -> Command {
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("-c").arg(&self.nodes[i].config);
+        cmd.arg("-c").arg(config);
         if let Some((u, g)) = self.ids {
             cmd.uid(u).gid(g).env("HOME", "/var/lib/postgresql");
         }
