@@ -126,6 +126,12 @@ pub struct NodeState {
     pub stalled_since: Option<Millis>,
     /// Since when the cluster has had no leader (as this node saw it).
     pub no_leader_since: Option<Millis>,
+    /// The leader's address this replica was seen streaming from, with the
+    /// leader key's create revision (one term of one leader). While the
+    /// stream holds, a different address in the leader's member key is not
+    /// followed: anyone who can write etcd can forge that key, and the
+    /// leader's own agent rewrites it within a cycle.
+    pub streaming_from: Option<(i64, String)>,
 }
 
 impl NodeState {
@@ -199,6 +205,24 @@ impl NodeState {
                 None
             };
             self.paused = v.paused();
+            let streaming_from_leader = v.leader.as_ref().and_then(|l| {
+                let addr = v
+                    .member(&l.name)
+                    .and_then(|m| conn_host_port(&m.info.conn_url))?;
+                (l.name != cfg.name
+                    && local.running
+                    && local.in_recovery
+                    && local.streaming
+                    && local.following.as_deref() == Some(addr.as_str()))
+                .then_some((l.create_revision, addr))
+            });
+            let pinned_still_holds = |(rev, addr): &(i64, String)| {
+                local.streaming
+                    && local.following.as_deref() == Some(addr.as_str())
+                    && v.leader.as_ref().is_some_and(|l| l.create_revision == *rev)
+            };
+            self.streaming_from = streaming_from_leader
+                .or_else(|| self.streaming_from.take().filter(pinned_still_holds));
             let ours = v
                 .leader
                 .as_ref()
@@ -970,6 +994,18 @@ fn decide_follower(mut p: Plan<'_>, view: &ClusterView, leader: String) -> Decis
                 ));
             }
             let target = conn_host_port(&upstream.conn_url);
+            let leader_rev = view.leader.as_ref().map(|l| l.create_revision);
+            if let Some((rev, addr)) = &p.i.node.streaming_from
+                && Some(*rev) == leader_rev
+                && local.streaming
+                && local.following.as_deref() == Some(addr.as_str())
+                && target.as_deref() != Some(addr.as_str())
+            {
+                return p.done(format!(
+                    "streaming from leader {leader} at {addr}: not following the changed address {:?} in its member key while the stream holds",
+                    upstream.conn_url
+                ));
+            }
             if target.is_some() && local.following != target {
                 p.push(Action::Follow { upstream });
                 return p.done(format!("following the new leader {leader}"));
@@ -1862,6 +1898,58 @@ mod tests {
             d.actions,
             vec![KeepAlive, TakeOverLeader { mod_revision: 7 }]
         );
+    }
+
+    /// A forged address in the leader's member key does not move a replica
+    /// that streams from the leader: only a replica whose stream is gone (or
+    /// a new leader term) takes the published address.
+    #[test]
+    fn a_streaming_replica_ignores_a_changed_leader_address() {
+        let c = cfg(WatchdogMode::Automatic);
+        let a = member("a", Role::Primary, 1000, 1);
+        let a_addr = conn_host_port(&a.info.conn_url).unwrap();
+        let v = view(leader("a", 1), vec![a.clone()]);
+        let streaming = replica(900, &a_addr);
+        let mut n = replica_node();
+        n.observe(&c, Some(&v), &streaming, Millis(10_000));
+        assert_eq!(n.streaming_from, Some((5, a_addr.clone())));
+
+        let mut forged = a.clone();
+        forged.info.conn_url = "postgres://203.0.113.9:5432/postgres".into();
+        let hostile = view(leader("a", 1), vec![forged.clone()]);
+        n.observe(&c, Some(&hostile), &streaming, Millis(11_000));
+        assert_eq!(n.streaming_from, Some((5, a_addr.clone())), "kept");
+        let d = run(&c, 11_000, Some(&hostile), &streaming, &n);
+        assert_eq!(d.actions, vec![KeepAlive], "{}", d.summary);
+        let up = Upstream {
+            member: "a".into(),
+            conn_url: forged.info.conn_url.clone(),
+        };
+
+        // The stream ended: the published address is all there is.
+        let mut broken = streaming.clone();
+        broken.streaming = false;
+        let mut n2 = n.clone();
+        n2.observe(&c, Some(&hostile), &broken, Millis(12_000));
+        assert_eq!(n2.streaming_from, None);
+        let d = run(&c, 12_000, Some(&hostile), &broken, &n2);
+        assert_eq!(
+            d.actions,
+            vec![
+                KeepAlive,
+                Follow {
+                    upstream: up.clone()
+                }
+            ]
+        );
+
+        // A new term of the leader key: its address is followed.
+        let mut new_term = hostile.clone();
+        new_term.leader.as_mut().unwrap().create_revision = 9;
+        let mut n3 = n.clone();
+        n3.observe(&c, Some(&new_term), &streaming, Millis(12_000));
+        let d = run(&c, 12_000, Some(&new_term), &streaming, &n3);
+        assert_eq!(d.actions, vec![KeepAlive, Follow { upstream: up }]);
     }
 
     #[test]
