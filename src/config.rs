@@ -112,6 +112,12 @@ pub struct PostgresqlConfig {
     /// Commands run as `<cmd> <action> <role> <scope>` when PostgreSQL
     /// starts, stops or changes role (Patroni's postgresql.callbacks).
     pub callbacks: Callbacks,
+    /// Bytes of WAL the leader lets an *inactive* member slot retain before
+    /// it moves the slot up to the present (drop and create again): a
+    /// member key anyone can write must not make the primary keep WAL
+    /// without end. 0 turns the cap off (PostgreSQL's own
+    /// `max_slot_wal_keep_size` still applies).
+    pub member_slots_max_retained: u64,
 }
 
 /// Patroni-style callbacks; each is a command line (split on whitespace).
@@ -136,6 +142,7 @@ impl Default for PostgresqlConfig {
             pg_hba: Vec::new(),
             initdb: Vec::new(),
             callbacks: Callbacks::default(),
+            member_slots_max_retained: 16 << 30,
         }
     }
 }
@@ -552,6 +559,7 @@ const ENV_KEYS: &[&str] = &[
     "postgresql.listen",
     "postgresql.connect_address",
     "postgresql.socket_dir",
+    "postgresql.member_slots_max_retained",
     "postgresql.authentication.superuser.username",
     "postgresql.authentication.superuser.password",
     "postgresql.authentication.replication.username",

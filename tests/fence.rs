@@ -583,3 +583,52 @@ fn a_second_agent_for_the_same_data_directory_is_refused() {
         assert_eq!(c.nodes[0].is_primary(), Some(true));
     });
 }
+
+/// Anyone who can write etcd can make the leader keep a slot: a forged
+/// member key for "ghost" gets a slot that nobody uses. Its retained WAL is
+/// capped (`postgresql.member_slots_max_retained`, 4 MiB here): once over,
+/// the slot is moved up to the present. Before, it kept WAL without end.
+#[test]
+fn a_slot_for_a_forged_member_retains_at_most_the_cap() {
+    let mut c = Cluster::new(1, Opts::default());
+    c.start_agent_env(
+        0,
+        &[("LEASEDOG_POSTGRESQL_MEMBER_SLOTS_MAX_RETAINED", "4194304")],
+    );
+    with_logs_on_failure(&mut c, |c| {
+        wait_for("primary", BOOT, || {
+            (c.nodes[0].is_primary() == Some(true)).then_some(())
+        });
+        let key = format!("/service/{}/members/ghost", c.scope);
+        c.etcd
+            .ctl(&[
+                "put",
+                &key,
+                r#"{"conn_url":"postgres://127.0.0.1:1/postgres","api_url":"http://127.0.0.1:1/patroni","state":"running","role":"replica","xlog_location":0,"timeline":1}"#,
+            ])
+            .unwrap();
+        let retained = |c: &Cluster| -> Option<u64> {
+            c.nodes[0]
+                .sql("SELECT GREATEST((SELECT redo_lsn FROM pg_control_checkpoint()) - restart_lsn, 0)::bigint FROM pg_replication_slots WHERE slot_name = 'ghost'")
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+        };
+        wait_for("the ghost's slot", Duration::from_secs(20), || retained(c));
+        // About 30 MB of WAL and a checkpoint after it: the slot alone
+        // holds it, well over the cap.
+        for _ in 0..3 {
+            c.nodes[0]
+                .sql("CREATE TABLE IF NOT EXISTS filler AS SELECT 1 AS x WHERE false; INSERT INTO filler SELECT generate_series(1, 300000)")
+                .unwrap();
+        }
+        c.nodes[0].sql("CHECKPOINT").unwrap();
+        wait_for("the slot moved up", Duration::from_secs(30), || {
+            c.nodes[0]
+                .agent_log_text()
+                .contains("replication slot ghost is inactive and retains")
+                .then_some(())
+        });
+        let now = retained(c).expect("the slot is kept for the member");
+        assert!(now < 4 << 20, "the ghost's slot retains {now} bytes");
+    });
+}

@@ -707,7 +707,9 @@ impl Postgres {
         self.execute(&sql, timeout).await
     }
 
-    /// Keeps one physical slot per other member; drops inactive unknown ones.
+    /// Keeps one physical slot per other member; drops inactive unknown ones;
+    /// moves an inactive member slot that retains more than
+    /// `member_slots_max_retained` bytes up to the present.
     pub async fn sync_slots(
         &mut self,
         wanted: &[String],
@@ -716,22 +718,48 @@ impl Postgres {
         let client = self.client(timeout).await?;
         let rows = tokio::time::timeout(
             timeout,
-            client.query("SELECT slot_name::text, active FROM pg_replication_slots WHERE slot_type = 'physical'", &[]),
+            client.query(
+                // Retained beyond the last checkpoint's redo point: what
+                // PostgreSQL keeps only because of the slot.
+                "SELECT slot_name::text, active,
+                        GREATEST(COALESCE((SELECT redo_lsn FROM pg_control_checkpoint())
+                                          - restart_lsn, 0), 0)::bigint
+                   FROM pg_replication_slots WHERE slot_type = 'physical'",
+                &[],
+            ),
         )
         .await
         .map_err(|_| PgError::Query("slot query timed out".into()))?
         .map_err(|e| PgError::Query(e.to_string()))?;
-        let existing: Vec<(String, bool)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let mut existing = Vec::new();
+        for r in &rows {
+            let get = |e: tokio_postgres::Error| PgError::Query(e.to_string());
+            let name: String = r.try_get(0).map_err(get)?;
+            let active: bool = r.try_get(1).map_err(get)?;
+            let retained: i64 = r.try_get(2).map_err(get)?;
+            existing.push((name, active, retained.max(0) as u64));
+        }
+        let cap = self.cfg.member_slots_max_retained;
         let mut sql = String::new();
         for w in wanted {
-            if !existing.iter().any(|(n, _)| n == w) {
-                sql.push_str(&format!(
+            match existing.iter().find(|(n, _, _)| n == w) {
+                None => sql.push_str(&format!(
                     "SELECT pg_create_physical_replication_slot({}, true);",
                     quote_literal(w)
-                ));
+                )),
+                Some((_, false, retained)) if cap > 0 && *retained > cap => {
+                    log::warn!(
+                        "replication slot {w} is inactive and retains {retained} bytes of WAL before the last checkpoint, over postgresql.member_slots_max_retained ({cap}): moving it to the present (its member will need the WAL from elsewhere or a rewind/clone)"
+                    );
+                    sql.push_str(&format!(
+                        "SELECT pg_drop_replication_slot({l}); SELECT pg_create_physical_replication_slot({l}, true);",
+                        l = quote_literal(w)
+                    ));
+                }
+                Some(_) => {}
             }
         }
-        for (n, active) in &existing {
+        for (n, active, _) in &existing {
             if !active && !wanted.contains(n) {
                 sql.push_str(&format!(
                     "SELECT pg_drop_replication_slot({});",
