@@ -110,6 +110,45 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// A testing watchdog's log: (monotonic ms, operation) lines; a line still
+/// being written is skipped.
+pub fn watchdog_events(path: &Path) -> Vec<(u64, String)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (ms, op) = l.split_once(' ')?;
+            Some((ms.parse().ok()?, op.to_string()))
+        })
+        .collect()
+}
+
+/// When emulated hardware behind the testing watchdog would reset the node
+/// (monotonic ms): the last `open` or `keepalive` plus the timeout read back
+/// (`timeout N`), unless a `magic-close` came after it. A plain `close` (a
+/// crashed agent) leaves it counting, as `nowayout` hardware does. None when
+/// not armed.
+pub fn watchdog_reset_at(events: &[(u64, String)]) -> Option<u64> {
+    let (mut last_ping, mut timeout_ms) = (None, None);
+    for (t, op) in events {
+        match op.as_str() {
+            "open" => {
+                last_ping = Some(*t);
+                timeout_ms = None;
+            }
+            "keepalive" => last_ping = last_ping.map(|_| *t),
+            "magic-close" => last_ping = None,
+            other => {
+                if let Some(n) = other.strip_prefix("timeout ")
+                    && let Ok(n) = n.parse::<u64>()
+                {
+                    timeout_ms = Some(n * 1000);
+                }
+            }
+        }
+    }
+    Some(last_ping? + timeout_ms?)
+}
+
 pub struct Node {
     pub name: String,
     pub dir: PathBuf,
@@ -178,13 +217,7 @@ impl Node {
 
     /// The testing watchdog's log: (monotonic ms, operation) lines.
     pub fn watchdog_events(&self) -> Vec<(u64, String)> {
-        let text = std::fs::read_to_string(&self.watchdog_log).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| {
-                let (ms, op) = l.split_once(' ')?;
-                Some((ms.parse().ok()?, op.to_string()))
-            })
-            .collect()
+        watchdog_events(&self.watchdog_log)
     }
 
     pub fn agent_log_text(&self) -> String {
