@@ -66,6 +66,37 @@ fn chown_r(path: &Path, ids: Option<(u32, u32)>) {
     }
 }
 
+/// A bin_dir of links to PostgreSQL's programs, with a shell script in
+/// place of `program`.
+pub fn wrapped_bin_dir(dir: &Path, program: &str, script: &str) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    for e in std::fs::read_dir(BIN_DIR).expect("read bin_dir") {
+        let e = e.expect("entry");
+        if e.file_name() != program {
+            std::os::unix::fs::symlink(e.path(), dir.join(e.file_name())).expect("symlink");
+        }
+    }
+    set_wrapper(dir, program, script);
+}
+
+/// Replaces the script that stands for `program` in a wrapped bin_dir.
+pub fn set_wrapper(dir: &Path, program: &str, script: &str) {
+    let tmp = dir.join(format!("{program}.new"));
+    std::fs::write(&tmp, format!("#!/bin/sh\n{script}\n")).expect("write wrapper");
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::rename(&tmp, dir.join(program)).expect("rename wrapper");
+}
+
+/// Points node i's config at another bin_dir (read at start or reload).
+pub fn use_bin_dir(node: &Node, dir: &Path) {
+    let cfg = std::fs::read_to_string(&node.config).expect("read config");
+    let cfg = cfg.replace(
+        &format!("bin_dir: {BIN_DIR}"),
+        &format!("bin_dir: {}", dir.display()),
+    );
+    std::fs::write(&node.config, cfg).expect("write config");
+}
+
 /// A free TCP port on 127.0.0.1 (bound then released).
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
