@@ -811,6 +811,38 @@ fn no_two_writers(
     (last_old, first_new)
 }
 
+/// The old leader's watchdog after the cut (monotonic ms `cut_ms`): its
+/// last feed, when the hardware would have fired, and when the agent
+/// disarmed it, relative to the cut.
+fn watchdog_after_cut(net: &Net, i: usize, cut_ms: u64) -> String {
+    let events = watchdog_events(&net.dirs[i].join("watchdog.log"));
+    let disarm = events
+        .iter()
+        .find(|(t, o)| *t > cut_ms && o == "magic-close")
+        .map(|(t, _)| *t);
+    let before: Vec<_> = events
+        .iter()
+        .filter(|(t, _)| disarm.is_none_or(|d| *t < d))
+        .cloned()
+        .collect();
+    let last_feed = before
+        .iter()
+        .filter(|(_, o)| o == "keepalive" || o == "open")
+        .map(|(t, _)| *t)
+        .max();
+    let rel = |t: Option<u64>| {
+        t.map_or("never".to_string(), |t| {
+            format!("{:.2}s", (t as f64 - cut_ms as f64) / 1000.0)
+        })
+    };
+    format!(
+        "watchdog last fed at {}, would fire at {}, disarmed at {}",
+        rel(last_feed),
+        rel(watchdog_reset_at(&before)),
+        rel(disarm)
+    )
+}
+
 /// When the old primary was fenced: its postmaster gone or the node reset,
 /// whichever came first. Panics when neither happened.
 fn fenced_at(pm_gone: Option<Instant>, reset: Option<Instant>) -> Instant {
@@ -819,6 +851,22 @@ fn fenced_at(pm_gone: Option<Instant>, reset: Option<Instant>) -> Instant {
         (Some(a), None) | (None, Some(a)) => a,
         (None, None) => panic!("the old primary's PostgreSQL still runs"),
     }
+}
+
+/// HH:MM:SS.mmm (UTC), as the agents log.
+fn wall_clock(t: std::time::SystemTime) -> String {
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+        % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
 }
 
 fn secs(t: Instant, since: Instant) -> f64 {
@@ -928,7 +976,7 @@ fn pause_partition_resume_never_two_writers() {
 
     let lease = net.leader_lease().unwrap();
     let pm_exit = ExitWatch::start(net.postmaster_pid(p).unwrap());
-    let cut_at = Instant::now();
+    let (cut_at, cut_ms) = (Instant::now(), monotonic_ms());
     net.cut(p, true, true);
     // Resume from a replica while the leader is cut. Fails if the guard
     // refused it (the leader's key and member key still exist).
@@ -947,14 +995,15 @@ fn pause_partition_resume_never_two_writers() {
     eprintln!(
         "paused, cut n{p}, resumed from n{r} {:.2}s after the cut: old primary's last write at {:.2}s, \
          postmaster gone at {}, watchdog reset at {}; lease expiry (etcd) not before {:.2}s, key gone at {:.2}s; \
-         n{new}'s first write at {:.2}s",
+         n{new}'s first write at {:.2}s; n{p}: {}",
         secs(resumed_at, cut_at),
         secs(last_old, cut_at),
         pm_gone.map_or("never".into(), |t| format!("{:.2}s", secs(t, cut_at))),
         reset.map_or("never".into(), |t| format!("{:.2}s", secs(t, cut_at))),
         secs(expiry_lb, cut_at),
         secs(key_gone, cut_at),
-        secs(first_new, cut_at)
+        secs(first_new, cut_at),
+        watchdog_after_cut(&net, p, cut_ms)
     );
     // The old leader fenced: its PostgreSQL stopped by the agent, or the
     // node reset by the emulated watchdog, before the lease could have
@@ -1091,7 +1140,7 @@ fn a_cut_leader_with_hung_probes_stops_before_its_lease_expires() {
     let log_before = net.agent_log(p).len();
 
     let pm_exit = ExitWatch::start(pm);
-    let cut_at = Instant::now();
+    let (cut_at, cut_ms, cut_wall) = (Instant::now(), monotonic_ms(), std::time::SystemTime::now());
     net.cut(p, true, true);
     let (lock, terminated) = LoginLock::take(&net, p);
     let locked_at = Instant::now();
@@ -1114,7 +1163,7 @@ fn a_cut_leader_with_hung_probes_stops_before_its_lease_expires() {
     eprintln!(
         "cut n{p} and locked its logins at {:.2}s: old primary's last write at {:.2}s, postmaster gone at {}, \
          watchdog reset at {}; lease expiry (etcd) not before {:.2}s, key gone at {:.2}s; n{new}'s first write at {:.2}s; \
-         {probe_timeouts} probe timeouts logged",
+         {probe_timeouts} probe timeouts logged; n{p}: {}",
         secs(locked_at, cut_at),
         secs(last_old, cut_at),
         pm_gone.map_or("never".into(), |t| format!("{:.2}s", secs(t, cut_at))),
@@ -1122,14 +1171,17 @@ fn a_cut_leader_with_hung_probes_stops_before_its_lease_expires() {
         secs(expiry_lb, cut_at),
         secs(key_gone, cut_at),
         secs(first_new, cut_at),
+        watchdog_after_cut(&net, p, cut_ms)
     );
-    for l in log.lines().filter(|l| {
-        l.contains("probe")
-            || l.contains("stopping PostgreSQL")
-            || l.contains("PostgreSQL stopped")
-            || l.contains("watchdog")
-    }) {
-        eprintln!("  n{p}: {l}");
+    // The old leader's log from the cut to its disarm, to read the
+    // cycle that stopped PostgreSQL against the wall clock of the cut.
+    eprintln!("the cut at {} UTC; n{p}'s log:", wall_clock(cut_wall));
+    for l in log
+        .lines()
+        .take_while(|l| !l.contains("watchdog disarmed"))
+        .take(60)
+    {
+        eprintln!("  {l}");
     }
     // Fails if the probes never timed out: the lock did not hold logins
     // back, and this test would not test what it says.
