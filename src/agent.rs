@@ -538,7 +538,26 @@ impl Agent {
                     "running initdb in {}",
                     self.cfg.postgresql.data_dir.display()
                 );
-                until_stop_signal(self.pg.initdb(LONG_OP)).await
+                // initdb holds the loop, on a slow machine for longer than a
+                // ttl: the lease is renewed meanwhile, or the leader key
+                // bound to it expires and the next member bootstraps a
+                // cluster of its own. Nothing runs yet, so nothing to fence.
+                let every = Duration::from_millis(self.ha.loop_wait_ms.clamp(100, 1000));
+                let initdb = until_stop_signal(self.pg.initdb(LONG_OP));
+                tokio::pin!(initdb);
+                loop {
+                    tokio::select! {
+                        r = &mut initdb => break r,
+                        _ = tokio::time::sleep(every) => {
+                            let t = Duration::from_millis(self.ha.retry_timeout_ms);
+                            let sent = self.now();
+                            match self.dcs.keepalive(t).await {
+                                Ok(ka) => self.node.on_renewed(sent, ka.lease_id, ka.granted_new),
+                                Err(e) => debug!("lease keep-alive during initdb: {e}"),
+                            }
+                        }
+                    }
+                }
             }
             Action::StartPrimary => {
                 self.pg.write_primary_conf().map_err(|e| e.to_string())?;

@@ -203,6 +203,48 @@ fn graceful_stop_hands_over_well_before_the_ttl() {
     );
 }
 
+/// Defect: initdb held the loop, and a bootstrap whose initdb took longer
+/// than a ttl (8-11 s on a loaded 2-core machine against ttl 6 s) lost its
+/// leader key meanwhile; the next member then ran initdb in turn, and so
+/// on: the members that lost ended with a data directory of their own
+/// system identifier and refused it for good ("refusing to manage the data
+/// directory"), so the cluster never got its replicas. Now the lease (and
+/// with it the key) is renewed while initdb runs. Here initdb takes ttl +
+/// 3 s on every node.
+#[test]
+fn a_bootstrap_slower_than_the_ttl_keeps_the_key() {
+    let mut c = Cluster::new(3, Opts::default());
+    let slow = format!(
+        "sleep {}; exec {}/initdb \"$@\"",
+        c.opts.ttl + 3,
+        common::cluster::BIN_DIR
+    );
+    for i in 0..3 {
+        let dir = c.nodes[i].dir.join("slow-bin");
+        common::cluster::wrapped_bin_dir(&dir, "initdb", &slow);
+        common::cluster::use_bin_dir(&c.nodes[i], &dir);
+        c.start_agent(i);
+    }
+    // Fails (times out) when the members bootstrapped clusters of their own.
+    let p = c.wait_healthy(BOOT);
+    let ids: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|n| {
+            n.sql("SELECT system_identifier FROM pg_control_system()")
+                .unwrap()
+        })
+        .collect();
+    assert!(ids.iter().all(|id| *id == ids[p]), "{ids:?}");
+    // Only the bootstrap leader ran initdb to the end.
+    let inits = c
+        .nodes
+        .iter()
+        .filter(|n| n.agent_log_text().contains("running initdb"))
+        .count();
+    assert_eq!(inits, 1, "initdb ran on {inits} members");
+}
+
 #[test]
 fn hung_leader_is_fenced_before_its_lease_expires() {
     let c = Cluster::start(3, Opts::default());

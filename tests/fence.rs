@@ -7,34 +7,15 @@
 
 mod common;
 
-use common::cluster::{BIN_DIR, Cluster, Opts, monotonic_ms, wait_for};
-use std::os::unix::fs::PermissionsExt;
+use common::cluster::{
+    BIN_DIR, Cluster, Opts, monotonic_ms, set_wrapper, use_bin_dir, wait_for, wrapped_bin_dir,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const BOOT: Duration = Duration::from_secs(90);
-
-/// A bin_dir of links to PostgreSQL's programs, with a `pg_ctl` script in
-/// place of the real one.
-fn wrapped_bin_dir(dir: &Path, pg_ctl_script: &str) {
-    std::fs::create_dir_all(dir).unwrap();
-    for e in std::fs::read_dir(BIN_DIR).unwrap() {
-        let e = e.unwrap();
-        if e.file_name() != "pg_ctl" {
-            std::os::unix::fs::symlink(e.path(), dir.join(e.file_name())).unwrap();
-        }
-    }
-    set_pg_ctl(dir, pg_ctl_script);
-}
-
-fn set_pg_ctl(dir: &Path, script: &str) {
-    let tmp = dir.join("pg_ctl.new");
-    std::fs::write(&tmp, format!("#!/bin/sh\n{script}\n")).unwrap();
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&tmp, dir.join("pg_ctl")).unwrap();
-}
 
 /// Defect: a failed `pg_ctl status` (exit 4 here, as when the data
 /// directory cannot be accessed) meant "already stopped": on SIGTERM the
@@ -63,14 +44,10 @@ fn sigterm_with_a_failing_pg_ctl(c: &mut Cluster) {
     let wrapped = c.nodes[0].dir.join("wrapped-bin");
     wrapped_bin_dir(
         &wrapped,
+        "pg_ctl",
         "echo 'pg_ctl: could not access directory' >&2; exit 4",
     );
-    let cfg = std::fs::read_to_string(&c.nodes[0].config).unwrap();
-    let cfg = cfg.replace(
-        &format!("bin_dir: {BIN_DIR}"),
-        &format!("bin_dir: {}", wrapped.display()),
-    );
-    std::fs::write(&c.nodes[0].config, cfg).unwrap();
+    use_bin_dir(&c.nodes[0], &wrapped);
     let pid = c.nodes[0].agent_pid().unwrap();
     // SAFETY: kill(2) on the agent we spawned.
     unsafe { libc::kill(pid, libc::SIGHUP) };
@@ -112,7 +89,7 @@ fn sigterm_with_a_failing_pg_ctl(c: &mut Cluster) {
     );
 
     // pg_ctl works again: the stop completes, then key and watchdog go.
-    set_pg_ctl(&wrapped, &format!("exec {BIN_DIR}/pg_ctl \"$@\""));
+    set_wrapper(&wrapped, "pg_ctl", &format!("exec {BIN_DIR}/pg_ctl \"$@\""));
     let code = c.stop_agent(0, Duration::from_secs(30));
     assert_eq!(code, Some(0));
     assert_eq!(c.nodes[0].postmaster_pid(), None, "PostgreSQL still runs");

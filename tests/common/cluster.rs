@@ -66,6 +66,37 @@ fn chown_r(path: &Path, ids: Option<(u32, u32)>) {
     }
 }
 
+/// A bin_dir of links to PostgreSQL's programs, with a shell script in
+/// place of `program`.
+pub fn wrapped_bin_dir(dir: &Path, program: &str, script: &str) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    for e in std::fs::read_dir(BIN_DIR).expect("read bin_dir") {
+        let e = e.expect("entry");
+        if e.file_name() != program {
+            std::os::unix::fs::symlink(e.path(), dir.join(e.file_name())).expect("symlink");
+        }
+    }
+    set_wrapper(dir, program, script);
+}
+
+/// Replaces the script that stands for `program` in a wrapped bin_dir.
+pub fn set_wrapper(dir: &Path, program: &str, script: &str) {
+    let tmp = dir.join(format!("{program}.new"));
+    std::fs::write(&tmp, format!("#!/bin/sh\n{script}\n")).expect("write wrapper");
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::rename(&tmp, dir.join(program)).expect("rename wrapper");
+}
+
+/// Points node i's config at another bin_dir (read at start or reload).
+pub fn use_bin_dir(node: &Node, dir: &Path) {
+    let cfg = std::fs::read_to_string(&node.config).expect("read config");
+    let cfg = cfg.replace(
+        &format!("bin_dir: {BIN_DIR}"),
+        &format!("bin_dir: {}", dir.display()),
+    );
+    std::fs::write(&node.config, cfg).expect("write config");
+}
+
 /// A free TCP port on 127.0.0.1 (bound then released).
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -108,6 +139,45 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A testing watchdog's log: (monotonic ms, operation) lines; a line still
+/// being written is skipped.
+pub fn watchdog_events(path: &Path) -> Vec<(u64, String)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (ms, op) = l.split_once(' ')?;
+            Some((ms.parse().ok()?, op.to_string()))
+        })
+        .collect()
+}
+
+/// When emulated hardware behind the testing watchdog would reset the node
+/// (monotonic ms): the last `open` or `keepalive` plus the timeout read back
+/// (`timeout N`), unless a `magic-close` came after it. A plain `close` (a
+/// crashed agent) leaves it counting, as `nowayout` hardware does. None when
+/// not armed.
+pub fn watchdog_reset_at(events: &[(u64, String)]) -> Option<u64> {
+    let (mut last_ping, mut timeout_ms) = (None, None);
+    for (t, op) in events {
+        match op.as_str() {
+            "open" => {
+                last_ping = Some(*t);
+                timeout_ms = None;
+            }
+            "keepalive" => last_ping = last_ping.map(|_| *t),
+            "magic-close" => last_ping = None,
+            other => {
+                if let Some(n) = other.strip_prefix("timeout ")
+                    && let Ok(n) = n.parse::<u64>()
+                {
+                    timeout_ms = Some(n * 1000);
+                }
+            }
+        }
+    }
+    Some(last_ping? + timeout_ms?)
 }
 
 pub struct Node {
@@ -178,13 +248,7 @@ impl Node {
 
     /// The testing watchdog's log: (monotonic ms, operation) lines.
     pub fn watchdog_events(&self) -> Vec<(u64, String)> {
-        let text = std::fs::read_to_string(&self.watchdog_log).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| {
-                let (ms, op) = l.split_once(' ')?;
-                Some((ms.parse().ok()?, op.to_string()))
-            })
-            .collect()
+        watchdog_events(&self.watchdog_log)
     }
 
     pub fn agent_log_text(&self) -> String {
