@@ -131,6 +131,12 @@ impl Agent {
         Millis(self.started.elapsed().as_millis() as u64)
     }
 
+    /// A confirmed leader past its stop deadline whose PostgreSQL (as last
+    /// probed) may be writable: only the stop may run now.
+    fn fence_pending(&self) -> bool {
+        self.node.past_stop_deadline(&self.ha, self.now()) && self.last_local.may_be_writable()
+    }
+
     fn io_timeout(&self) -> Duration {
         Duration::from_millis(ha::io_timeout_ms(&self.ha, &self.node, self.now()))
     }
@@ -345,11 +351,17 @@ impl Agent {
     async fn cycle(&mut self) -> Millis {
         let started = Instant::now();
         let t = self.io_timeout();
-        let view = match self.dcs.read(t).await {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.warn_limited(format!("etcd read failed: {e}"));
-                None
+        let view = if self.fence_pending() {
+            // Rule W needs only the probe: no read spends the stop budget.
+            debug!("past the stop deadline: no etcd read before the stop");
+            None
+        } else {
+            match self.dcs.read(t).await {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    self.warn_limited(format!("etcd read failed: {e}"));
+                    None
+                }
             }
         };
         // A switchover scheduled for later is not yet a request.
@@ -418,7 +430,10 @@ impl Agent {
         self.last_local = local;
         self.member_key_checked = false;
         let ok = self.act(&decision).await;
-        self.publish().await;
+        let past_deadline = self.fence_pending();
+        if !past_deadline {
+            self.publish().await;
+        }
         self.update_snapshot(&decision.summary, started);
 
         let mut next = decision.next_cycle;
@@ -428,6 +443,10 @@ impl Agent {
         if !ok {
             next = next.min(now.plus(self.ha.loop_wait_ms.min(1000)));
         }
+        if past_deadline {
+            // Straight to rule W's stop.
+            next = self.now();
+        }
         next
     }
 
@@ -436,6 +455,10 @@ impl Agent {
     async fn act(&mut self, d: &Decision) -> bool {
         let mut ok = true;
         for a in &d.actions {
+            if !a.is_fence() && self.fence_pending() {
+                debug!("past the stop deadline: skipping {}", describe(a));
+                return false;
+            }
             if let Err(e) = self.execute(a).await {
                 self.warn_limited(format!("{}: {e}", describe(a)));
                 ok = false;
@@ -461,7 +484,9 @@ impl Agent {
                 // after the cycle's actions, one of which may hold the loop
                 // (a replica's start): the new leader makes a replication
                 // slot only for members that publish a key.
-                self.publish().await;
+                if !self.fence_pending() {
+                    self.publish().await;
+                }
                 Ok(())
             }
             Action::ConfirmLeader { status } => {

@@ -169,6 +169,13 @@ impl NodeState {
     pub fn may_stay_primary(&self, cfg: &HaConfig, now: Millis) -> bool {
         self.leader_confirmed && self.must_stop_at(cfg).is_some_and(|t| now < t)
     }
+
+    /// A confirmed leader whose stop deadline has come: from here until the
+    /// stop, nothing but the fence runs (no etcd read, no publish, no other
+    /// step), so the whole stop budget goes to the stop (DESIGN §1.5).
+    pub fn past_stop_deadline(&self, cfg: &HaConfig, now: Millis) -> bool {
+        self.leader_confirmed && !self.may_stay_primary(cfg, now)
+    }
 }
 
 /// How the node state changes with each outcome. The agent and the simulator
@@ -414,6 +421,13 @@ impl Action {
     /// by the feed rule.
     pub fn continues_on_failure(&self) -> bool {
         matches!(self, Action::KeepAlive)
+    }
+
+    /// The steps that still run once a leader is past its stop deadline
+    /// ([`NodeState::past_stop_deadline`]): every other step (an etcd call,
+    /// a publish, a slot sync) would spend the stop budget before the stop.
+    pub fn is_fence(&self) -> bool {
+        matches!(self, Action::StopPostgres | Action::DisarmWatchdog)
     }
 }
 
@@ -1898,6 +1912,28 @@ mod tests {
             d.actions,
             vec![KeepAlive, TakeOverLeader { mod_revision: 7 }]
         );
+    }
+
+    /// Past its stop deadline a confirmed leader runs only the fence steps;
+    /// before it, or when not the leader, everything runs.
+    #[test]
+    fn past_the_stop_deadline_only_the_fence_runs() {
+        let c = cfg(WatchdogMode::Automatic);
+        let n = leading(true);
+        let stop_at = n.must_stop_at(&c).unwrap();
+        assert!(!n.past_stop_deadline(&c, stop_at.minus(1)));
+        assert!(n.past_stop_deadline(&c, stop_at));
+        assert!(!replica_node().past_stop_deadline(&c, stop_at));
+        assert!(StopPostgres.is_fence() && DisarmWatchdog.is_fence());
+        for a in [
+            KeepAlive,
+            ConfirmLeader { status: None },
+            ReleaseLeader,
+            StopCleanly,
+            SyncSlots { slots: vec![] },
+        ] {
+            assert!(!a.is_fence(), "{a:?}");
+        }
     }
 
     /// A forged address in the leader's member key does not move a replica
