@@ -523,7 +523,11 @@ fn a_second_agent_for_the_same_data_directory_is_refused() {
                 &other_sock.display().to_string(),
             );
         std::fs::write(&second, cfg).unwrap();
-        std::fs::set_permissions(&second, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(
+            &second,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644),
+        )
+        .unwrap();
         let mut child = c
             .leasedog_with(&second)
             .arg("run")
