@@ -172,7 +172,10 @@ impl Drop for Background {
 }
 
 /// The value of junk member key number `i`: every kind of bad data, and one
-/// in twelve valid member JSON that claims to be far ahead.
+/// in twelve valid member JSON that claims to be far ahead. (While those
+/// stand, a leader that failed would not be replaced: every replica defers
+/// to the junk member as "the better candidate", which never takes the key.
+/// Failing closed; not exercised here, as the leader does not fail.)
 fn junk_value(i: usize) -> Vec<u8> {
     match i % 12 {
         0 => b"{not json".to_vec(),
