@@ -143,20 +143,30 @@ impl Agent {
 
     /// Logs a warning, but the same text at most once per 30 s.
     fn warn_limited(&mut self, msg: String) {
+        let key = msg.clone();
+        self.warn_limited_as(key, msg);
+    }
+
+    /// Logs `msg` as a warning unless one with the same `key` was logged
+    /// in the last 30 s (then at debug level); true when logged. For a
+    /// message quoting something that changes from cycle to cycle (a time
+    /// ago, a value a hostile writer rewrites) under a fixed key.
+    fn warn_limited_as(&mut self, key: String, msg: String) -> bool {
         let now = self.now();
         if self
             .warned
-            .get(&msg)
+            .get(&key)
             .is_some_and(|at| now.since(*at) < 30_000)
         {
             debug!("{msg}");
-            return;
+            return false;
         }
         if self.warned.len() > 64 {
             self.warned.retain(|_, at| now.since(*at) < 30_000);
         }
         warn!("{msg}");
-        self.warned.insert(msg, now);
+        self.warned.insert(key, now);
+        true
     }
 
     /// Runs until SIGTERM/SIGINT.
@@ -383,10 +393,16 @@ impl Agent {
                 // past is stale (agents were down, clocks jumped): it is
                 // dropped, not run at some arbitrary later moment.
                 Some(when) if unix_now * 1000 > when * 1000 + self.ha.loop_wait_ms * 3 / 2 => {
-                    self.warn_limited(format!(
-                        "ignoring a stale switchover scheduled at {at} ({} s ago)",
-                        unix_now - when
-                    ));
+                    // Keyed apart from the text: the age grows every
+                    // cycle, and a hostile writer can rewrite the time.
+                    self.warn_limited_as(
+                        "stale switchover".into(),
+                        format!(
+                            "ignoring a stale switchover scheduled at {} ({} s ago)",
+                            crate::config::excerpt(at),
+                            unix_now - when
+                        ),
+                    );
                     v.failover = None;
                     if v.leader.as_ref().is_some_and(|l| {
                         l.name == self.cfg.name && Some(l.lease) == self.node.lease_id
@@ -399,9 +415,13 @@ impl Agent {
                 }
                 Some(_) => {}
                 None => {
-                    self.warn_limited(format!(
-                        "ignoring a switchover scheduled at an unreadable time {at:?}"
-                    ));
+                    self.warn_limited_as(
+                        "unreadable switchover time".into(),
+                        format!(
+                            "ignoring a switchover scheduled at an unreadable time {}",
+                            crate::config::excerpt(at)
+                        ),
+                    );
                     v.failover = None;
                 }
             }
@@ -709,8 +729,9 @@ impl Agent {
         )
         .ok_or_else(|| {
             format!(
-                "member {} publishes an unusable conn_url {:?}",
-                u.member, u.conn_url
+                "member {} publishes an unusable conn_url {}",
+                crate::config::excerpt(&u.member),
+                crate::config::excerpt(&u.conn_url)
             )
         })
     }
@@ -1201,5 +1222,24 @@ fn describe(a: &Action) -> &'static str {
         Action::WriteInitialize { .. } => "writing the initialize key",
         Action::SyncSlots { .. } => "replication slots",
         Action::DeleteFailover => "clearing the switchover request",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A warning whose text changes every cycle (the age of a stale
+    /// switchover, a time a hostile writer rewrites) is still logged once
+    /// per 30 s: it is limited by its key, not its text.
+    #[test]
+    fn warnings_are_rate_limited_by_key() {
+        let mut a = Agent::new(Config::default());
+        assert!(a.warn_limited_as("stale switchover".into(), "at 1 (5 s ago)".into()));
+        assert!(!a.warn_limited_as("stale switchover".into(), "at 1 (6 s ago)".into()));
+        assert!(!a.warn_limited_as("stale switchover".into(), "at 2 (1 s ago)".into()));
+        assert!(a.warn_limited_as("another".into(), "at 1 (6 s ago)".into()));
+        a.warn_limited("same text".into());
+        assert!(!a.warn_limited_as("same text".into(), "same text".into()));
     }
 }

@@ -407,6 +407,10 @@ impl LocalPostgres {
 }
 
 /// The `host:port` of a `postgres://[user@]host:port/db` connection URL.
+/// The host is a name, an IPv4 address or a bracketed IPv6 address: any
+/// other character (a quote, a space, a newline from a forged member key)
+/// makes the URL unusable, as it would otherwise reach `primary_conninfo`
+/// in the configuration file PostgreSQL reads.
 pub fn conn_host_port(conn_url: &str) -> Option<String> {
     let rest = conn_url
         .strip_prefix("postgres://")
@@ -415,10 +419,12 @@ pub fn conn_host_port(conn_url: &str) -> Option<String> {
     let hp = rest.split(['/', '?']).next()?;
     let (host, port) = hp.rsplit_once(':')?;
     port.parse::<u16>().ok()?;
-    if host.is_empty() {
-        return None;
-    }
-    Some(format!("{host}:{port}"))
+    let name_char = |c: char| c.is_ascii_alphanumeric() || "-._%".contains(c);
+    let valid = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => !v6.is_empty() && v6.chars().all(|c| name_char(c) || c == ':'),
+        None => !host.is_empty() && host.chars().all(name_char),
+    };
+    valid.then(|| format!("{host}:{port}"))
 }
 
 /// Parses a switchover time: unix seconds, or ISO 8601 in UTC
@@ -660,6 +666,26 @@ mod tests {
         );
         assert_eq!(conn_host_port("postgres://h/postgres"), None);
         assert_eq!(conn_host_port("http://h:1"), None);
+        assert_eq!(
+            conn_host_port("postgresql://db-1.example_x.org:5432/postgres").as_deref(),
+            Some("db-1.example_x.org:5432")
+        );
+        assert_eq!(
+            conn_host_port("postgres://[fe80::1%eth0]:5432/postgres").as_deref(),
+            Some("[fe80::1%eth0]:5432")
+        );
+        // A forged member key's host never reaches primary_conninfo: a
+        // newline or quote would break (or inject into) the config file.
+        for hostile in [
+            "postgres://u:p@ev'il\nrestore_command='touch x':5432/postgres",
+            "postgres://a b:1/postgres",
+            "postgres://h\":1/postgres",
+            "postgres://a:b:1/postgres",
+            "postgres://[]:1/postgres",
+            "postgres://[::1\n]:1/postgres",
+        ] {
+            assert_eq!(conn_host_port(hostile), None, "{hostile:?}");
+        }
     }
 
     #[test]

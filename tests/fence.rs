@@ -105,29 +105,7 @@ fn sigterm_with_a_failing_pg_ctl(c: &mut Cluster) {
 
 /// psql against one node's socket; None when it fails.
 fn psql(sock: &Path, port: u16, sql: &str) -> Option<String> {
-    let out = std::process::Command::new(format!("{BIN_DIR}/psql"))
-        .args([
-            "-X",
-            "-At",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-        ])
-        .arg("-h")
-        .arg(sock)
-        .arg("-p")
-        .arg(port.to_string())
-        .arg("-c")
-        .arg(sql)
-        .env("PGCONNECT_TIMEOUT", "2")
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    common::cluster::psql(sock, port, sql).ok()
 }
 
 /// A client that keeps writing (about 100 kB of WAL per statement) to
@@ -367,11 +345,7 @@ fn api_and_socket_floods_never_move_a_feed() {
                         })
                     } else {
                         let path = if i % 2 == 0 { "/cluster" } else { "/primary" };
-                        std::net::TcpStream::connect(&api).and_then(|mut s| {
-                            s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
-                            let mut v = Vec::new();
-                            s.read_to_end(&mut v)
-                        })
+                        common::cluster::http_get(&api, path).map(|v| v.len())
                     };
                     if ok.is_ok() {
                         served.fetch_add(1, Ordering::Relaxed);
@@ -385,7 +359,11 @@ fn api_and_socket_floods_never_move_a_feed() {
             let _ = t.join();
         }
         let end = common::cluster::monotonic_ms();
-        let (feeds, worst) = feeds_and_longest_gap(&c.nodes[0], start.saturating_sub(1500), end);
+        let (feeds, worst) = common::cluster::feeds_and_longest_gap(
+            &c.nodes[0].watchdog_events(),
+            start.saturating_sub(1500),
+            end,
+        );
         let n = served.load(Ordering::Relaxed);
         eprintln!(
             "{n} requests in 6 s ({} per s); {} feeds, longest gap {worst} ms (watchdog timeout 4000 ms)",
@@ -401,23 +379,6 @@ fn api_and_socket_floods_never_move_a_feed() {
             "a feed came {worst} ms after the previous one"
         );
     });
-}
-
-/// The watchdog feeds between two instants and the longest gap between
-/// consecutive ones (u64::MAX when there are fewer than two).
-fn feeds_and_longest_gap(node: &common::cluster::Node, from: u64, to: u64) -> (Vec<u64>, u64) {
-    let feeds: Vec<u64> = node
-        .watchdog_events()
-        .into_iter()
-        .filter(|(t, o)| o == "keepalive" && *t >= from && *t <= to)
-        .map(|(t, _)| t)
-        .collect();
-    let worst = feeds
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .max()
-        .unwrap_or(u64::MAX);
-    (feeds, worst)
 }
 
 /// SIGHUP re-reads the file off the loop's thread: a file that cannot be
@@ -468,7 +429,8 @@ fn a_reload_that_hangs_or_fails_never_moves_a_feed() {
         std::thread::sleep(Duration::from_secs(5));
         hup();
         let end = monotonic_ms();
-        let (feeds, worst) = feeds_and_longest_gap(&c.nodes[0], start, end);
+        let (feeds, worst) =
+            common::cluster::feeds_and_longest_gap(&c.nodes[0].watchdog_events(), start, end);
         eprintln!(
             "{} feeds in {} ms, longest gap {worst} ms",
             feeds.len(),

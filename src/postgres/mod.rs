@@ -69,6 +69,23 @@ impl std::fmt::Display for PgError {
 
 impl std::error::Error for PgError {}
 
+/// An error with its causes: tokio-postgres says only "db error" or "error
+/// connecting to server" and keeps PostgreSQL's message (`ERROR: all
+/// replication slots are in use`) or the I/O error in its source.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    s
+}
+
 /// How PostgreSQL was stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopOutcome {
@@ -199,7 +216,7 @@ impl Postgres {
             let (client, conn) = tokio::time::timeout(timeout, c.connect(tokio_postgres::NoTls))
                 .await
                 .map_err(|_| PgError::Query("connect timed out".into()))?
-                .map_err(|e| PgError::Query(e.to_string()))?;
+                .map_err(|e| PgError::Query(error_chain(&e)))?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
@@ -215,7 +232,7 @@ impl Postgres {
         let client = self.client(timeout).await?;
         match tokio::time::timeout(timeout, client.batch_execute(sql)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(PgError::Query(e.to_string())),
+            Ok(Err(e)) => Err(PgError::Query(error_chain(&e))),
             Err(_) => {
                 self.client = None;
                 Err(PgError::Query(format!("timed out after {timeout:?}")))
@@ -315,8 +332,8 @@ impl Postgres {
         let row = tokio::time::timeout(timeout, client.query_one(probe::PROBE_SQL, &[]))
             .await
             .map_err(|_| PgError::Query("probe timed out".into()))?
-            .map_err(|e| PgError::Query(e.to_string()))?;
-        let get = |e: tokio_postgres::Error| PgError::Query(e.to_string());
+            .map_err(|e| PgError::Query(error_chain(&e)))?;
+        let get = |e: tokio_postgres::Error| PgError::Query(error_chain(&e));
         let mut state = probe::from_row(
             row.try_get(0).map_err(get)?,
             row.try_get(1).map_err(get)?,
@@ -336,7 +353,7 @@ impl Postgres {
             let rows = tokio::time::timeout(timeout, client.query(probe::REPLICATION_SQL, &[]))
                 .await
                 .map_err(|_| PgError::Query("replication query timed out".into()))?
-                .map_err(|e| PgError::Query(e.to_string()))?;
+                .map_err(|e| PgError::Query(error_chain(&e)))?;
             for r in rows {
                 let name: Option<String> = r.try_get(0).map_err(get)?;
                 let lsn: String = r.try_get(2).map_err(get)?;
@@ -730,7 +747,7 @@ impl Postgres {
         )
         .await
         .map_err(|_| PgError::Query("slot query timed out".into()))?
-        .map_err(|e| PgError::Query(e.to_string()))?;
+        .map_err(|e| PgError::Query(error_chain(&e)))?;
         let mut existing = Vec::new();
         for r in &rows {
             let get = |e: tokio_postgres::Error| PgError::Query(e.to_string());
@@ -809,7 +826,9 @@ pub async fn received_lsn(
         Ok(Err(e)) => return Err(PgError::Query(format!("{}:{}: {e}", up.host, up.port))),
         Err(_) => return Err(PgError::Query(format!("{}:{} timed out", up.host, up.port))),
     };
-    let text: String = row.try_get(0).map_err(|e| PgError::Query(e.to_string()))?;
+    let text: String = row
+        .try_get(0)
+        .map_err(|e| PgError::Query(error_chain(&e)))?;
     crate::cluster::Lsn::parse(&text)
         .ok_or_else(|| PgError::Query(format!("unreadable LSN {text:?}")))
 }
@@ -863,6 +882,33 @@ fn create_dir_0700(p: &Path) -> Result<(), PgError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("db error")
+        }
+    }
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    /// "db error" alone says nothing: the cause PostgreSQL gave is kept.
+    #[test]
+    fn errors_keep_their_causes() {
+        let e = Outer(std::io::Error::other(
+            "ERROR: all replication slots are in use",
+        ));
+        assert_eq!(
+            error_chain(&e),
+            "db error: ERROR: all replication slots are in use"
+        );
+        let plain = std::io::Error::other("x");
+        assert_eq!(error_chain(&plain), "x");
+    }
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 

@@ -180,6 +180,81 @@ pub fn watchdog_reset_at(events: &[(u64, String)]) -> Option<u64> {
     Some(last_ping? + timeout_ms?)
 }
 
+/// Runs SQL through psql as `postgres` on the server listening on `sock`
+/// (its socket directory) and `port`; Err with psql's stderr.
+pub fn psql(sock: &Path, port: u16, sql: &str) -> Result<String, String> {
+    let out = Command::new(format!("{BIN_DIR}/psql"))
+        .args([
+            "-X",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .arg("-h")
+        .arg(sock)
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-c")
+        .arg(sql)
+        .env("PGCONNECT_TIMEOUT", "2")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// The watchdog feeds (`keepalive`, monotonic ms) of `events` between
+/// `from` and `to`, and the longest time the device went unfed in that
+/// window: between two feeds, or from the last feed to `to`. u64::MAX when
+/// there was no feed at all.
+pub fn feeds_and_longest_gap(events: &[(u64, String)], from: u64, to: u64) -> (Vec<u64>, u64) {
+    let feeds: Vec<u64> = events
+        .iter()
+        .filter(|(t, o)| o == "keepalive" && *t >= from && *t <= to)
+        .map(|(t, _)| *t)
+        .collect();
+    let worst = match feeds.last() {
+        None => u64::MAX,
+        Some(last) => feeds
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .chain(std::iter::once(to - last))
+            .max()
+            .unwrap_or(0),
+    };
+    (feeds, worst)
+}
+
+/// One HTTP/1.0 GET (the server closes the connection): the raw response.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
+    let mut v = Vec::new();
+    s.read_to_end(&mut v)?;
+    Ok(v)
+}
+
+/// Resident memory of a process in KiB (VmRSS in /proc/PID/status).
+pub fn vm_rss_kib(pid: i32) -> Option<u64> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    st.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
 pub struct Node {
     pub name: String,
     pub dir: PathBuf,
@@ -210,31 +285,7 @@ impl Node {
 
     /// Runs SQL through psql on this node; Err with psql's stderr.
     pub fn sql(&self, sql: &str) -> Result<String, String> {
-        let out = Command::new(format!("{BIN_DIR}/psql"))
-            .args([
-                "-X",
-                "-At",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-            ])
-            .arg("-h")
-            .arg(self.socket_dir())
-            .arg("-p")
-            .arg(self.pg_port.to_string())
-            .arg("-c")
-            .arg(sql)
-            .env("PGCONNECT_TIMEOUT", "2")
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-        }
+        psql(&self.socket_dir(), self.pg_port, sql)
     }
 
     /// Some(true) primary, Some(false) replica, None not answering.
