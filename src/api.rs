@@ -439,6 +439,7 @@ mod tests {
                     xlog_location: Some(100 + 2048),
                     ..Default::default()
                 },
+                lease: Some(1),
             }],
             ..Default::default()
         };

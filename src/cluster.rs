@@ -129,9 +129,20 @@ pub struct MemberInfo {
 pub struct Member {
     pub name: String,
     pub info: MemberInfo,
+    /// The etcd lease the key is bound to, when read from etcd. Every agent
+    /// (and Patroni) binds its member key to its lease: a key bound to none
+    /// was written by hand or by a hostile writer.
+    pub lease: Option<i64>,
 }
 
 impl Member {
+    /// Written without a lease: never a failover candidate, however good
+    /// the position it claims (or anyone who can write etcd could hold
+    /// every failover off).
+    pub fn unleased(&self) -> bool {
+        self.lease == Some(0)
+    }
+
     pub fn lsn(&self) -> Lsn {
         Lsn(self.info.xlog_location.unwrap_or(0))
     }
@@ -268,6 +279,7 @@ pub fn parse_key(rel_key: &str, value: &[u8]) -> Result<KeyParse, String> {
         return Ok(KeyParse::Member(Member {
             name: name.to_string(),
             info,
+            lease: None,
         }));
     }
     match rel_key {
@@ -587,6 +599,7 @@ mod tests {
         v.members.push(Member {
             name: "n2".into(),
             info: MemberInfo::default(),
+            lease: None,
         });
         assert!(
             resume_refusal(&v).is_some(),
@@ -595,6 +608,7 @@ mod tests {
         v.members.push(Member {
             name: "n1".into(),
             info: MemberInfo::default(),
+            lease: None,
         });
         assert_eq!(resume_refusal(&v), None);
     }

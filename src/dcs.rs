@@ -343,7 +343,10 @@ impl Dcs {
                         mod_revision: kv.mod_revision(),
                     })
                 }
-                Ok(KeyParse::Member(m)) => view.members.push(m),
+                Ok(KeyParse::Member(mut m)) => {
+                    m.lease = Some(kv.lease());
+                    view.members.push(m)
+                }
                 Ok(KeyParse::Initialize(id)) => view.initialize = Some(id),
                 Ok(KeyParse::Config(c)) => {
                     self.last_good_config = Some(c.clone());

@@ -881,6 +881,12 @@ pub fn switchover_candidate_ok(
     if m.info.tags.nofailover {
         return Err(format!("{} is tagged nofailover", m.name));
     }
+    if m.unleased() {
+        return Err(format!(
+            "{}'s member key is bound to no lease (no agent wrote it)",
+            m.name
+        ));
+    }
     if m.info.state != "running" || m.info.role != Role::Replica {
         return Err(format!("{} is not a running replica", m.name));
     }
@@ -1040,6 +1046,7 @@ fn ahead_of_me<'v>(
     view.members.iter().find(|m| {
         m.name != cfg.name
             && !m.info.tags.nofailover
+            && !m.unleased()
             && m.info.state == "running"
             && m.info.role == Role::Replica
             && m.info.timeline.unwrap_or(0) >= my_tl
@@ -1166,7 +1173,7 @@ fn decide_no_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
         && target != cfg.name
         && view
             .member(target)
-            .is_some_and(|m| m.info.state == "running" && !m.info.tags.nofailover)
+            .is_some_and(|m| m.info.state == "running" && !m.info.tags.nofailover && !m.unleased())
     {
         if local.writable() {
             p.stop_and_disarm();
@@ -1239,6 +1246,7 @@ mod tests {
                 timeline: Some(tl),
                 ..Default::default()
             },
+            lease: Some(9),
         }
     }
 
@@ -2166,6 +2174,17 @@ mod tests {
                 .actions
                 .contains(&AcquireLeader)
         );
+        // A member key bound to no lease (written by hand or by a hostile
+        // writer) claiming any position never holds a failover off.
+        let mut junk = member("junk", Role::Replica, u64::MAX >> 2, 1);
+        junk.lease = Some(0);
+        let v = election_view(vec![junk.clone()], 1000);
+        let d = run(&c, 11_000, Some(&v), &replica(1000, "x:1"), &n);
+        assert!(d.actions.contains(&AcquireLeader), "{}", d.summary);
+        junk.lease = Some(77);
+        let v = election_view(vec![junk], 1000);
+        let d = run(&c, 11_000, Some(&v), &replica(1000, "x:1"), &n);
+        assert!(!d.actions.contains(&AcquireLeader), "{}", d.summary);
         // Lagging beyond maximum_lag_on_failover.
         let mut v = election_view(vec![], 1000);
         v.status = Some(Status {
