@@ -72,11 +72,16 @@ pub struct KeepAlive {
     pub ttl_left: i64,
 }
 
+/// HTTP/2 pings: etcd (gRPC's enforcement policy) closes a connection
+/// whose client pings more often than `--grpc-keepalive-min-time` (5 s by
+/// default) or pings with no stream open, and every stream on it ends and is
+/// made again. So: every 10 s, only while a stream is open. A dead endpoint
+/// is found by each call's own timeout, not by the pings.
 fn connect_options() -> ConnectOptions {
     ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-        .with_keep_alive_while_idle(true)
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(2))
+        .with_keep_alive_while_idle(false)
 }
 
 /// The etcd side of one agent.

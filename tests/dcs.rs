@@ -338,3 +338,43 @@ fn a_prefix_larger_than_a_grpc_message_still_reads() {
         assert!(again.member("b").is_some());
     });
 }
+
+/// How many gRPC streams of `method` etcd has started (its /metrics).
+fn streams_started(e: &EtcdServer, method: &str) -> u64 {
+    let addr = e.endpoint().trim_start_matches("http://").to_string();
+    let body = common::cluster::http_get(&addr, "/metrics").unwrap_or_default();
+    let text = String::from_utf8_lossy(&body);
+    text.lines()
+        .filter(|l| {
+            l.starts_with("grpc_server_started_total")
+                && l.contains(&format!("grpc_method=\"{method}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// An idle agent keeps its watch and keep-alive streams: etcd (by default)
+/// closes a connection whose client pings more often than every 5 s
+/// (`--grpc-keepalive-min-time`), and every stream on it ends and is made
+/// again. 12 s of one cycle a second: at most one stream of each.
+#[test]
+fn an_idle_agent_keeps_its_streams() {
+    let e = EtcdServer::start();
+    rt().block_on(async {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let _watch = spawn_watch(vec![e.endpoint()], PREFIX.into(), wake);
+        let mut a = dcs(&e, "a", 10);
+        let end = Instant::now() + Duration::from_secs(12);
+        while Instant::now() < end {
+            a.keepalive(T).await.unwrap();
+            a.read(T).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let (watch, keepalive) = (
+        streams_started(&e, "Watch"),
+        streams_started(&e, "LeaseKeepAlive"),
+    );
+    eprintln!("streams started in 12 s: Watch {watch}, LeaseKeepAlive {keepalive}");
+    assert!(watch <= 1 && keepalive <= 1, "streams were re-made");
+}
