@@ -19,8 +19,9 @@
 //! Faults come from a seeded PRNG: agent hangs (the loop stops, PostgreSQL
 //! keeps running), agent crashes (restarted later), SIGTERM (the graceful
 //! stop of `Agent::shutdown`: renew, stop, release, disarm, revoke; staying
-//! without renewing or feeding while the stop fails; leaving PostgreSQL
-//! running when a fresh read shows the pause), partitions from etcd (both
+//! without renewing or feeding while the stop fails, half the time under a
+//! stalled data volume; leaving PostgreSQL running when a fresh read shows
+//! the pause), partitions from etcd (both
 //! ways, requests only, replies only), a cut-off etcd member answering reads
 //! from its old revision (stale reads), slow etcd, etcd down, node resets,
 //! PostgreSQL crashes, failed probes, `pg_ctl` and data directory failures,
@@ -114,9 +115,12 @@ enum Mix {
     /// Everything.
     All,
     /// What a node without a watchdog survives, its loop being its only
-    /// fence: no agent hangs, an agent crash is restarted at once (systemd),
-    /// `pg_ctl` and the data directory stay usable, and stops finish within
-    /// the stop budget. Rule W, the blind stop and demotion must do it all.
+    /// fence: no agent hangs (the node is cut off instead), an agent crash
+    /// is restarted at once (systemd) and happens only while its primary's
+    /// lease has time left for a read, a renewal and a stop, `pg_ctl` and
+    /// the data directory stay usable, stops finish within the stop budget,
+    /// and a cut-off etcd member fails reads rather than answer stale ones.
+    /// Rule W, the blind stop and demotion must do it all.
     LoopAlive,
 }
 
@@ -1216,6 +1220,15 @@ impl Sim {
                     if n.agent == Agent::Idle {
                         n.next_cycle = self.now;
                         self.at(self.now, Ev::Cycle(i));
+                    }
+                    // Half the time the data volume stalls meanwhile: the
+                    // stop cannot be confirmed (not in `Mix::LoopAlive`).
+                    if self.setup.mix == Mix::All && self.rng.chance(50) {
+                        self.kinds.insert("SIGTERM during a stalled volume");
+                        let until = self.now + self.rng.range(500, 2 * self.etcd.ttl_ms);
+                        let n = &mut self.nodes[i];
+                        n.ctl_fail_until = n.ctl_fail_until.max(until);
+                        n.probe_fail_until = n.probe_fail_until.max(until);
                     }
                 }
             }
