@@ -10,17 +10,38 @@
 //! - a simulated PostgreSQL per node (stopped / primary / replica, LSN,
 //!   timeline history); operations take time and take effect when they
 //!   complete, so a stopping primary stays writable until the stop is done;
+//!   replication is asynchronous (a streaming replica trails by one tick of
+//!   commits), and only a clean stop (`StopCleanly`) hands the connected
+//!   standbys everything up to its shutdown checkpoint;
 //! - a simulated watchdog per node that resets the node when not fed in time;
 //! - a clock per node running within ±500 ppm of true time.
 //!
 //! Faults come from a seeded PRNG: agent hangs (the loop stops, PostgreSQL
-//! keeps running), agent crashes, partitions from etcd (both ways, requests
-//! only, replies only), slow etcd, etcd down, node resets, PostgreSQL crashes.
+//! keeps running), agent crashes (restarted later), SIGTERM (the graceful
+//! stop of `Agent::shutdown`: renew, stop, release, disarm, revoke; staying
+//! without renewing or feeding while the stop fails, half the time under a
+//! stalled data volume; leaving PostgreSQL running when a fresh read shows
+//! the pause), partitions from etcd (both
+//! ways, requests only, replies only), a cut-off etcd member answering reads
+//! from its old revision (stale reads), slow etcd, etcd down, node resets,
+//! PostgreSQL crashes, failed probes, `pg_ctl` and data directory failures,
+//! pause/resume (half the time with the leader cut off meanwhile),
+//! switchovers, a leader key without a lease, and etcd wipes.
 //!
 //! Checked after every event: never two writable primaries (a hung node's
-//! PostgreSQL counts until it is reset or stopped). After the faults stop:
-//! exactly one primary holding the leader key within a bound. At promotion:
-//! the new primary is within maximum_lag_on_failover of the last `status`.
+//! PostgreSQL counts until it is reset or stopped), and no watchdog disarmed
+//! while PostgreSQL is writable. After the faults stop: exactly one primary
+//! holding the leader key within a bound. At promotion: the new primary is
+//! within maximum_lag_on_failover of the last `status`, and after a
+//! switchover's hand-over the candidate holds the old primary's last
+//! (acknowledged) position, or the simulator reports a lost acknowledged
+//! write (a failover may lose up to maximum_lag_on_failover: not counted).
+//!
+//! Teeth: each `Broken` variant reintroduces one defect, and a `teeth_*`
+//! test asserts the simulator finds it within a fixed budget of seeds,
+//! printing the seed. Defects masked by a working watchdog (a failed renewal
+//! cancelling the fence) are shown without one, under the faults the loop
+//! alone must survive (`Mix::LoopAlive`, itself swept with no defect).
 //!
 //! `LEASEDOG_SIM_SEEDS=N` runs more schedules; `LEASEDOG_SIM_SEED=S` re-runs
 //! one (a failure prints its seed and fault schedule).
@@ -74,6 +95,33 @@ enum Broken {
     /// store, so a crashed agent's close pings it (Linux's
     /// `watchdog_release`): a full timeout from the crash, not the last feed.
     ClosePings,
+    /// Defect 2: the first failed action ends the sequence, the renewal
+    /// included (the old agent pushed `KeepAlive` first and stopped there),
+    /// so a blind, unconfirmed primary was never stopped.
+    RenewalFailureCancels,
+    /// Defect 3: the pause flag of the last successful read is trusted when
+    /// etcd cannot be read: rule W and the blind stop are skipped while it
+    /// is set, and a paused leader disarms its watchdog (the old core).
+    StalePause,
+    /// Defect 6: a switchover's stop is not clean (the standbys do not get
+    /// the shutdown checkpoint) and the handover is not checked: the key
+    /// goes whatever the candidate received.
+    UncheckedHandover,
+}
+
+/// Which faults a schedule draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mix {
+    /// Everything.
+    All,
+    /// What a node without a watchdog survives, its loop being its only
+    /// fence: no agent hangs (the node is cut off instead), an agent crash
+    /// is restarted at once (systemd) and happens only while its primary's
+    /// lease has time left for a read, a renewal and a stop, `pg_ctl` and
+    /// the data directory stay usable, stops finish within the stop budget,
+    /// and a cut-off etcd member fails reads rather than answer stale ones.
+    /// Rule W, the blind stop and demotion must do it all.
+    LoopAlive,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +133,7 @@ struct Setup {
     margin: u64,
     mode: WatchdogMode,
     broken: Broken,
+    mix: Mix,
 }
 
 // ---------------------------------------------------------------- etcd
@@ -109,6 +158,8 @@ enum Op {
     PutMember(Option<i64>, String),
     Initialize(String),
     DeleteFailover,
+    DeleteMember,
+    Revoke(Option<i64>),
 }
 
 #[derive(Debug, Clone)]
@@ -308,6 +359,21 @@ impl Etcd {
                 self.del(&format!("{PREFIX}failover"));
                 (Reply::Done, true)
             }
+            Op::DeleteMember => {
+                self.del(&format!("{PREFIX}members/{name}"));
+                (Reply::Done, false)
+            }
+            Op::Revoke(id) => {
+                let gone = match id {
+                    // Expiring it now removes it and its keys.
+                    Some(id) if self.leases.contains_key(id) => {
+                        self.leases.insert(*id, 0);
+                        self.expire(now)
+                    }
+                    _ => false,
+                };
+                (Reply::Done, gone)
+            }
         }
     }
 }
@@ -426,10 +492,22 @@ struct Node {
     /// The agent's memory: the last probe's recovery state since it last
     /// started or promoted the server (`postgres::Postgres::seen_in_recovery`).
     seen_in_recovery: Option<bool>,
+    /// Until then this node's etcd member is cut off and serves `stale_view`.
+    stale_until: u64,
+    stale_view: Option<ClusterView>,
+    /// A graceful stop in progress, whether its last step succeeded, and
+    /// when the agent is started again after it.
+    term: Option<Term>,
+    term_ok: bool,
+    term_restart: u64,
 }
 
 #[derive(Debug, Clone)]
 enum Pending {
+    /// The graceful stop's steps that are no `Action`.
+    TermDelete,
+    TermRead,
+    TermRevoke,
     Read,
     Action(Action),
     Publish,
@@ -571,6 +649,31 @@ enum Fault {
     /// Every key of the cluster deleted at once (a wiped or replaced etcd
     /// namespace); leases live on.
     EtcdWipe,
+    /// The node's etcd member is cut off from the others for a while: it
+    /// answers reads from its last revision (serializable reads of a stale
+    /// member) and nothing else (no quorum: writes and keep-alives hang).
+    StaleReads(usize, u64),
+    /// SIGTERM: the agent stops gracefully (`Agent::shutdown`), and is
+    /// started again `d` later.
+    Term(usize, u64),
+}
+
+/// Where a graceful stop (SIGTERM) is, as `Agent::shutdown` runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Term {
+    /// Signalled: taken when the running cycle ends.
+    Requested,
+    /// Paused: the member key is deleted, then a fresh read must still show
+    /// the pause to leave PostgreSQL running.
+    Leaving,
+    /// A confirmed leader renews once more (and feeds, under the feed rule).
+    Renewing,
+    Stopping,
+    /// The stop failed: PostgreSQL may be writable, so the agent stays, keeps
+    /// the key, neither renews nor feeds, and tries again every second.
+    Staying,
+    /// Stopped: release the key, disarm, revoke the lease, exit.
+    Releasing,
 }
 
 struct Sim {
@@ -594,6 +697,18 @@ struct Sim {
     kinds: std::collections::BTreeSet<&'static str>,
     /// When the faults end: a pending resume is forced from then on.
     quiet_from: u64,
+    /// The last switchover's hand-over, until the next promotion.
+    handover: Option<Handover>,
+    handovers: usize,
+}
+
+/// A primary stopped for a switchover and let the key go to `to`.
+#[derive(Debug, Clone, Copy)]
+struct Handover {
+    from: usize,
+    to: usize,
+    tl: u32,
+    lsn: u64,
 }
 
 type Outcome = Result<(), String>;
@@ -641,6 +756,11 @@ impl Sim {
                 ctl_fail_until: 0,
                 dir_fail_until: 0,
                 seen_in_recovery: None,
+                stale_until: 0,
+                stale_view: None,
+                term: None,
+                term_ok: true,
+                term_restart: 0,
             });
         }
         // Fault schedule: between 20 s (after bootstrap) and the quiet time.
@@ -653,7 +773,9 @@ impl Sim {
             // A quarter are failed observations and operator commands; the
             // rest keep the mix of process, network and etcd faults.
             let f = if rng.chance(25) {
-                match rng.range(0, 6) {
+                match rng.range(0, 8) {
+                    7 => Fault::StaleReads(node, rng.range(1000, long)),
+                    8 => Fault::Term(node, rng.range(500, ttl_ms)),
                     0 => Fault::ProbeFails(node, rng.range(100, long)),
                     1 => Fault::CtlFails(node, rng.range(500, long)),
                     2 => Fault::DirFails(node, rng.range(500, long)),
@@ -680,6 +802,24 @@ impl Sim {
                     8 => Fault::Reset(node),
                     _ => Fault::PgCrash(node),
                 }
+            };
+            let f = match (setup.mix, f) {
+                (Mix::All, f) => f,
+                // No hangs: the node is cut off instead; a crash is
+                // restarted at once; pg_ctl works, only the probe fails.
+                (Mix::LoopAlive, Fault::Hang(i, d) | Fault::Stutter(i, d, _, _)) => {
+                    Fault::Partition(i, true, true, d.max(1000))
+                }
+                (Mix::LoopAlive, Fault::Crash(i, d)) => Fault::Crash(i, 100 + d % 200),
+                (Mix::LoopAlive, Fault::CtlFails(i, d) | Fault::DirFails(i, d)) => {
+                    Fault::ProbeFails(i, d)
+                }
+                // A member that keeps answering reads from before a wipe
+                // keeps the old primary racing for a key it cannot get, with
+                // no lease deadline to stop it: only a watchdog fences that
+                // (the agent's reads are linearizable: etcd does not do it).
+                (Mix::LoopAlive, Fault::StaleReads(i, d)) => Fault::Partition(i, true, true, d),
+                (Mix::LoopAlive, f) => f,
             };
             faults.push((at, f));
         }
@@ -708,6 +848,8 @@ impl Sim {
             promotions: 0,
             kinds: Default::default(),
             quiet_from: 80_000 + ttl_ms * 2,
+            handover: None,
+            handovers: 0,
         };
         for i in 0..s.setup.nodes {
             let start = s.rng.range(0, 300);
@@ -845,6 +987,11 @@ impl Sim {
                 if !view.paused() {
                     return Ok(());
                 }
+                if self.now < self.etcd_down_until {
+                    // The operator's command fails too: retry.
+                    self.at(self.now + 1000, Ev::Resume);
+                    return Ok(());
+                }
                 let refused = leasedog::cluster::resume_refusal(&view);
                 if refused.is_none() || self.now >= self.quiet_from {
                     self.note(format!(
@@ -871,8 +1018,12 @@ impl Sim {
                     let n = &mut self.nodes[i];
                     n.agent = Agent::Idle;
                     n.node = NodeState::default();
+                    n.term = None;
                     n.queue.clear();
                     n.pending = None;
+                    // The new process starts its loop at once (not at the
+                    // dead one's next cycle).
+                    n.next_cycle = now;
                     // The stored watchdog is handed back and taken over as
                     // armed (`Agent::adopt_stored_watchdog`).
                     if n.wd_expiry.is_some() {
@@ -907,6 +1058,10 @@ impl Sim {
             }
             Ev::Cycle(i) => {
                 if self.nodes[i].agent == Agent::Idle && self.now >= self.nodes[i].next_cycle {
+                    if self.nodes[i].term.is_some() {
+                        let ok = self.nodes[i].term_ok;
+                        return self.term_step(i, ok);
+                    }
                     self.send(i, Op::Read, Pending::Read);
                 }
             }
@@ -915,6 +1070,19 @@ impl Sim {
                     return Ok(());
                 };
                 if self.now < self.etcd_down_until {
+                    return Ok(());
+                }
+                if self.now < self.nodes[i].stale_until {
+                    // A cut-off member: reads from its old revision, the
+                    // rest waits for a quorum that does not come.
+                    if op == Op::Read
+                        && let Some(v) = self.nodes[i].stale_view.clone()
+                        && self.now >= self.nodes[i].rep_cut_until
+                    {
+                        let d = self.latency();
+                        self.replies.insert((i, seqno), Reply::View(Box::new(v)));
+                        self.at(self.now + d, Ev::Reply(i, seqno));
+                    }
                     return Ok(());
                 }
                 let name = self.nodes[i].name.clone();
@@ -996,6 +1164,8 @@ impl Sim {
             Fault::Switchover => "switchover",
             Fault::UnleasedLeader => "leader key without a lease",
             Fault::EtcdWipe => "etcd keys wiped",
+            Fault::StaleReads(..) => "stale reads from a cut-off etcd member",
+            Fault::Term(..) => "SIGTERM graceful stop",
         }
     }
 
@@ -1023,6 +1193,50 @@ impl Sim {
                     .put(&format!("{PREFIX}config"), r#"{"pause":true}"#.into(), 0);
                 self.watch_fired();
                 self.at(self.now + d, Ev::Resume);
+                // Half the time the leader is cut off from etcd meanwhile:
+                // the resume then comes from elsewhere, unseen by it.
+                let leader = self.etcd.view().leader.and_then(|l| {
+                    l.name
+                        .strip_prefix('n')
+                        .and_then(|x| x.parse::<usize>().ok())
+                });
+                if let Some(l) = leader.filter(|&l| l < self.nodes.len())
+                    && self.rng.chance(50)
+                {
+                    self.kinds.insert("pause with the leader cut off");
+                    let t = self.now + self.rng.range(0, d);
+                    let cut = self.rng.range(1000, 2 * self.etcd.ttl_ms);
+                    self.faults.push((t, Fault::Partition(l, true, true, cut)));
+                    let k = self.faults.len() - 1;
+                    self.at(t, Ev::Fault(k));
+                }
+            }
+            Fault::Term(i, d) => {
+                let n = &mut self.nodes[i];
+                if n.term.is_none() && !matches!(n.agent, Agent::Down { .. }) {
+                    n.term = Some(Term::Requested);
+                    n.term_ok = true;
+                    n.term_restart = d;
+                    if n.agent == Agent::Idle {
+                        n.next_cycle = self.now;
+                        self.at(self.now, Ev::Cycle(i));
+                    }
+                    // Half the time the data volume stalls meanwhile: the
+                    // stop cannot be confirmed (not in `Mix::LoopAlive`).
+                    if self.setup.mix == Mix::All && self.rng.chance(50) {
+                        self.kinds.insert("SIGTERM during a stalled volume");
+                        let until = self.now + self.rng.range(500, 2 * self.etcd.ttl_ms);
+                        let n = &mut self.nodes[i];
+                        n.ctl_fail_until = n.ctl_fail_until.max(until);
+                        n.probe_fail_until = n.probe_fail_until.max(until);
+                    }
+                }
+            }
+            Fault::StaleReads(i, d) => {
+                let view = self.etcd.view();
+                let n = &mut self.nodes[i];
+                n.stale_until = self.now + d;
+                n.stale_view = Some(view);
             }
             Fault::EtcdWipe => {
                 let keys: Vec<String> = self.etcd.kv.keys().cloned().collect();
@@ -1056,6 +1270,11 @@ impl Sim {
                 let k = self.faults.len() - 1;
                 self.at(self.now + d1 + gap, Ev::Fault(k));
             }
+            Fault::Crash(i, _) if self.setup.mix == Mix::LoopAlive && !self.crash_survivable(i) => {
+                self.note(format!(
+                    "n{i}: no crash now (the restarted loop could not fence in time)"
+                ));
+            }
             Fault::Crash(i, d) => {
                 // The process dies. systemd's file descriptor store keeps the
                 // watchdog open: it keeps counting from the last feed. Without
@@ -1066,6 +1285,7 @@ impl Sim {
                     self.nodes[i].wd_expiry = Some(self.now + wd);
                     self.at(self.now + wd, Ev::Wd(i));
                 }
+                self.nodes[i].term = None;
                 self.nodes[i].agent = Agent::Down {
                     until: self.now + d,
                 };
@@ -1099,6 +1319,23 @@ impl Sim {
         }
     }
 
+    /// Without a watchdog, a restarted agent is the only fence of a primary
+    /// it knows nothing about: it must have time to find out (a read, a
+    /// renewal, each up to retry_timeout) and stop it. `Mix::LoopAlive`
+    /// crashes an agent only while its primary's lease has that time left.
+    fn crash_survivable(&self, i: usize) -> bool {
+        let n = &self.nodes[i];
+        if !n.pg.running() {
+            return true;
+        }
+        let left = n
+            .node
+            .lease_id
+            .and_then(|id| self.etcd.leases.get(&id))
+            .map_or(0, |exp| exp.saturating_sub(self.now));
+        left >= n.cfg.ttl_ms.saturating_sub(2000)
+    }
+
     fn hang(&mut self, i: usize, d: u64) {
         if !matches!(self.nodes[i].agent, Agent::Down { .. } | Agent::Hung { .. }) {
             self.nodes[i].before_hang = self.nodes[i].agent;
@@ -1117,20 +1354,23 @@ impl Sim {
         n.wd_expiry = None;
         n.pg_inflight = None;
         n.pg_result = None;
+        n.term = None;
         n.agent = Agent::Down {
             until: self.now + 3000,
         };
         self.at(self.now + 3000, Ev::Boot(i));
     }
 
-    /// Writes on primaries; replicas stream from their upstream.
+    /// Writes on primaries; replicas stream from their upstream,
+    /// asynchronously: they receive what it had written before this tick,
+    /// so a streaming replica trails its primary by one tick's commits.
     fn progress(&mut self) {
+        let snapshot: Vec<Pg> = self.nodes.iter().map(|n| n.pg.clone()).collect();
         for i in 0..self.nodes.len() {
             if self.nodes[i].pg.state == PgState::Primary {
                 self.nodes[i].pg.lsn += 200;
             }
         }
-        let snapshot: Vec<Pg> = self.nodes.iter().map(|n| n.pg.clone()).collect();
         for (i, n) in self.nodes.iter_mut().enumerate() {
             if let PgState::Replica(Some(u)) = n.pg.state {
                 let up = &snapshot[u];
@@ -1162,7 +1402,9 @@ impl Sim {
             Some(Pending::Action(a)) => {
                 let ok = self.finish_etcd(i, &a, reply);
                 self.nodes[i].last_ok &= ok;
-                if ok || a.continues_on_failure() {
+                let goes_on =
+                    a.continues_on_failure() && self.setup.broken != Broken::RenewalFailureCancels;
+                if ok || goes_on {
                     self.next_action(i)
                 } else {
                     self.end_cycle(i, false);
@@ -1172,6 +1414,31 @@ impl Sim {
             Some(Pending::Publish) => {
                 let ok = self.nodes[i].last_ok;
                 self.end_cycle(i, ok);
+                Ok(())
+            }
+            Some(Pending::TermDelete) => {
+                if matches!(reply, Some(Reply::Done)) {
+                    self.send(i, Op::Read, Pending::TermRead);
+                    Ok(())
+                } else {
+                    self.term_stop(i)
+                }
+            }
+            Some(Pending::TermRead) => match reply {
+                Some(Reply::View(v)) if v.paused() => {
+                    // Maintenance mode: PostgreSQL is left running, the
+                    // watchdog disarmed, the key left to its lease.
+                    let n = &mut self.nodes[i];
+                    n.wd_expiry = None;
+                    n.node.on_disarmed();
+                    self.note(format!("n{i} leaves PostgreSQL running (paused)"));
+                    self.term_exit(i);
+                    Ok(())
+                }
+                _ => self.term_stop(i),
+            },
+            Some(Pending::TermRevoke) => {
+                self.term_exit(i);
                 Ok(())
             }
             _ => Ok(()),
@@ -1185,13 +1452,18 @@ impl Sim {
         let now = n.local(self.now);
         n.local = n.observe_pg(&all, t, broken);
         n.node.observe(&n.cfg, view.as_ref(), &n.local, now);
-        let d = ha::decide(Input {
+        let input = Input {
             now,
             cfg: &n.cfg,
             view: view.as_ref(),
             local: &n.local,
             node: &n.node,
-        });
+        };
+        let d = if broken == Broken::StalePause && n.node.paused {
+            stale_pause_twin(input)
+        } else {
+            ha::decide(input)
+        };
         let line = format!("{} decides: {} {:?}", n.name, d.summary, d.actions);
         n.view = view;
         n.queue = d.actions.into_iter().collect();
@@ -1207,6 +1479,9 @@ impl Sim {
     fn next_action(&mut self, i: usize) -> Outcome {
         loop {
             let Some(a) = self.nodes[i].queue.pop_front() else {
+                if self.nodes[i].term.is_some_and(|t| t != Term::Requested) {
+                    return self.term_step(i, true);
+                }
                 // Publish the member key.
                 let n = &self.nodes[i];
                 let info = member_info(n);
@@ -1290,7 +1565,11 @@ impl Sim {
                 Ok(Step::Next)
             }
             Action::DisarmWatchdog => {
-                if n.pg.state == PgState::Primary {
+                // The old cores disarmed on purpose: a paused leader (no
+                // replica promotes while paused, it assumed), a PostgreSQL
+                // taken for stopped. Let the split brain show what follows.
+                let meant = matches!(broken, Broken::StalePause | Broken::UnknownIsStopped);
+                if n.pg.state == PgState::Primary && !meant {
                     return Err(format!(
                         "{} disarmed its watchdog while PostgreSQL was writable",
                         n.name
@@ -1308,7 +1587,7 @@ impl Sim {
                     Action::Follow { .. } => 10,
                     Action::Promote => self.rng.range(50, 200),
                     Action::StopPostgres | Action::StopCleanly => {
-                        if self.rng.chance(5) {
+                        if self.rng.chance(5) && self.setup.mix == Mix::All {
                             self.rng.range(1000, 3000)
                         } else {
                             self.rng.range(50, 400)
@@ -1388,6 +1667,8 @@ impl Sim {
                     return Ok(false);
                 }
                 if !pg.running() {
+                    // Another primary: a later promotion is no handover.
+                    self.handover = None;
                     pg.state = PgState::Primary;
                     pg.was_primary = true;
                     pg.crashed = false;
@@ -1425,6 +1706,19 @@ impl Sim {
                             st.optime - pg.lsn
                         ));
                     }
+                    // After a switchover, the candidate that promotes holds
+                    // what the old primary acknowledged. (Another member
+                    // promoting first is a failover: async replication may
+                    // lose up to maximum_lag_on_failover, checked above.)
+                    if let Some(h) = self.handover.take()
+                        && h.to == i
+                        && !(pg.tl == h.tl && pg.lsn >= h.lsn)
+                    {
+                        return Err(format!(
+                            "lost acknowledged write: n{} handed over at timeline {} LSN {}, and {name} promoted at timeline {} LSN {}",
+                            h.from, h.tl, h.lsn, pg.tl, pg.lsn
+                        ));
+                    }
                     pg.history.push((pg.tl, pg.lsn));
                     pg.tl += 1;
                     pg.state = PgState::Primary;
@@ -1435,6 +1729,23 @@ impl Sim {
                 }
             }
             Action::StopPostgres | Action::StopCleanly => {
+                // A clean (fast) shutdown waits for the connected standbys
+                // to receive everything up to its shutdown checkpoint; the
+                // stop that may escalate to immediate promises nothing.
+                let clean = matches!(a, Action::StopCleanly)
+                    && self.setup.broken != Broken::UncheckedHandover;
+                let me = self.nodes[i].pg.clone();
+                if clean && me.state == PgState::Primary {
+                    for (j, n) in self.nodes.iter_mut().enumerate() {
+                        if j != i
+                            && n.pg.state == PgState::Replica(Some(i))
+                            && n.pg.streaming
+                            && n.pg.can_follow(&me)
+                        {
+                            n.pg.lsn = n.pg.lsn.max(me.lsn);
+                        }
+                    }
+                }
                 let pg = &mut self.nodes[i].pg;
                 pg.state = PgState::Stopped;
                 pg.streaming = false;
@@ -1446,10 +1757,22 @@ impl Sim {
                 let me = &self.nodes[i].pg;
                 let has_it =
                     up(self, candidate).is_some_and(|c| c.data && c.tl == me.tl && c.lsn >= me.lsn);
-                if me.running() || me.crashed || !has_it {
+                let unchecked = self.setup.broken == Broken::UncheckedHandover;
+                if !unchecked && (me.running() || me.crashed || !has_it) {
                     self.etcd.del(&format!("{PREFIX}failover"));
                     self.watch_fired();
                     return Ok(false);
+                }
+                // Every commit this primary acknowledged is up to its last
+                // position: the candidate must have it when it promotes.
+                if let Some(c) = self.upstream_of(candidate) {
+                    self.handover = Some(Handover {
+                        from: i,
+                        to: c,
+                        tl: me.tl,
+                        lsn: me.lsn,
+                    });
+                    self.handovers += 1;
                 }
             }
             Action::Clone { upstream } => {
@@ -1501,6 +1824,19 @@ impl Sim {
         n.agent = Agent::Idle;
         n.pending = None;
         n.queue.clear();
+        if n.term.is_some() {
+            // The graceful stop goes on (`term_step`) instead of a cycle.
+            n.term_ok = ok;
+            n.woken = false;
+            let next = if n.term == Some(Term::Staying) && !ok {
+                self.now + n.to_true(1000)
+            } else {
+                self.now
+            };
+            n.next_cycle = next;
+            self.at(next, Ev::Cycle(i));
+            return;
+        }
         let mut next = n.next_cycle;
         if !ok {
             next = next.min(self.now + n.to_true(n.cfg.loop_wait_ms.min(1000)));
@@ -1513,6 +1849,81 @@ impl Sim {
         self.at(next, Ev::Cycle(i));
     }
 
+    /// The graceful stop's next step, the previous one having ended (`ok`).
+    fn term_step(&mut self, i: usize, ok: bool) -> Outcome {
+        match self.nodes[i].term {
+            None | Some(Term::Leaving) => Ok(()),
+            Some(Term::Requested) => {
+                if self.nodes[i].node.paused {
+                    self.nodes[i].term = Some(Term::Leaving);
+                    self.send(i, Op::DeleteMember, Pending::TermDelete);
+                    Ok(())
+                } else {
+                    self.term_stop(i)
+                }
+            }
+            Some(Term::Renewing) => self.term_stop_now(i, Term::Stopping),
+            Some(Term::Stopping | Term::Staying) if ok => {
+                let n = &mut self.nodes[i];
+                n.term = Some(Term::Releasing);
+                n.queue = [Action::ReleaseLeader].into_iter().collect();
+                self.next_action(i)
+            }
+            Some(Term::Stopping) => {
+                // Not known stopped: stay (no release, no disarm, no feed).
+                self.note(format!("n{i} cannot confirm PostgreSQL stopped: staying"));
+                self.nodes[i].term = Some(Term::Staying);
+                self.end_cycle(i, false);
+                Ok(())
+            }
+            Some(Term::Staying) => self.term_stop_now(i, Term::Staying),
+            Some(Term::Releasing) => {
+                if self.nodes[i].node.watchdog_armed {
+                    self.start_action(i, Action::DisarmWatchdog)?;
+                }
+                let lease = self.nodes[i].node.lease_id;
+                self.send(i, Op::Revoke(lease), Pending::TermRevoke);
+                Ok(())
+            }
+        }
+    }
+
+    /// The graceful stop proper: a confirmed leader renews once more first.
+    fn term_stop(&mut self, i: usize) -> Outcome {
+        let n = &mut self.nodes[i];
+        if n.node.leader_confirmed {
+            n.term = Some(Term::Renewing);
+            n.queue = [
+                Action::KeepAlive,
+                Action::ConfirmLeader { status: None },
+                Action::FeedWatchdog,
+            ]
+            .into_iter()
+            .collect();
+            self.next_action(i)
+        } else {
+            self.term_stop_now(i, Term::Stopping)
+        }
+    }
+
+    fn term_stop_now(&mut self, i: usize, phase: Term) -> Outcome {
+        let n = &mut self.nodes[i];
+        n.term = Some(phase);
+        n.queue = [Action::StopPostgres].into_iter().collect();
+        self.next_action(i)
+    }
+
+    fn term_exit(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        n.term = None;
+        n.queue.clear();
+        n.pending = None;
+        let until = self.now + n.term_restart;
+        n.agent = Agent::Down { until };
+        self.note(format!("n{i} agent exits"));
+        self.at(until, Ev::Boot(i));
+    }
+
     fn schedule_text(&self) -> String {
         self.faults
             .iter()
@@ -1520,6 +1931,69 @@ impl Sim {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// The old core's maintenance mode (defect 3), for `Broken::StalePause`:
+/// `node.paused` is the flag of the last *successful* read, kept when this
+/// cycle's read failed. While it is set, rule W is skipped, a blind node
+/// that is not the confirmed leader does not stop PostgreSQL, and a paused
+/// leader disarms its watchdog instead of feeding it.
+fn stale_pause_twin(i: Input<'_>) -> ha::Decision {
+    let (node, local) = (i.node, i.local);
+    let mut d = match i.view {
+        // The paused branch itself, minus rule W (which needs a confirmed
+        // leader) and minus the fence.
+        Some(_) => {
+            let unconfirmed = NodeState {
+                leader_confirmed: false,
+                ..node.clone()
+            };
+            let mut d = ha::decide(Input {
+                node: &unconfirmed,
+                ..i
+            });
+            d.actions.retain(|a| {
+                !matches!(
+                    a,
+                    Action::ArmWatchdog { .. } | Action::FeedWatchdog | Action::DisarmWatchdog
+                )
+            });
+            d
+        }
+        // The old blind branch: a confirmed leader renews and fences; an
+        // unconfirmed primary is left running because of the flag.
+        None => {
+            let mut actions = vec![Action::KeepAlive];
+            if node.leader_confirmed {
+                actions.push(Action::ConfirmLeader { status: None });
+                if local.may_be_writable() && i.cfg.watchdog_mode != WatchdogMode::Off {
+                    actions.push(if node.watchdog_armed {
+                        Action::FeedWatchdog
+                    } else {
+                        Action::ArmWatchdog {
+                            required: i.cfg.watchdog_mode == WatchdogMode::Required,
+                        }
+                    });
+                }
+            }
+            let mut next = i.now.plus(i.cfg.loop_wait_ms);
+            if node.leader_confirmed
+                && let Some(stop) = node.must_stop_at(i.cfg)
+            {
+                next = next.min(stop.max(i.now));
+            }
+            return ha::Decision {
+                actions,
+                summary: "(stale pause) etcd read failed, paused at the last read".into(),
+                next_cycle: next,
+            };
+        }
+    };
+    if node.watchdog_armed {
+        d.actions.push(Action::DisarmWatchdog);
+    }
+    d.summary = format!("(stale pause) {}", d.summary);
+    d
 }
 
 enum Step {
@@ -1586,11 +2060,13 @@ fn sweep(setup: Setup, default: u64) {
     let started = std::time::Instant::now();
     let list = seeds(default);
     let mut promotions = 0;
+    let mut handovers = 0;
     let mut kinds = std::collections::BTreeSet::new();
     for &seed in &list {
         match run_one(&setup, seed) {
             Ok(sim) => {
                 promotions += sim.promotions;
+                handovers += sim.handovers;
                 kinds.extend(sim.kinds.iter().copied());
             }
             Err(failed) => {
@@ -1609,10 +2085,11 @@ fn sweep(setup: Setup, default: u64) {
         }
     }
     eprintln!(
-        "{} schedules ({} nodes, ttl {}) passed in {:.1}s, {promotions} promotions, {} fault kinds: {}",
+        "{} schedules ({} nodes, ttl {}, {:?}) passed in {:.1}s, {promotions} promotions, {handovers} switchover hand-overs checked, {} fault kinds: {}",
         list.len(),
         setup.nodes,
         setup.ttl,
+        setup.mix,
         started.elapsed().as_secs_f64(),
         kinds.len(),
         kinds.iter().copied().collect::<Vec<_>>().join(", ")
@@ -1628,6 +2105,7 @@ fn fast(nodes: usize, mode: WatchdogMode, broken: Broken) -> Setup {
         margin: 2,
         mode,
         broken,
+        mix: Mix::All,
     }
 }
 
@@ -1652,6 +2130,7 @@ fn patroni_default_timings() {
             margin: 5,
             mode: WatchdogMode::Required,
             broken: Broken::None,
+            mix: Mix::All,
         },
         400,
     );
@@ -1667,18 +2146,29 @@ fn same_seed_same_run() {
 
 /// The checker has teeth: a broken fence is caught within a budget of seeds.
 fn finds_split_brain(setup: Setup, budget: u64) -> u64 {
+    finds("split brain", setup, budget)
+}
+
+/// The first seed, within the budget, whose run fails with `what`.
+fn finds(what: &str, setup: Setup, budget: u64) -> u64 {
     for seed in 1..=budget {
         if let Err(f) = run_one(&setup, seed)
-            && f.1.contains("split brain")
+            && f.1.contains(what)
         {
+            let (sim, e) = *f;
             eprintln!(
-                "{:?}: split brain found with seed {seed}: {}",
-                setup.broken, f.1
+                "{:?}: {what} found with seed {seed}: {e}\nfault schedule:\n{}",
+                setup.broken,
+                sim.schedule_text()
             );
+            if std::env::var_os("LEASEDOG_SIM_TRACE").is_some() {
+                let from = sim.log.len().saturating_sub(80);
+                eprintln!("last events:\n{}", sim.log[from..].join("\n"));
+            }
             return seed;
         }
     }
-    panic!("no split brain found in {budget} seeds with {setup:?}: the checker has no teeth");
+    panic!("no {what} found in {budget} seeds with {setup:?}: the checker has no teeth");
 }
 
 #[test]
@@ -1726,4 +2216,47 @@ fn one_second_safety_margin() {
 #[test]
 fn teeth_when_a_crash_closes_the_watchdog() {
     finds_split_brain(fast(3, WatchdogMode::Required, Broken::ClosePings), 2000);
+}
+
+/// Without a watchdog the loop is the only fence. The faults it survives
+/// (`Mix::LoopAlive`) must not split the brain...
+#[test]
+fn no_watchdog_while_the_loop_runs() {
+    sweep(loop_alive(Broken::None), 150);
+}
+
+/// No watchdog, and faults that leave the loop running (`Mix::LoopAlive`).
+fn loop_alive(broken: Broken) -> Setup {
+    Setup {
+        ttl: 10,
+        mix: Mix::LoopAlive,
+        ..fast(3, WatchdogMode::Off, broken)
+    }
+}
+
+/// ...unless a failed renewal cancels the stop that follows it (defect 2):
+/// a restarted agent, or a leader whose key went, cut off from etcd keeps
+/// its unconfirmed primary running.
+#[test]
+fn teeth_when_a_failed_renewal_cancels_the_fence() {
+    finds_split_brain(loop_alive(Broken::RenewalFailureCancels), 2000);
+}
+
+/// Defect 3: a leader cut off from etcd while paused trusts its old pause
+/// flag (no rule W, no blind stop, watchdog disarmed) while the operator
+/// resumes elsewhere and a replica is promoted.
+#[test]
+fn teeth_when_a_stale_pause_is_trusted() {
+    finds_split_brain(fast(3, WatchdogMode::Required, Broken::StalePause), 2000);
+}
+
+/// Defect 6: a switchover whose stop is not clean and whose hand-over is not
+/// checked loses the last acknowledged commits.
+#[test]
+fn teeth_when_a_switchover_is_not_checked() {
+    finds(
+        "lost acknowledged write",
+        fast(3, WatchdogMode::Required, Broken::UncheckedHandover),
+        2000,
+    );
 }
