@@ -356,28 +356,7 @@ impl Net {
     }
 
     fn psql(&self, i: usize, sql: &str) -> Result<String, String> {
-        let out = Command::new(format!("{BIN_DIR}/psql"))
-            .args([
-                "-X",
-                "-At",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-h",
-            ])
-            .arg(self.node_ip(i))
-            .args(["-p", "5432", "-c", sql])
-            .env("PGCONNECT_TIMEOUT", "1")
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).to_string())
-        }
+        common::cluster::psql_at(self.node_ip(i), 5432, sql, 1)
     }
 
     /// etcdctl from the root namespace (which reaches etcd over the bridge).

@@ -519,6 +519,14 @@ impl Node {
     fn local(&self, t: u64) -> Millis {
         Millis((t as i64 + t as i64 * self.rate_ppm / 1_000_000) as u64)
     }
+    /// The agent's `fence_pending`: a confirmed leader past its stop
+    /// deadline whose PostgreSQL (as last probed) may be writable runs
+    /// nothing but the fence: no read, no publish, no other step.
+    fn fence_pending(&self, t: u64) -> bool {
+        self.term.is_none()
+            && self.node.past_stop_deadline(&self.cfg, self.local(t))
+            && self.local.may_be_writable()
+    }
     /// True duration of a local duration.
     fn to_true(&self, local_ms: u64) -> u64 {
         (local_ms as i64 - local_ms as i64 * self.rate_ppm / 1_000_000).max(0) as u64
@@ -1062,6 +1070,9 @@ impl Sim {
                         let ok = self.nodes[i].term_ok;
                         return self.term_step(i, ok);
                     }
+                    if self.nodes[i].fence_pending(self.now) {
+                        return self.decide(i, None);
+                    }
                     self.send(i, Op::Read, Pending::Read);
                 }
             }
@@ -1482,6 +1493,12 @@ impl Sim {
                 if self.nodes[i].term.is_some_and(|t| t != Term::Requested) {
                     return self.term_step(i, true);
                 }
+                if self.nodes[i].fence_pending(self.now) {
+                    let ok = self.nodes[i].last_ok;
+                    self.end_cycle(i, ok);
+                    self.cycle_now(i);
+                    return Ok(());
+                }
                 // Publish the member key.
                 let n = &self.nodes[i];
                 let info = member_info(n);
@@ -1493,6 +1510,11 @@ impl Sim {
                 );
                 return Ok(());
             };
+            if !a.is_fence() && self.nodes[i].fence_pending(self.now) {
+                self.end_cycle(i, false);
+                self.cycle_now(i);
+                return Ok(());
+            }
             match self.start_action(i, a)? {
                 Step::Wait => return Ok(()),
                 Step::Next => continue,
@@ -1846,6 +1868,13 @@ impl Sim {
         }
         let next = next.max(self.now + 1);
         n.next_cycle = next;
+        self.at(next, Ev::Cycle(i));
+    }
+
+    /// The next cycle at once (straight to rule W's stop).
+    fn cycle_now(&mut self, i: usize) {
+        let next = self.now + 1;
+        self.nodes[i].next_cycle = next;
         self.at(next, Ev::Cycle(i));
     }
 

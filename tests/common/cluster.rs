@@ -183,6 +183,17 @@ pub fn watchdog_reset_at(events: &[(u64, String)]) -> Option<u64> {
 /// Runs SQL through psql as `postgres` on the server listening on `sock`
 /// (its socket directory) and `port`; Err with psql's stderr.
 pub fn psql(sock: &Path, port: u16, sql: &str) -> Result<String, String> {
+    psql_at(sock, port, sql, 2)
+}
+
+/// psql as `postgres` against `host` (a socket directory or an address),
+/// giving up on connecting after `connect_timeout_s`.
+pub fn psql_at(
+    host: impl AsRef<std::ffi::OsStr>,
+    port: u16,
+    sql: &str,
+    connect_timeout_s: u32,
+) -> Result<String, String> {
     let out = Command::new(format!("{BIN_DIR}/psql"))
         .args([
             "-X",
@@ -195,12 +206,12 @@ pub fn psql(sock: &Path, port: u16, sql: &str) -> Result<String, String> {
             "postgres",
         ])
         .arg("-h")
-        .arg(sock)
+        .arg(host)
         .arg("-p")
         .arg(port.to_string())
         .arg("-c")
         .arg(sql)
-        .env("PGCONNECT_TIMEOUT", "2")
+        .env("PGCONNECT_TIMEOUT", connect_timeout_s.to_string())
         .output()
         .map_err(|e| e.to_string())?;
     if out.status.success() {
