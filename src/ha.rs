@@ -682,6 +682,13 @@ fn decide_unknown(mut p: Plan<'_>, ours: bool) -> Decision {
 /// The renewal's failure does not cancel the stop (`continues_on_failure`).
 fn decide_blind(mut p: Plan<'_>) -> Decision {
     let (local, node) = (p.i.local, p.i.node);
+    if !node.leader_confirmed && local.may_be_writable() {
+        // The stop first: the renewal that follows (etcd is unreachable)
+        // may spend a whole timeout, and nothing makes this one leader.
+        p.stop_and_disarm();
+        p.push(Action::KeepAlive);
+        return p.done("etcd unreachable and no leader lease: stopping the unconfirmed primary");
+    }
     p.push(Action::KeepAlive);
     if node.leader_confirmed {
         p.push(Action::ConfirmLeader { status: None });
@@ -689,10 +696,6 @@ fn decide_blind(mut p: Plan<'_>) -> Decision {
             p.fence();
         }
         return p.done("etcd read failed: trying to renew the leader lease");
-    }
-    if local.may_be_writable() {
-        p.stop_and_disarm();
-        return p.done("etcd unreachable and no leader lease: stopping the unconfirmed primary");
     }
     p.disarm_if_armed();
     p.done("etcd read failed: waiting")
@@ -1592,8 +1595,9 @@ mod tests {
             d.actions,
             vec![KeepAlive, ConfirmLeader { status: None }, FeedWatchdog]
         );
+        // The stop first: the renewal may spend a whole timeout.
         let d = run(&c, 11_000, None, &primary(1000), &replica_node());
-        assert_eq!(d.actions, vec![KeepAlive, StopPostgres]);
+        assert_eq!(d.actions, vec![StopPostgres, KeepAlive]);
         let d = run(&c, 11_000, None, &replica(900, "x:1"), &replica_node());
         assert_eq!(d.actions, vec![KeepAlive]);
     }
@@ -1610,11 +1614,11 @@ mod tests {
         let mut n = replica_node();
         n.watchdog_armed = true;
         let d = run(&c, 11_000, None, &primary(1000), &n);
-        assert_eq!(d.actions, vec![KeepAlive, StopPostgres, DisarmWatchdog]);
+        assert_eq!(d.actions, vec![StopPostgres, DisarmWatchdog, KeepAlive]);
         // A stale pause flag changes nothing when etcd cannot be read.
         n.paused = true;
         let d = run(&c, 11_000, None, &primary(1000), &n);
-        assert_eq!(d.actions, vec![KeepAlive, StopPostgres, DisarmWatchdog]);
+        assert_eq!(d.actions, vec![StopPostgres, DisarmWatchdog, KeepAlive]);
     }
 
     #[test]
@@ -1691,7 +1695,7 @@ mod tests {
         let d = run(&c, 11_000, Some(&v), &unknown(true), &replica_node());
         assert_eq!(d.actions, vec![KeepAlive]);
         let d = run(&c, 11_000, None, &unknown(false), &replica_node());
-        assert_eq!(d.actions, vec![KeepAlive, StopPostgres]);
+        assert_eq!(d.actions, vec![StopPostgres, KeepAlive]);
     }
 
     #[test]

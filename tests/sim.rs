@@ -96,8 +96,10 @@ enum Broken {
     /// `watchdog_release`): a full timeout from the crash, not the last feed.
     ClosePings,
     /// Defect 2: the first failed action ends the sequence, the renewal
-    /// included (the old agent pushed `KeepAlive` first and stopped there),
-    /// so a blind, unconfirmed primary was never stopped.
+    /// included, and a blind cycle renews first (the old core pushed
+    /// `KeepAlive` first and the old agent stopped there), so a blind,
+    /// unconfirmed primary was never stopped. (Today the blind stop also
+    /// comes before the renewal.)
     RenewalFailureCancels,
     /// Defect 3: the pause flag of the last successful read is trusted when
     /// etcd cannot be read: rule W and the blind stop are skipped while it
@@ -1470,11 +1472,18 @@ impl Sim {
             local: &n.local,
             node: &n.node,
         };
-        let d = if broken == Broken::StalePause && n.node.paused {
+        let mut d = if broken == Broken::StalePause && n.node.paused {
             stale_pause_twin(input)
         } else {
             ha::decide(input)
         };
+        if broken == Broken::RenewalFailureCancels
+            && view.is_none()
+            && let Some(k) = d.actions.iter().position(|a| *a == Action::KeepAlive)
+        {
+            let keepalive = d.actions.remove(k);
+            d.actions.insert(0, keepalive);
+        }
         let line = format!("{} decides: {} {:?}", n.name, d.summary, d.actions);
         n.view = view;
         n.queue = d.actions.into_iter().collect();
