@@ -125,7 +125,8 @@ systemd-analyze verify /lib/systemd/system/leasedog.service > "$work/verify.out"
 if grep -i 'leasedog.service' "$work/verify.out"; then fail "systemd-analyze verify complains about the unit"; fi
 unit=/lib/systemd/system/leasedog.service
 for want in '^Type=notify$' '^User=postgres$' '^KillMode=process$' '^Restart=on-failure$' \
-  '^RestartSec=' '^TimeoutStopSec=' '^LimitMEMLOCK=infinity$' '^ExecStart=/usr/bin/leasedog run$'; do
+  '^RestartSec=' '^TimeoutStopSec=' '^LimitMEMLOCK=infinity$' '^ExecStart=/usr/bin/leasedog run$' \
+  '^FileDescriptorStoreMax=1$' '^Environment=LEASEDOG_WATCHDOG_FDSTORE=1$'; do
   grep -q "$want" "$unit" || fail "unit lacks $want"
 done
 ok "systemd-analyze verify accepts the unit"

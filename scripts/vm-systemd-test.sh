@@ -4,9 +4,11 @@
 # initramfs — with an emulated i6300esb watchdog. Inside, as an operator
 # would: `dpkg -i` the package (not enabled, not started; udev gives the
 # postgres group /dev/watchdog), edit the config, `systemctl enable --now`
-# (Type=notify), the node becomes primary with the watchdog armed; the agent
-# is killed with SIGKILL and systemd restarts it while PostgreSQL keeps
-# running (KillMode=process), with no watchdog reset; `systemctl reload`;
+# (Type=notify), the node becomes primary with the watchdog armed and kept in
+# systemd's file descriptor store; the agent is killed with SIGKILL and
+# systemd restarts it while PostgreSQL keeps running (KillMode=process); the
+# new agent takes over the armed watchdog from the store, with no watchdog
+# reset; `systemctl reload`;
 # an upgrade restarts the running agent, and in maintenance mode leaves
 # PostgreSQL running through it; `systemctl stop` stops PostgreSQL, releases
 # the key and disarms the watchdog (no reset afterwards); an upgrade does not
@@ -34,7 +36,7 @@ cleanup() {
   [ -n "${KEEP:-}" ] || rm -rf "$W"
 }
 trap cleanup EXIT
-fail() { echo "vm-systemd-test FAILED: $*"; echo "--- console:"; tail -60 "$W/console.log" 2>/dev/null; KEEP=1; exit 1; }
+fail() { echo "vm-systemd-test FAILED: $*"; echo "--- console:"; tail -200 "$W/console.log" 2>/dev/null; KEEP=1; exit 1; }
 
 # --- the Debian root, built once per package set and kept as a tarball
 pkgs=systemd,systemd-sysv,udev,kmod,procps,postgresql-15,etcd-server,etcd-client
@@ -103,14 +105,34 @@ cat > "$R/root/vmtest.sh" <<'GUEST'
 #!/bin/bash
 set -u
 say() { echo "VMTEST $*"; }
+# What the agent and systemd said, and where everything waits: every call
+# bounded, since systemd itself (or a client of it) may be what hangs.
+diag() {
+  echo "--- journal of leasedog:"
+  timeout 20 journalctl -u leasedog --no-pager -o short-monotonic | tail -80
+  echo "--- systemd (PID 1) about leasedog:"
+  timeout 20 journalctl _PID=1 --no-pager -o short-monotonic | grep -i 'leasedog\|store\|notif' | tail -40
+  echo "--- systemctl status:"
+  timeout 10 systemctl status --no-pager -l leasedog | head -30
+  echo "--- $(timeout 10 systemctl show -p NFileDescriptorStore,FileDescriptorStoreMax,MainPID,SubState,NRestarts leasedog | tr '\n' ' ')"
+  echo "--- processes (wchan):"
+  ps -eo pid,ppid,user,stat,wchan:32,etime,args | grep -v ' \[' | tail -60
+  local mp
+  mp=$(ps -o pid= -C leasedog | head -1 | tr -d ' ')
+  if [ -n "$mp" ]; then
+    echo "--- agent $mp fds and threads:"
+    ls -l /proc/"$mp"/fd 2>&1 | tail -n +2
+    for t in /proc/"$mp"/task/*; do echo "$t $(cat "$t"/comm) $(cat "$t"/wchan 2>/dev/null) $(awk '{print $3}' "$t"/stat)"; done
+  fi
+}
 fail() {
   say "FAIL: $*"
-  journalctl -u leasedog --no-pager -o short-monotonic | tail -40
+  diag
   systemctl poweroff; exit 1
 }
 prop() { systemctl show -p "$1" --value leasedog; }
 as_pg() { runuser -u postgres -- "$@"; }
-primary() { [ "$(as_pg psql -h /var/run/postgresql -p 5433 -Atc 'select pg_is_in_recovery()' 2>/dev/null)" = f ]; }
+primary() { [ "$(timeout -k 2 10 runuser -u postgres -- psql -h /var/run/postgresql -p 5433 -Atc 'select pg_is_in_recovery()' 2>/dev/null)" = f ]; }
 wait_until() { # seconds, what, command...
   local n=$1 what=$2; shift 2
   for _ in $(seq $((n * 5))); do "$@" && return 0; sleep 0.2; done
@@ -167,7 +189,11 @@ systemctl enable --now leasedog || fail "systemctl enable --now"
 t1=$(date +%s%N)
 [ "$(prop ActiveState)/$(prop SubState)" = "active/running" ] || fail "not active after start: $(prop ActiveState)/$(prop SubState)"
 say "systemctl enable --now returned after $(( (t1 - t0) / 1000000 )) ms: active/running"
+# Should the guest test itself get stuck, the state is dumped anyway.
+( sleep 120; say "still not primary after 120 s:"; diag ) &
+sentinel=$!
 wait_until 180 "PostgreSQL primary" primary
+kill "$sentinel" 2>/dev/null
 pid=$(prop MainPID)
 wait_until 30 "watchdog armed" wd_open_by "$pid"
 [ "$(stat -c %U /proc/"$pid")" = postgres ] || fail "the agent does not run as postgres"
@@ -177,14 +203,26 @@ say "primary; agent $pid as postgres holds /dev/watchdog; status: $status"
 as_pg psql -h /var/run/postgresql -p 5433 -qc 'create table t(x int); insert into t values (1)' || fail "write"
 
 # A crash: systemd restarts the agent after RestartSec; PostgreSQL runs on.
+# The armed watchdog sits in systemd's file descriptor store, so the crash
+# does not close it (a close would ping it, restarting its countdown), and
+# the restarted agent takes it over instead of opening the device again.
+wait_until 10 "the watchdog in systemd's fd store" bash -c '[ "$(systemctl show -p NFileDescriptorStore --value leasedog)" = 1 ]'
 pm=$(postmaster)
+# The agent's log on the console meanwhile: a watchdog reset would leave
+# nothing else to read.
+journalctl -f -n 0 -u leasedog -o short-monotonic > /dev/ttyS0 2>&1 &
+jf=$!
+tk=$(date +%s%N)
+say "SIGKILL to the agent $pid at $(awk '{print $1}' /proc/uptime) s"
 kill -KILL "$pid"
 wait_until 30 "a restarted agent" bash -c '[ "$(systemctl show -p NRestarts --value leasedog)" = 1 ] && [ "$(systemctl show -p SubState --value leasedog)" = running ]'
 [ "$(postmaster)" = "$pm" ] && kill -0 "$pm" || fail "PostgreSQL did not survive the agent's crash (KillMode=process)"
 pid2=$(prop MainPID)
-wait_until 30 "watchdog re-armed by the new agent" wd_open_by "$pid2"
+wait_until 30 "the stored watchdog taken over by the new agent" bash -c "journalctl -u leasedog _PID=$pid2 --no-pager | grep -q 'took over the armed watchdog'"
+wd_open_by "$pid2" || fail "the restarted agent does not hold /dev/watchdog"
 wait_until 30 "primary again" primary
-say "SIGKILL: systemd restarted the agent ($pid -> $pid2); postmaster $pm kept running; watchdog re-armed"
+kill "$jf"
+say "SIGKILL: systemd restarted the agent ($pid -> $pid2) after $(( ($(date +%s%N) - tk) / 1000000 )) ms; postmaster $pm kept running; the new agent took over the armed watchdog from systemd's fd store"
 
 systemctl reload leasedog || fail "reload"
 wait_until 10 "the reload in the journal" bash -c "journalctl -u leasedog --no-pager | grep -q 'configuration reloaded'"
@@ -216,6 +254,7 @@ systemctl stop leasedog || fail "systemctl stop"
 pgrep -u postgres -x postgres >/dev/null && fail "PostgreSQL still runs after systemctl stop"
 [ -z "$(etcdctl get --print-value-only /service/vm/leader)" ] || fail "leader key not released"
 journalctl -u leasedog --no-pager | grep -q 'watchdog disarmed' || fail "watchdog not disarmed"
+[ "$(prop NFileDescriptorStore)" = 0 ] || fail "systemd still stores $(prop NFileDescriptorStore) fds after the stop"
 say "systemctl stop: PostgreSQL stopped, key released, watchdog disarmed"
 sleep 20
 say "no watchdog reset 20 s after the stop"
@@ -231,6 +270,10 @@ pgrep -u postgres -x postgres >/dev/null && fail "PostgreSQL still runs after dp
 [ -f /etc/leasedog/leasedog.yml ] || fail "dpkg -r removed the config"
 [ -f /var/lib/postgresql/vm/PG_VERSION ] || fail "the data directory is gone"
 say "dpkg -r: agent and PostgreSQL stopped; config and data directory kept"
+# Every arm of the run succeeded: a device still held open (by systemd's
+# store, say) would have failed it with EBUSY.
+journalctl -u leasedog --no-pager | grep -E 'cannot be armed|resource busy|could not hand the watchdog|unusable|did not confirm the removal' && fail "a failed arm or store"
+journalctl -u leasedog --no-pager -o short-monotonic | grep -E 'watchdog (armed|disarmed)|took over|starting: member' | sed 's/^/VMTEST journal: /'
 say PASS
 systemctl poweroff
 GUEST

@@ -772,7 +772,7 @@ impl Agent {
                 // crash must not close it (the close would ping it). Only
                 // where the unit asks for it (and has a store).
                 if let (Some(n), Some(fd)) = (&self.notifier, w.fd())
-                    && std::env::var_os("LEASEDOG_WATCHDOG_FDSTORE").is_some()
+                    && fd_store_enabled()
                     && let Err(e) = n.store_fd(fd, WATCHDOG_FD_NAME)
                 {
                     warn!(
@@ -826,9 +826,21 @@ impl Agent {
     fn disarm_watchdog(&mut self) {
         if let Some(w) = self.watchdog.take() {
             // systemd's stored copy goes too, or the device would stay open
-            // (and counting) after our magic close.
+            // (and counting) after our magic close. And it goes first: the
+            // device opens once, so a copy systemd has not closed yet would
+            // fail the next arm (EBUSY); the barrier waits until systemd
+            // has processed the removal.
             if let Some(n) = &self.notifier {
                 n.remove_fd(WATCHDOG_FD_NAME);
+                if fd_store_enabled() {
+                    match n.barrier(Duration::from_secs(1)) {
+                        Ok(true) => {}
+                        Ok(false) => warn!(
+                            "systemd did not confirm the removal of the stored watchdog within 1 s: the next arm may find the device busy"
+                        ),
+                        Err(e) => debug!("sd_notify barrier: {e}"),
+                    }
+                }
             }
             match w.disarm() {
                 Ok(()) => info!("watchdog disarmed"),
@@ -1159,6 +1171,12 @@ impl Agent {
 
 /// The name of the watchdog's descriptor in systemd's file descriptor store.
 const WATCHDOG_FD_NAME: &str = "watchdog";
+
+/// Whether the unit asks for the armed watchdog to be kept in systemd's
+/// file descriptor store (it also needs `FileDescriptorStoreMax=`).
+fn fd_store_enabled() -> bool {
+    std::env::var_os("LEASEDOG_WATCHDOG_FDSTORE").is_some()
+}
 
 /// Runs a long operation (initdb, pg_basebackup: minutes to hours) so that
 /// SIGTERM or SIGINT end it rather than wait for it: the operation is

@@ -6,8 +6,11 @@
 //! forked. `STATUS=` carries the loop's one-line summary to `systemctl
 //! status`; `STOPPING=1` marks a graceful shutdown. Sending never blocks: the
 //! socket is non-blocking and a failure is only logged, because the HA loop
-//! must not wait on systemd. Children (pg_ctl, callbacks) are started without
-//! `NOTIFY_SOCKET`, so the postmaster cannot speak for us.
+//! must not wait on systemd. The one wait is a disarm's `BARRIER=1` (at most
+//! a second, the watchdog being disarmed): systemd must have dropped its
+//! stored copy of the device before it can be opened again. Children
+//! (pg_ctl, callbacks) are started without `NOTIFY_SOCKET`, so the
+//! postmaster cannot speak for us.
 
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 
@@ -51,11 +54,15 @@ impl Notifier {
         Ok(Notifier { addr, socket })
     }
 
-    /// Sends one notification, e.g. `READY=1` or `STATUS=...`.
     /// Hands `fd` to systemd's file descriptor store under `name`
     /// (`FDSTORE=1`, needs `FileDescriptorStoreMax=` in the unit): systemd
     /// keeps it open if this process dies and passes it back on restart.
     pub fn store_fd(&self, fd: std::os::fd::BorrowedFd<'_>, name: &str) -> std::io::Result<()> {
+        self.send_with_fd(&format!("FDSTORE=1\nFDNAME={name}"), fd)
+    }
+
+    /// Sends `msg` with one descriptor attached (SCM_RIGHTS).
+    fn send_with_fd(&self, msg: &str, fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
         use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, sendmsg};
         use std::os::fd::{AsRawFd, RawFd};
         let addr = match (self.addr.as_pathname(), {
@@ -67,7 +74,6 @@ impl Notifier {
             (None, None) => return Err(std::io::Error::other("unnamed notify socket")),
         }
         .map_err(std::io::Error::from)?;
-        let msg = format!("FDSTORE=1\nFDNAME={name}");
         let iov = [std::io::IoSlice::new(msg.as_bytes())];
         let fds: [RawFd; 1] = [fd.as_raw_fd()];
         sendmsg(
@@ -81,11 +87,43 @@ impl Notifier {
         .map_err(std::io::Error::from)
     }
 
+    /// Waits, at most `timeout`, until systemd has processed every
+    /// notification sent before (`BARRIER=1`, systemd 246 and later: it
+    /// closes the pipe end passed with it once it reads the message, and it
+    /// reads them in order). True when it did.
+    pub fn barrier(&self, timeout: std::time::Duration) -> std::io::Result<bool> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let (rx, tx) = std::io::pipe()?;
+        self.send_with_fd("BARRIER=1", tx.as_fd())?;
+        drop(tx);
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let mut p = libc::pollfd {
+                fd: rx.as_raw_fd(),
+                events: 0,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for an open descriptor.
+            let n = unsafe { libc::poll(&mut p, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            // Every write end closed: systemd got past the message.
+            return Ok(n > 0 && p.revents & libc::POLLHUP != 0);
+        }
+    }
+
     /// Asks systemd to close its stored copy of `name`.
     pub fn remove_fd(&self, name: &str) {
         self.send(&format!("FDSTOREREMOVE=1\nFDNAME={name}"));
     }
 
+    /// Sends one notification, e.g. `READY=1` or `STATUS=...`.
     pub fn send(&self, state: &str) {
         if let Err(e) = self.socket.send_to_addr(state.as_bytes(), &self.addr) {
             log::debug!("sd_notify {state:?}: {e}");
@@ -198,6 +236,34 @@ mod tests {
         let len = msg.bytes;
         assert_eq!(fds.len(), 1);
         assert_eq!(&buf[..len], b"FDSTORE=1\nFDNAME=watchdog");
+    }
+
+    #[test]
+    fn a_barrier_returns_once_the_listener_has_read_what_came_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        let n = Notifier::new(path.to_str().unwrap()).unwrap();
+        // Nobody reads: the pipe end stays queued, the barrier times out.
+        n.send("FDSTOREREMOVE=1\nFDNAME=watchdog");
+        let t = std::time::Instant::now();
+        assert!(!n.barrier(std::time::Duration::from_millis(200)).unwrap());
+        assert!(t.elapsed() >= std::time::Duration::from_millis(200));
+        // A listener that reads (and closes what it was passed) releases it.
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                let mut buf = [0u8; 128];
+                let len = rx.recv(&mut buf).unwrap(); // passed fds: not kept
+                got.push(String::from_utf8_lossy(&buf[..len]).to_string());
+            }
+            got
+        });
+        assert!(n.barrier(std::time::Duration::from_secs(10)).unwrap());
+        assert_eq!(
+            reader.join().unwrap(),
+            ["FDSTOREREMOVE=1\nFDNAME=watchdog", "BARRIER=1", "BARRIER=1"]
+        );
     }
 
     #[test]
