@@ -104,14 +104,20 @@ impl Notifier {
                 events: 0,
                 revents: 0,
             };
+            // Rounded up: a truncated timeout would return just before the
+            // deadline.
+            let ms = left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
             // SAFETY: one valid pollfd for an open descriptor.
-            let n = unsafe { libc::poll(&mut p, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+            let n = unsafe { libc::poll(&mut p, 1, ms) };
             if n < 0 {
                 let e = std::io::Error::last_os_error();
                 if e.kind() == std::io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(e);
+            }
+            if n == 0 && std::time::Instant::now() < deadline {
+                continue;
             }
             // Every write end closed: systemd got past the message.
             return Ok(n > 0 && p.revents & libc::POLLHUP != 0);
