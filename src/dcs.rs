@@ -241,18 +241,8 @@ impl Dcs {
         let mut limit = self.page_limit;
         let mut largest_page = 0usize;
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let opts = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(limit as i64)
-                .with_revision(revision);
-            let key = start.clone();
             let res = self
-                .call(
-                    "read",
-                    left,
-                    |mut c| async move { c.get(key, Some(opts)).await },
-                )
+                .read_page(&start, &end, limit, revision, false, deadline)
                 .await;
             let resp = match res {
                 Ok(r) => r,
@@ -264,19 +254,8 @@ impl Dcs {
                 Err(DcsError::Etcd { source, .. }) if too_large(&source) => {
                     // One key alone is over the limit: learn its name and
                     // step over it.
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    let opts = GetOptions::new()
-                        .with_range(end.clone())
-                        .with_limit(1)
-                        .with_revision(revision)
-                        .with_keys_only();
-                    let key = start.clone();
                     let resp = self
-                        .call(
-                            "read",
-                            left,
-                            |mut c| async move { c.get(key, Some(opts)).await },
-                        )
+                        .read_page(&start, &end, 1, revision, true, deadline)
                         .await?;
                     let Some(kv) = resp.kvs().first() else {
                         break;
@@ -383,6 +362,35 @@ impl Dcs {
             );
         }
         Ok(view)
+    }
+
+    /// One page of a prefix read: up to `limit` keys from `start` (before
+    /// `end`) at `revision` (0: the latest), within what is left until
+    /// `deadline`.
+    async fn read_page(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        revision: i64,
+        keys_only: bool,
+        deadline: tokio::time::Instant,
+    ) -> Result<etcd_client::GetResponse, DcsError> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let mut opts = GetOptions::new()
+            .with_range(end.to_vec())
+            .with_limit(limit as i64)
+            .with_revision(revision);
+        if keys_only {
+            opts = opts.with_keys_only();
+        }
+        let key = start.to_vec();
+        self.call(
+            "read",
+            left,
+            |mut c| async move { c.get(key, Some(opts)).await },
+        )
+        .await
     }
 
     async fn grant(&mut self, timeout: Duration) -> Result<KeepAlive, DcsError> {
