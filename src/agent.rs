@@ -510,12 +510,13 @@ impl Agent {
                 Ok(())
             }
             Action::ConfirmLeader { status } => {
+                let sent = self.now();
                 let ok = self
                     .dcs
                     .confirm_leader(status.as_ref(), t)
                     .await
                     .map_err(|e| e.to_string())?;
-                self.node.on_leader_txn(ok);
+                self.node.on_leader_txn(sent, ok);
                 if ok {
                     Ok(())
                 } else {
@@ -523,12 +524,13 @@ impl Agent {
                 }
             }
             Action::AcquireLeader => {
+                let sent = self.now();
                 let won = self
                     .dcs
                     .acquire_leader(t)
                     .await
                     .map_err(|e| e.to_string())?;
-                self.node.on_leader_txn(won);
+                self.node.on_leader_txn(sent, won);
                 if won {
                     info!("acquired the leader key");
                     Ok(())
@@ -537,12 +539,13 @@ impl Agent {
                 }
             }
             Action::TakeOverLeader { mod_revision } => {
+                let sent = self.now();
                 let won = self
                     .dcs
                     .take_over_leader(*mod_revision, t)
                     .await
                     .map_err(|e| e.to_string())?;
-                self.node.on_leader_txn(won);
+                self.node.on_leader_txn(sent, won);
                 if won {
                     Ok(())
                 } else {
@@ -566,6 +569,26 @@ impl Agent {
                     .map_err(|e| e.to_string())?;
                 if cleared {
                     warn!("cleared a leader key that was bound to no lease");
+                }
+                Ok(())
+            }
+            Action::ReplaceOrphanLeader { mod_revision, name } => {
+                let replaced = self
+                    .dcs
+                    .replace_orphan_leader(
+                        *mod_revision,
+                        name,
+                        self.ha.orphan_placeholder_ttl_secs(),
+                        t,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if replaced {
+                    warn!(
+                        "replaced a leader key naming {}, which is no member, by a placeholder that expires in {} s",
+                        crate::config::excerpt(name),
+                        self.ha.orphan_placeholder_ttl_secs()
+                    );
                 }
                 Ok(())
             }
@@ -738,7 +761,7 @@ impl Agent {
 
     fn arm_watchdog(&mut self, required: bool) -> Result<(), String> {
         let now = self.now();
-        if !ha::may_feed(&self.ha, now, self.node.last_renewal) {
+        if !ha::may_feed(&self.ha, now, self.node.fence_base()) {
             return Err("lease renewal too old to arm the watchdog safely".into());
         }
         let secs = self.ha.watchdog_timeout_secs();
@@ -798,7 +821,7 @@ impl Agent {
 
     fn feed_watchdog(&mut self) {
         let now = self.now();
-        if !ha::may_feed(&self.ha, now, self.node.last_renewal) {
+        if !ha::may_feed(&self.ha, now, self.node.fence_base()) {
             self.warn_limited(
                 "lease renewal answered late: not feeding the watchdog this cycle".into(),
             );
@@ -1223,6 +1246,7 @@ fn describe(a: &Action) -> &'static str {
         Action::TakeOverLeader { .. } => "leader key take-over",
         Action::ReleaseLeader => "leader key release",
         Action::ClearUnleasedLeader { .. } => "clearing an unleased leader key",
+        Action::ReplaceOrphanLeader { .. } => "replacing an orphan leader key",
         Action::ArmWatchdog { .. } => "arming the watchdog",
         Action::FeedWatchdog => "feeding the watchdog",
         Action::DisarmWatchdog => "disarming the watchdog",

@@ -18,6 +18,7 @@
 use crate::cluster::{
     ClusterView, DynamicConfig, FailoverRequest, KeyParse, Leader, MemberInfo, Status, parse_key,
 };
+use crate::ha::ORPHAN_PLACEHOLDER;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
     PutOptions, Txn, TxnOp, WatchOptions,
@@ -310,12 +311,24 @@ impl Dcs {
                 continue;
             };
             let rel = key.strip_prefix(&self.prefix).unwrap_or(key);
+            // A leader key that cannot be read still holds the key: seen as
+            // a leader named by no member, so that nobody takes it for
+            // "no leader" and it is cleared like any orphan key.
+            let unreadable_leader = || Leader {
+                name: String::new(),
+                lease: kv.lease(),
+                create_revision: kv.create_revision(),
+                mod_revision: kv.mod_revision(),
+            };
             if kv.value().len() > MAX_VALUE_BYTES {
                 skipped.push(format!(
                     "{key}: {} bytes (limit {MAX_VALUE_BYTES})",
                     kv.value().len()
                 ));
                 config_unreadable |= rel == "config";
+                if rel == "leader" {
+                    view.leader = Some(unreadable_leader());
+                }
                 continue;
             }
             match parse_key(rel, kv.value()) {
@@ -341,6 +354,9 @@ impl Dcs {
                 Ok(KeyParse::Ignored) => {}
                 Err(e) => {
                     config_unreadable |= rel == "config";
+                    if rel == "leader" {
+                        view.leader = Some(unreadable_leader());
+                    }
                     skipped.push(format!("{key}: {e}"));
                 }
             }
@@ -627,6 +643,61 @@ impl Dcs {
             .and_then([TxnOp::delete(leader, None)]);
         self.txn("clearing an unleased leader key", txn, timeout)
             .await
+    }
+
+    /// Replaces a leader key that names no member (`name`, observed at
+    /// `observed_mod_revision`) by [`ORPHAN_PLACEHOLDER`] bound to a fresh
+    /// lease of `placeholder_ttl` seconds that nobody renews, only if the key
+    /// is unchanged and `members/<name>` still does not exist. Grant and txn
+    /// share one `timeout`, so the placeholder outlives the txn by at least
+    /// `placeholder_ttl - timeout`. A lease the txn certainly did not use is
+    /// revoked (best effort: it expires anyway).
+    pub async fn replace_orphan_leader(
+        &mut self,
+        observed_mod_revision: i64,
+        name: &str,
+        placeholder_ttl: i64,
+        timeout: Duration,
+    ) -> Result<bool, DcsError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let granted = self
+            .call("placeholder lease grant", timeout, |mut c| async move {
+                c.lease_grant(placeholder_ttl, None).await
+            })
+            .await?;
+        if granted.ttl() < placeholder_ttl {
+            return Err(DcsError::Lease(format!(
+                "etcd granted the placeholder lease a TTL of {} s where {placeholder_ttl} s was asked",
+                granted.ttl()
+            )));
+        }
+        let placeholder = granted.id();
+        let leader = self.key("leader");
+        let member = self.key(&format!("members/{name}"));
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(leader.clone(), CompareOp::Equal, observed_mod_revision),
+                Compare::version(member, CompareOp::Equal, 0),
+            ])
+            .and_then([TxnOp::put(
+                leader,
+                ORPHAN_PLACEHOLDER,
+                Some(PutOptions::new().with_lease(placeholder)),
+            )]);
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let replaced = self.txn("replacing an orphan leader key", txn, left).await;
+        // Revoked only when the txn certainly did not apply: a timed-out txn
+        // may have put the placeholder, and revoking it would free the key
+        // at once.
+        if matches!(replaced, Ok(false)) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let _ = self
+                .call("placeholder lease revoke", left, |mut c| async move {
+                    c.lease_revoke(placeholder).await
+                })
+                .await;
+        }
+        replaced
     }
 
     /// Deletes the leader key if it holds our name.
