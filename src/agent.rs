@@ -53,6 +53,8 @@ pub struct Agent {
     warned: std::collections::HashMap<String, Millis>,
     /// systemd's notification socket, when started by a `Type=notify` unit.
     notifier: Option<crate::notify::Notifier>,
+    /// For the watch's own connections.
+    transport: crate::dcs::Transport,
 }
 
 /// Why the loop ended.
@@ -63,14 +65,16 @@ pub enum Exit {
 }
 
 impl Agent {
-    pub fn new(cfg: Config) -> Agent {
+    /// `transport`: TLS and RBAC user for etcd (`dcs::Transport::load`).
+    pub fn new(cfg: Config, transport: crate::dcs::Transport) -> Agent {
         let ha = HaConfig::from_config(&cfg);
         let dcs = Dcs::new(
             cfg.etcd_endpoints(),
             cfg.prefix(),
             cfg.name.clone(),
             cfg.ttl,
-        );
+        )
+        .with_transport(transport.clone());
         let pg = Postgres::new(cfg.postgresql.clone(), cfg.name.clone());
         let shared = snapshot::shared(Snapshot::new(&cfg.scope, &cfg.name));
         Agent {
@@ -91,6 +95,7 @@ impl Agent {
             published: None,
             member_key_checked: false,
             notifier: crate::notify::Notifier::from_env(),
+            transport,
         }
     }
 
@@ -213,6 +218,7 @@ impl Agent {
             self.cfg.etcd_endpoints(),
             self.cfg.prefix(),
             self.wake.clone(),
+            self.transport.clone(),
         );
         info!(
             "leasedog {} starting: member {} of cluster {} (ttl {}s, loop_wait {}s, retry_timeout {}s, watchdog {:?})",
@@ -1276,7 +1282,7 @@ mod tests {
     /// per 30 s: it is limited by its key, not its text.
     #[test]
     fn warnings_are_rate_limited_by_key() {
-        let mut a = Agent::new(Config::default());
+        let mut a = Agent::new(Config::default(), Default::default());
         assert!(a.warn_limited_as("stale switchover".into(), "at 1 (5 s ago)".into()));
         assert!(!a.warn_limited_as("stale switchover".into(), "at 1 (6 s ago)".into()));
         assert!(!a.warn_limited_as("stale switchover".into(), "at 2 (1 s ago)".into()));
