@@ -1680,15 +1680,33 @@ restapi:
         let with = |extra: &str| GOOD.replace(hosts, &format!("{hosts}\n{extra}"));
         let c = load_text(&with("  protocol: https\n  cacert: /etc/etcd/ca.pem\n  cert: /c.pem\n  key: /c.key\n  username: u\n  password: p")).unwrap();
         assert_eq!(c.etcd_endpoints(), vec!["https://127.0.0.1:2379"]);
-        let c = load_text(&GOOD.replace("\"127.0.0.1:2379\"", "\"https://a:1\"").replace(hosts, hosts).replace("etcd3:\n", "etcd3:\n  cacert: /ca.pem\n")).unwrap();
+        let c = load_text(
+            &GOOD
+                .replace("\"127.0.0.1:2379\"", "\"https://a:1\"")
+                .replace(hosts, hosts)
+                .replace("etcd3:\n", "etcd3:\n  cacert: /ca.pem\n"),
+        )
+        .unwrap();
         assert_eq!(c.etcd3.protocol, "https");
         assert_eq!(c.etcd_endpoints(), vec!["https://a:1"]);
         for (extra, key, says) in [
             ("  protocol: spdy", "etcd3.protocol", "http or https"),
-            ("  protocol: https", "etcd3.cacert", "required with protocol https"),
+            (
+                "  protocol: https",
+                "etcd3.cacert",
+                "required with protocol https",
+            ),
             ("  cacert: /ca.pem", "etcd3.cacert", "protocol is http"),
-            ("  protocol: https\n  cacert: /a\n  cert: /c.pem", "etcd3.key", "go together"),
-            ("  protocol: https\n  cacert: /a\n  key_password: x", "etcd3.key_password", "not supported"),
+            (
+                "  protocol: https\n  cacert: /a\n  cert: /c.pem",
+                "etcd3.key",
+                "go together",
+            ),
+            (
+                "  protocol: https\n  cacert: /a\n  key_password: x",
+                "etcd3.key_password",
+                "not supported",
+            ),
             ("  username: u", "etcd3.password", "go together"),
             ("  password: p", "etcd3.username", "go together"),
         ] {
