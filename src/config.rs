@@ -1683,7 +1683,6 @@ restapi:
         let c = load_text(
             &GOOD
                 .replace("\"127.0.0.1:2379\"", "\"https://a:1\"")
-                .replace(hosts, hosts)
                 .replace("etcd3:\n", "etcd3:\n  cacert: /ca.pem\n"),
         )
         .unwrap();
