@@ -82,6 +82,70 @@ fn a_cluster_over_tls_with_an_rbac_user() {
         );
     }
 
+    // Every auth token revoked (RBAC off and on again): the clients
+    // authenticate again, and nothing moves.
+    c.etcd.ctl(&["auth", "disable"]).unwrap();
+    c.etcd.ctl(&["auth", "enable"]).unwrap();
+    let from = monotonic_ms();
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        assert_eq!(
+            c.sole_primary(),
+            Some(p),
+            "tokens revoked: the primary changed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, gap) = feeds_and_longest_gap(&c.nodes[p].watchdog_events(), from, monotonic_ms());
+    eprintln!("tokens revoked: longest feed gap {gap} ms");
+    assert!(gap <= MAX_FEED_GAP_MS, "tokens revoked: feed gap {gap} ms");
+
+    // The role loses its permissions: every agent can renew its lease but
+    // neither read nor confirm. Nobody takes that for "no leader"; the
+    // leader, unable to prove its key, stops PostgreSQL before a ttl has
+    // passed since its last confirmation. Permissions back: a primary again.
+    let prefix = format!("/service/{}/", c.scope);
+    let revoked = monotonic_ms();
+    c.etcd
+        .ctl(&[
+            "role",
+            "revoke-permission",
+            "leasedog",
+            "--prefix=true",
+            &prefix,
+        ])
+        .unwrap();
+    let stopped = wait_for("the leader stops", Duration::from_secs(10), || {
+        (c.nodes[p].is_primary() != Some(true)).then(monotonic_ms)
+    });
+    eprintln!(
+        "permissions revoked: primary stopped after {} ms",
+        stopped - revoked
+    );
+    assert!(stopped - revoked < 6_000, "within a ttl (6 s)");
+    let end = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < end {
+        assert_eq!(
+            c.sole_primary(),
+            None,
+            "no member promotes without permissions"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = c.nodes[p].agent_log_text();
+    assert!(log.contains("permission denied"), "{log}");
+    c.etcd
+        .ctl(&[
+            "role",
+            "grant-permission",
+            "leasedog",
+            "--prefix=true",
+            "readwrite",
+            &prefix,
+        ])
+        .unwrap();
+    let p = c.wait_healthy(Duration::from_secs(60));
+
     // A failover over TLS: the leader's agent and PostgreSQL killed.
     let mut c = c;
     c.kill_agent(p);
