@@ -194,8 +194,11 @@ pub struct Dcs {
     page_limit: usize,
 }
 
-/// Less time than this left after a failed attempt: no second endpoint.
+/// Less time than this left after a failed attempt: no next endpoint.
 const MIN_RETRY: Duration = Duration::from_millis(100);
+
+/// The pause before another round of the endpoints (all failed fast).
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// The most keys one page of a prefix read asks for.
 const MAX_PAGE_KEYS: usize = 1024;
@@ -334,22 +337,73 @@ impl Dcs {
     /// is asked again at half the size, down to one key; a single key too
     /// large even alone is skipped as unreadable.
     pub async fn read(&mut self, timeout: Duration) -> Result<ClusterView, DcsError> {
-        if self.endpoints.len() < 2 {
-            return self.read_on(timeout).await;
-        }
         let start = tokio::time::Instant::now();
-        match self.read_on(timeout / 2).await {
-            Err(e @ (DcsError::Timeout { .. } | DcsError::Etcd { .. })) if !matches!(&e, DcsError::Etcd { source, .. } if too_large(source)) =>
-            {
-                let left = timeout.saturating_sub(start.elapsed());
-                if left < MIN_RETRY {
-                    return Err(e);
-                }
-                debug!("{e}: reading from the next etcd endpoint");
-                self.read_on(left).await
+        let mut attempt = 0;
+        loop {
+            let slice = self.attempt_time(attempt, start, timeout);
+            match self.read_on(slice).await {
+                Err(e) => match self.retry_pause(&e, &mut attempt, start, timeout) {
+                    Some(pause) => {
+                        debug!("{e}: reading from the next etcd endpoint");
+                        tokio::time::sleep(pause).await;
+                    }
+                    None => return Err(e),
+                },
+                ok => return ok,
             }
-            r => r,
         }
+    }
+
+    /// With several endpoints, the first attempt of a call gets half its
+    /// time (a hung member must leave time for the next), later ones all
+    /// that is left.
+    fn attempt_time(
+        &self,
+        attempt: usize,
+        start: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Duration {
+        let left = timeout.saturating_sub(start.elapsed());
+        if attempt == 0 && self.endpoints.len() > 1 {
+            left / 2
+        } else {
+            left
+        }
+    }
+
+    /// Whether a failed renewal or read is tried again (on the next
+    /// endpoint: `call` rotated) and after what pause. Only with several
+    /// endpoints, only for errors that concern the endpoint (unreachable,
+    /// hung, no raft leader during an election), at most two rounds of the
+    /// endpoints, and only while time is left: the caller's timeout still
+    /// bounds the whole call.
+    fn retry_pause(
+        &self,
+        e: &DcsError,
+        attempt: &mut usize,
+        start: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Option<Duration> {
+        let about_the_endpoint = match e {
+            DcsError::Timeout { .. } => true,
+            DcsError::Etcd { source, .. } => !too_large(source),
+            _ => false,
+        };
+        *attempt += 1;
+        let left = timeout.saturating_sub(start.elapsed());
+        (about_the_endpoint
+            && self.endpoints.len() > 1
+            && *attempt < 2 * self.endpoints.len()
+            && left >= MIN_RETRY)
+            .then(|| {
+                // A fast failure (refused, "no leader"): give an election a
+                // moment before the next round.
+                if *attempt >= self.endpoints.len() {
+                    RETRY_PAUSE.min(left / 2)
+                } else {
+                    Duration::ZERO
+                }
+            })
     }
 
     /// `read` on the current endpoint.
@@ -566,25 +620,25 @@ impl Dcs {
     /// itself, before calling.
     ///
     /// With several endpoints, half the time goes to the current one and,
-    /// if it fails or hangs, the rest to the next: a hung or dead etcd
-    /// member costs a leader half a timeout, not a renewal (and a feed).
-    /// Only renewals and reads are retried: a txn that timed out may have
-    /// been applied.
+    /// if it fails or hangs, the rest to the next ones (`retry_pause`): a
+    /// hung or dead etcd member, or an election, costs a leader part of a
+    /// timeout, not a renewal (and a feed). Only renewals and reads are
+    /// retried: a txn that timed out may have been applied.
     pub async fn keepalive(&mut self, timeout: Duration) -> Result<KeepAlive, DcsError> {
-        if self.endpoints.len() < 2 {
-            return self.keepalive_on(timeout).await;
-        }
         let start = tokio::time::Instant::now();
-        match self.keepalive_on(timeout / 2).await {
-            Err(e @ (DcsError::Timeout { .. } | DcsError::Etcd { .. })) => {
-                let left = timeout.saturating_sub(start.elapsed());
-                if left < MIN_RETRY {
-                    return Err(e);
-                }
-                debug!("{e}: renewing through the next etcd endpoint");
-                self.keepalive_on(left).await
+        let mut attempt = 0;
+        loop {
+            let slice = self.attempt_time(attempt, start, timeout);
+            match self.keepalive_on(slice).await {
+                Err(e) => match self.retry_pause(&e, &mut attempt, start, timeout) {
+                    Some(pause) => {
+                        debug!("{e}: renewing through the next etcd endpoint");
+                        tokio::time::sleep(pause).await;
+                    }
+                    None => return Err(e),
+                },
+                ok => return ok,
             }
-            r => r,
         }
     }
 
