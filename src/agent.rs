@@ -53,6 +53,8 @@ pub struct Agent {
     warned: std::collections::HashMap<String, Millis>,
     /// systemd's notification socket, when started by a `Type=notify` unit.
     notifier: Option<crate::notify::Notifier>,
+    /// For the watch's own connections.
+    transport: crate::dcs::Transport,
 }
 
 /// Why the loop ended.
@@ -63,14 +65,16 @@ pub enum Exit {
 }
 
 impl Agent {
-    pub fn new(cfg: Config) -> Agent {
+    /// `transport`: TLS and RBAC user for etcd (`dcs::Transport::load`).
+    pub fn new(cfg: Config, transport: crate::dcs::Transport) -> Agent {
         let ha = HaConfig::from_config(&cfg);
         let dcs = Dcs::new(
             cfg.etcd_endpoints(),
             cfg.prefix(),
             cfg.name.clone(),
             cfg.ttl,
-        );
+        )
+        .with_transport(transport.clone());
         let pg = Postgres::new(cfg.postgresql.clone(), cfg.name.clone());
         let shared = snapshot::shared(Snapshot::new(&cfg.scope, &cfg.name));
         Agent {
@@ -91,6 +95,7 @@ impl Agent {
             published: None,
             member_key_checked: false,
             notifier: crate::notify::Notifier::from_env(),
+            transport,
         }
     }
 
@@ -213,6 +218,7 @@ impl Agent {
             self.cfg.etcd_endpoints(),
             self.cfg.prefix(),
             self.wake.clone(),
+            self.transport.clone(),
         );
         info!(
             "leasedog {} starting: member {} of cluster {} (ttl {}s, loop_wait {}s, retry_timeout {}s, watchdog {:?})",
@@ -510,12 +516,13 @@ impl Agent {
                 Ok(())
             }
             Action::ConfirmLeader { status } => {
+                let sent = self.now();
                 let ok = self
                     .dcs
                     .confirm_leader(status.as_ref(), t)
                     .await
                     .map_err(|e| e.to_string())?;
-                self.node.on_leader_txn(ok);
+                self.node.on_leader_txn(sent, ok);
                 if ok {
                     Ok(())
                 } else {
@@ -523,12 +530,13 @@ impl Agent {
                 }
             }
             Action::AcquireLeader => {
+                let sent = self.now();
                 let won = self
                     .dcs
                     .acquire_leader(t)
                     .await
                     .map_err(|e| e.to_string())?;
-                self.node.on_leader_txn(won);
+                self.node.on_leader_txn(sent, won);
                 if won {
                     info!("acquired the leader key");
                     Ok(())
@@ -537,12 +545,13 @@ impl Agent {
                 }
             }
             Action::TakeOverLeader { mod_revision } => {
+                let sent = self.now();
                 let won = self
                     .dcs
                     .take_over_leader(*mod_revision, t)
                     .await
                     .map_err(|e| e.to_string())?;
-                self.node.on_leader_txn(won);
+                self.node.on_leader_txn(sent, won);
                 if won {
                     Ok(())
                 } else {
@@ -566,6 +575,26 @@ impl Agent {
                     .map_err(|e| e.to_string())?;
                 if cleared {
                     warn!("cleared a leader key that was bound to no lease");
+                }
+                Ok(())
+            }
+            Action::ReplaceOrphanLeader { mod_revision, name } => {
+                let replaced = self
+                    .dcs
+                    .replace_orphan_leader(
+                        *mod_revision,
+                        name,
+                        self.ha.orphan_placeholder_ttl_secs(),
+                        t,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if replaced {
+                    warn!(
+                        "replaced a leader key naming {}, which is no member, by a placeholder that expires in {} s",
+                        crate::config::excerpt(name),
+                        self.ha.orphan_placeholder_ttl_secs()
+                    );
                 }
                 Ok(())
             }
@@ -738,7 +767,7 @@ impl Agent {
 
     fn arm_watchdog(&mut self, required: bool) -> Result<(), String> {
         let now = self.now();
-        if !ha::may_feed(&self.ha, now, self.node.last_renewal) {
+        if !ha::may_feed(&self.ha, now, self.node.fence_base()) {
             return Err("lease renewal too old to arm the watchdog safely".into());
         }
         let secs = self.ha.watchdog_timeout_secs();
@@ -798,7 +827,7 @@ impl Agent {
 
     fn feed_watchdog(&mut self) {
         let now = self.now();
-        if !ha::may_feed(&self.ha, now, self.node.last_renewal) {
+        if !ha::may_feed(&self.ha, now, self.node.fence_base()) {
             self.warn_limited(
                 "lease renewal answered late: not feeding the watchdog this cycle".into(),
             );
@@ -1223,6 +1252,7 @@ fn describe(a: &Action) -> &'static str {
         Action::TakeOverLeader { .. } => "leader key take-over",
         Action::ReleaseLeader => "leader key release",
         Action::ClearUnleasedLeader { .. } => "clearing an unleased leader key",
+        Action::ReplaceOrphanLeader { .. } => "replacing an orphan leader key",
         Action::ArmWatchdog { .. } => "arming the watchdog",
         Action::FeedWatchdog => "feeding the watchdog",
         Action::DisarmWatchdog => "disarming the watchdog",
@@ -1252,7 +1282,7 @@ mod tests {
     /// per 30 s: it is limited by its key, not its text.
     #[test]
     fn warnings_are_rate_limited_by_key() {
-        let mut a = Agent::new(Config::default());
+        let mut a = Agent::new(Config::default(), Default::default());
         assert!(a.warn_limited_as("stale switchover".into(), "at 1 (5 s ago)".into()));
         assert!(!a.warn_limited_as("stale switchover".into(), "at 1 (6 s ago)".into()));
         assert!(!a.warn_limited_as("stale switchover".into(), "at 2 (1 s ago)".into()));

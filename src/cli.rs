@@ -125,7 +125,11 @@ fn run(args: Args) -> Result<(), ExitCode> {
             for e in &errors {
                 eprintln!("error: {e}");
             }
-            if !errors.is_empty() {
+            let transport = crate::dcs::Transport::load(&cfg.etcd3);
+            if let Err(e) = &transport {
+                eprintln!("error: {}: {e}", args.config.display());
+            }
+            if !errors.is_empty() || transport.is_err() {
                 return Err(ExitCode::from(1));
             }
             println!(
@@ -153,8 +157,12 @@ fn run(args: Args) -> Result<(), ExitCode> {
                     log::error!("{e}");
                     ExitCode::from(1)
                 })?;
+            let transport = crate::dcs::Transport::load(&cfg.etcd3).map_err(|e| {
+                log::error!("{}: {e}", args.config.display());
+                ExitCode::from(1)
+            })?;
             let rt = runtime()?;
-            match rt.block_on(Agent::new(cfg).run()) {
+            match rt.block_on(Agent::new(cfg, transport).run()) {
                 Ok(_) => Ok(()),
                 Err(e) => {
                     log::error!("{e}");
@@ -165,12 +173,7 @@ fn run(args: Args) -> Result<(), ExitCode> {
         Command::List { json } => {
             let cfg = load(&args.config)?;
             let rt = runtime()?;
-            let mut dcs = Dcs::new(
-                cfg.etcd_endpoints(),
-                cfg.prefix(),
-                cfg.name.clone(),
-                cfg.ttl,
-            );
+            let mut dcs = dcs_of(&cfg)?;
             let view = rt
                 .block_on(dcs.read(Duration::from_secs(cfg.retry_timeout.max(1))))
                 .map_err(|e| {
@@ -224,7 +227,7 @@ fn run(args: Args) -> Result<(), ExitCode> {
         Command::History { json } => {
             let cfg = load(&args.config)?;
             let rt = runtime()?;
-            let mut dcs = dcs_of(&cfg);
+            let mut dcs = dcs_of(&cfg)?;
             let raw = rt
                 .block_on(dcs.get_raw("history", timeout_of(&cfg)))
                 .map_err(|e| fail(&format!("cannot read the cluster from etcd: {e}")))?
@@ -443,13 +446,20 @@ fn fail(msg: &str) -> ExitCode {
     ExitCode::from(1)
 }
 
-fn dcs_of(cfg: &Config) -> Dcs {
-    Dcs::new(
+/// A client for the commands (list, pause, switchover, ...): the agent's
+/// endpoints, TLS and user.
+fn dcs_of(cfg: &Config) -> Result<Dcs, ExitCode> {
+    let transport = crate::dcs::Transport::load(&cfg.etcd3).map_err(|e| {
+        eprintln!("error: {}: {e}", cfg.source.display());
+        ExitCode::from(1)
+    })?;
+    Ok(Dcs::new(
         cfg.etcd_endpoints(),
         cfg.prefix(),
         cfg.name.clone(),
         cfg.ttl,
     )
+    .with_transport(transport))
 }
 
 fn timeout_of(cfg: &Config) -> Duration {
@@ -495,7 +505,7 @@ fn set_pause(path: &std::path::Path, pause: bool, force: bool, wait: bool) -> Re
                 Ok(r) => return Err(fail(r["error"].as_str().unwrap_or("refused"))),
                 Err(_) => false,
             };
-        let mut dcs = dcs_of(&cfg);
+        let mut dcs = dcs_of(&cfg)?;
         if !via_socket {
             dcs.set_pause(pause, force, t).await.map_err(|e| fail(&e))?;
         }
@@ -536,7 +546,7 @@ fn switchover(
     let rt = runtime()?;
     rt.block_on(async {
         let t = timeout_of(&cfg);
-        let mut dcs = dcs_of(&cfg);
+        let mut dcs = dcs_of(&cfg)?;
         let view = dcs
             .read(t)
             .await
@@ -607,7 +617,7 @@ fn failover(path: &std::path::Path, to: &str) -> Result<(), ExitCode> {
     let rt = runtime()?;
     rt.block_on(async {
         let t = timeout_of(&cfg);
-        let mut dcs = dcs_of(&cfg);
+        let mut dcs = dcs_of(&cfg)?;
         let view = dcs
             .read(t)
             .await

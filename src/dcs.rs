@@ -18,6 +18,7 @@
 use crate::cluster::{
     ClusterView, DynamicConfig, FailoverRequest, KeyParse, Leader, MemberInfo, Status, parse_key,
 };
+use crate::ha::ORPHAN_PLACEHOLDER;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
     PutOptions, Txn, TxnOp, WatchOptions,
@@ -77,16 +78,104 @@ pub struct KeepAlive {
 /// default) or pings with no stream open, and every stream on it ends and is
 /// made again. So: every 10 s, only while a stream is open. A dead endpoint
 /// is found by each call's own timeout, not by the pings.
-fn connect_options() -> ConnectOptions {
-    ConnectOptions::new()
+///
+/// `require_leader`: an etcd member cut off from its quorum refuses every
+/// request (watches included) rather than answer from its old state.
+fn connect_options(t: &Transport) -> ConnectOptions {
+    let mut o = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_keep_alive(Duration::from_secs(10), Duration::from_secs(2))
         .with_keep_alive_while_idle(false)
+        .with_require_leader(true);
+    if let Some(tls) = &t.tls {
+        o = o.with_tls(tls.clone());
+    }
+    if let Some((user, password)) = &t.user {
+        // A token that expired (etcd's --auth-token-ttl, 5 min by default)
+        // or was revoked is renewed by the client and the call retried.
+        o = o
+            .with_user(user.clone(), password.clone())
+            .with_auto_token_refresh(true);
+    }
+    o
+}
+
+/// How the agent talks to etcd: TLS (CA, client certificate) and RBAC user,
+/// from `etcd3.*`. Files are read once, when the agent starts; a problem
+/// names the key and the file.
+#[derive(Clone, Default)]
+pub struct Transport {
+    tls: Option<etcd_client::TlsOptions>,
+    user: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        f.debug_struct("Transport")
+            .field("tls", &self.tls.is_some())
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .finish()
+    }
+}
+
+/// Reads a PEM file and checks it holds `what` (`CERTIFICATE`, `PRIVATE KEY`).
+fn read_pem(key: &str, path: &std::path::Path, what: &str) -> Result<Vec<u8>, String> {
+    let shown = crate::config::excerpt(&path.display().to_string());
+    let meta = std::fs::metadata(path).map_err(|e| format!("{key}: cannot read {shown}: {e}"))?;
+    if !meta.is_file() || meta.len() > 1 << 20 {
+        return Err(format!("{key}: {shown} is not a PEM file of at most 1 MiB"));
+    }
+    let pem = std::fs::read(path).map_err(|e| format!("{key}: cannot read {shown}: {e}"))?;
+    let text = String::from_utf8_lossy(&pem);
+    if text.contains("ENCRYPTED") {
+        return Err(format!(
+            "{key}: {shown} is an encrypted key: give it unencrypted (mode 0600), e.g. `openssl pkey -in enc.key -out etcd.key`"
+        ));
+    }
+    let found = text
+        .lines()
+        .any(|l| l.starts_with("-----BEGIN ") && l.contains(what));
+    if !found {
+        return Err(format!(
+            "{key}: {shown} holds no PEM block of type {what} (expected -----BEGIN ...{what}-----)"
+        ));
+    }
+    Ok(pem)
+}
+
+impl Transport {
+    /// From the validated `etcd3` section.
+    pub fn load(e: &crate::config::Etcd3Config) -> Result<Transport, String> {
+        let mut t = Transport::default();
+        if e.protocol == "https" {
+            use etcd_client::{Certificate, Identity, TlsOptions};
+            let mut tls = TlsOptions::new();
+            if let Some(ca) = &e.cacert {
+                tls = tls.ca_certificate(Certificate::from_pem(read_pem(
+                    "etcd3.cacert",
+                    ca,
+                    "CERTIFICATE",
+                )?));
+            }
+            if let (Some(cert), Some(key)) = (&e.cert, &e.key) {
+                let cert = read_pem("etcd3.cert", cert, "CERTIFICATE")?;
+                let key = read_pem("etcd3.key", key, "PRIVATE KEY")?;
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            t.tls = Some(tls);
+        }
+        if let (Some(u), Some(p)) = (&e.username, &e.password) {
+            t.user = Some((u.clone(), p.clone()));
+        }
+        Ok(t)
+    }
 }
 
 /// The etcd side of one agent.
 pub struct Dcs {
     endpoints: Vec<String>,
+    transport: Transport,
     clients: Vec<Option<Client>>,
     current: usize,
     prefix: String,
@@ -104,6 +193,9 @@ pub struct Dcs {
     /// large for gRPC, grown again when pages come back small.
     page_limit: usize,
 }
+
+/// Less time than this left after a failed attempt: no second endpoint.
+const MIN_RETRY: Duration = Duration::from_millis(100);
 
 /// The most keys one page of a prefix read asks for.
 const MAX_PAGE_KEYS: usize = 1024;
@@ -136,6 +228,7 @@ impl Dcs {
         let n = endpoints.len().max(1);
         Dcs {
             endpoints,
+            transport: Transport::default(),
             clients: (0..n).map(|_| None).collect(),
             current: 0,
             prefix,
@@ -147,6 +240,12 @@ impl Dcs {
             skipped_reported: None,
             page_limit: MAX_PAGE_KEYS,
         }
+    }
+
+    /// TLS and RBAC user for every connection (default: plain, no user).
+    pub fn with_transport(mut self, transport: Transport) -> Dcs {
+        self.transport = transport;
+        self
     }
 
     pub fn lease_id(&self) -> Option<i64> {
@@ -194,7 +293,11 @@ impl Dcs {
             let client = match &self.clients[self.current] {
                 Some(c) => c.clone(),
                 None => {
-                    let c = Client::connect([endpoint.as_str()], Some(connect_options())).await?;
+                    let c = Client::connect(
+                        [endpoint.as_str()],
+                        Some(connect_options(&self.transport)),
+                    )
+                    .await?;
                     self.clients[self.current] = Some(c.clone());
                     c
                 }
@@ -231,6 +334,26 @@ impl Dcs {
     /// is asked again at half the size, down to one key; a single key too
     /// large even alone is skipped as unreadable.
     pub async fn read(&mut self, timeout: Duration) -> Result<ClusterView, DcsError> {
+        if self.endpoints.len() < 2 {
+            return self.read_on(timeout).await;
+        }
+        let start = tokio::time::Instant::now();
+        match self.read_on(timeout / 2).await {
+            Err(e @ (DcsError::Timeout { .. } | DcsError::Etcd { .. })) if !matches!(&e, DcsError::Etcd { source, .. } if too_large(source)) =>
+            {
+                let left = timeout.saturating_sub(start.elapsed());
+                if left < MIN_RETRY {
+                    return Err(e);
+                }
+                debug!("{e}: reading from the next etcd endpoint");
+                self.read_on(left).await
+            }
+            r => r,
+        }
+    }
+
+    /// `read` on the current endpoint.
+    async fn read_on(&mut self, timeout: Duration) -> Result<ClusterView, DcsError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let prefix = self.prefix.clone();
         let end = prefix_end(prefix.as_bytes());
@@ -310,12 +433,24 @@ impl Dcs {
                 continue;
             };
             let rel = key.strip_prefix(&self.prefix).unwrap_or(key);
+            // A leader key that cannot be read still holds the key: seen as
+            // a leader named by no member, so that nobody takes it for
+            // "no leader" and it is cleared like any orphan key.
+            let unreadable_leader = || Leader {
+                name: String::new(),
+                lease: kv.lease(),
+                create_revision: kv.create_revision(),
+                mod_revision: kv.mod_revision(),
+            };
             if kv.value().len() > MAX_VALUE_BYTES {
                 skipped.push(format!(
                     "{key}: {} bytes (limit {MAX_VALUE_BYTES})",
                     kv.value().len()
                 ));
                 config_unreadable |= rel == "config";
+                if rel == "leader" {
+                    view.leader = Some(unreadable_leader());
+                }
                 continue;
             }
             match parse_key(rel, kv.value()) {
@@ -341,6 +476,9 @@ impl Dcs {
                 Ok(KeyParse::Ignored) => {}
                 Err(e) => {
                     config_unreadable |= rel == "config";
+                    if rel == "leader" {
+                        view.leader = Some(unreadable_leader());
+                    }
                     skipped.push(format!("{key}: {e}"));
                 }
             }
@@ -426,7 +564,32 @@ impl Dcs {
     /// leader key on the old one, which may still be alive. Ok only when
     /// etcd answered with TTL > 0. The caller records the send instant
     /// itself, before calling.
+    ///
+    /// With several endpoints, half the time goes to the current one and,
+    /// if it fails or hangs, the rest to the next: a hung or dead etcd
+    /// member costs a leader half a timeout, not a renewal (and a feed).
+    /// Only renewals and reads are retried: a txn that timed out may have
+    /// been applied.
     pub async fn keepalive(&mut self, timeout: Duration) -> Result<KeepAlive, DcsError> {
+        if self.endpoints.len() < 2 {
+            return self.keepalive_on(timeout).await;
+        }
+        let start = tokio::time::Instant::now();
+        match self.keepalive_on(timeout / 2).await {
+            Err(e @ (DcsError::Timeout { .. } | DcsError::Etcd { .. })) => {
+                let left = timeout.saturating_sub(start.elapsed());
+                if left < MIN_RETRY {
+                    return Err(e);
+                }
+                debug!("{e}: renewing through the next etcd endpoint");
+                self.keepalive_on(left).await
+            }
+            r => r,
+        }
+    }
+
+    /// `keepalive` on the current endpoint.
+    async fn keepalive_on(&mut self, timeout: Duration) -> Result<KeepAlive, DcsError> {
         let Some(id) = self.lease else {
             return self.grant(timeout).await;
         };
@@ -515,7 +678,8 @@ impl Dcs {
             let client = match &self.clients[self.current] {
                 Some(c) => c.clone(),
                 None => {
-                    let c = Client::connect([endpoint], Some(connect_options())).await?;
+                    let c =
+                        Client::connect([endpoint], Some(connect_options(&self.transport))).await?;
                     self.clients[self.current] = Some(c.clone());
                     c
                 }
@@ -627,6 +791,61 @@ impl Dcs {
             .and_then([TxnOp::delete(leader, None)]);
         self.txn("clearing an unleased leader key", txn, timeout)
             .await
+    }
+
+    /// Replaces a leader key that names no member (`name`, observed at
+    /// `observed_mod_revision`) by [`ORPHAN_PLACEHOLDER`] bound to a fresh
+    /// lease of `placeholder_ttl` seconds that nobody renews, only if the key
+    /// is unchanged and `members/<name>` still does not exist. Grant and txn
+    /// share one `timeout`, so the placeholder outlives the txn by at least
+    /// `placeholder_ttl - timeout`. A lease the txn certainly did not use is
+    /// revoked (best effort: it expires anyway).
+    pub async fn replace_orphan_leader(
+        &mut self,
+        observed_mod_revision: i64,
+        name: &str,
+        placeholder_ttl: i64,
+        timeout: Duration,
+    ) -> Result<bool, DcsError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let granted = self
+            .call("placeholder lease grant", timeout, |mut c| async move {
+                c.lease_grant(placeholder_ttl, None).await
+            })
+            .await?;
+        if granted.ttl() < placeholder_ttl {
+            return Err(DcsError::Lease(format!(
+                "etcd granted the placeholder lease a TTL of {} s where {placeholder_ttl} s was asked",
+                granted.ttl()
+            )));
+        }
+        let placeholder = granted.id();
+        let leader = self.key("leader");
+        let member = self.key(&format!("members/{name}"));
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(leader.clone(), CompareOp::Equal, observed_mod_revision),
+                Compare::version(member, CompareOp::Equal, 0),
+            ])
+            .and_then([TxnOp::put(
+                leader,
+                ORPHAN_PLACEHOLDER,
+                Some(PutOptions::new().with_lease(placeholder)),
+            )]);
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let replaced = self.txn("replacing an orphan leader key", txn, left).await;
+        // Revoked only when the txn certainly did not apply: a timed-out txn
+        // may have put the placeholder, and revoking it would free the key
+        // at once.
+        if matches!(replaced, Ok(false)) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let _ = self
+                .call("placeholder lease revoke", left, |mut c| async move {
+                    c.lease_revoke(placeholder).await
+                })
+                .await;
+        }
+        replaced
     }
 
     /// Deletes the leader key if it holds our name.
@@ -843,7 +1062,12 @@ impl Drop for WatchHandle {
 /// config, failover or initialize key changes.
 /// It only wakes: it never decides anything. The watch is recreated after
 /// errors, rotating endpoints, with a short backoff.
-pub fn spawn_watch(endpoints: Vec<String>, prefix: String, notify: Arc<Notify>) -> WatchHandle {
+pub fn spawn_watch(
+    endpoints: Vec<String>,
+    prefix: String,
+    notify: Arc<Notify>,
+    transport: Transport,
+) -> WatchHandle {
     WatchHandle(tokio::spawn(async move {
         let mut i = 0usize;
         loop {
@@ -853,7 +1077,8 @@ pub fn spawn_watch(endpoints: Vec<String>, prefix: String, notify: Arc<Notify>) 
                 .unwrap_or_default();
             i += 1;
             let stream = tokio::time::timeout(Duration::from_secs(5), async {
-                let mut c = Client::connect([endpoint.as_str()], Some(connect_options())).await?;
+                let mut c =
+                    Client::connect([endpoint.as_str()], Some(connect_options(&transport))).await?;
                 c.watch(prefix.as_str(), Some(WatchOptions::new().with_prefix()))
                     .await
             })

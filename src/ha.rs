@@ -109,6 +109,17 @@ pub struct NodeState {
     /// The last leader confirmation (or acquisition) succeeded, and nothing
     /// since said otherwise.
     pub leader_confirmed: bool,
+    /// Send instant of the last confirm, acquire or take-over txn that
+    /// found the leader key ours. A renewed lease alone does not prove the
+    /// key is still bound to it (a key naming a vanished member can be
+    /// replaced, see `orphan_leader`): a leader's deadlines run from the
+    /// earlier of this and `last_renewal`.
+    pub last_confirmed: Option<Millis>,
+    /// A leader key on a live lease naming no member: its mod revision and
+    /// since when this node has seen it so. Past `orphan_grace_ms` it is
+    /// replaced by a short-lived placeholder (never deleted: see
+    /// `Action::ReplaceOrphanLeader`).
+    pub orphan_leader: Option<(i64, Millis)>,
     /// The watchdog device is open and counting.
     pub watchdog_armed: bool,
     /// When the armed watchdog fires unless fed: last feed + read-back timeout.
@@ -135,9 +146,26 @@ pub struct NodeState {
 }
 
 impl NodeState {
-    /// The local lease deadline: the last renewal's *send* time plus ttl.
+    /// The local lease deadline: the last renewal's *send* time plus ttl;
+    /// for a confirmed leader, from the earlier of that and the last
+    /// confirmation's send time (`fence_base`).
     pub fn lease_deadline(&self, cfg: &HaConfig) -> Option<Millis> {
-        self.last_renewal.map(|t| t.plus(cfg.ttl_ms))
+        self.fence_base().map(|t| t.plus(cfg.ttl_ms))
+    }
+
+    /// What the feed rule and the leader's deadlines count from: the last
+    /// renewal's send time, and for a confirmed leader the earlier of that
+    /// and its last confirmation's send time. Before `base + ttl` no other
+    /// member can hold the key: the lease bound to it lives that long, and
+    /// a replacement of an orphan key (the only write to a key on another's
+    /// live lease) comes after the confirmation and blocks the key for a
+    /// further ttl.
+    pub fn fence_base(&self) -> Option<Millis> {
+        let renewal = self.last_renewal?;
+        match (self.leader_confirmed, self.last_confirmed) {
+            (true, Some(c)) => Some(renewal.min(c)),
+            _ => Some(renewal),
+        }
     }
 
     /// The instant by which a leader that has not renewed must begin to stop
@@ -230,6 +258,14 @@ impl NodeState {
             };
             self.streaming_from = streaming_from_leader
                 .or_else(|| self.streaming_from.take().filter(pinned_still_holds));
+            self.orphan_leader = v
+                .leader
+                .as_ref()
+                .filter(|l| l.name != cfg.name && l.lease != 0 && v.member(&l.name).is_none())
+                .map(|l| match self.orphan_leader {
+                    Some((rev, since)) if rev == l.mod_revision => (rev, since),
+                    _ => (l.mod_revision, now),
+                });
             let ours = v
                 .leader
                 .as_ref()
@@ -258,9 +294,12 @@ impl NodeState {
         self.last_renewal = Some(sent);
     }
 
-    /// The outcome of a confirm, acquire or take-over txn.
-    pub fn on_leader_txn(&mut self, won: bool) {
+    /// The outcome of a confirm, acquire or take-over txn *sent* at `sent`.
+    pub fn on_leader_txn(&mut self, sent: Millis, won: bool) {
         self.leader_confirmed = won;
+        if won {
+            self.last_confirmed = Some(sent);
+        }
     }
 
     pub fn on_released(&mut self) {
@@ -295,6 +334,29 @@ pub fn may_feed(cfg: &HaConfig, now: Millis, last_renewal: Option<Millis>) -> bo
     match last_renewal {
         Some(sent) => now.since(sent) + cfg.feed_slack_ms() < cfg.safety_margin_ms && now >= sent,
         None => false,
+    }
+}
+
+/// The value of a leader key that replaced an orphan one: no member can
+/// have this name (names are letters, digits, `_ . -`), so every member waits
+/// while it lives and races when its lease expires.
+pub const ORPHAN_PLACEHOLDER: &str = "(replaced orphan leader key)";
+
+impl HaConfig {
+    /// How long a leader key on a live lease may name no member before it is
+    /// replaced: two ttls, so that a leader whose member key was lost has
+    /// many cycles to write it again.
+    pub fn orphan_grace_ms(&self) -> u64 {
+        2 * self.ttl_ms
+    }
+
+    /// The placeholder's lease: two ttls from its grant. The grant and the
+    /// replacing txn both happen within one I/O timeout (< ttl), so the
+    /// placeholder lives more than a ttl past the replacement, and the
+    /// replaced leader's deadlines end within a ttl of its last
+    /// confirmation, which came before the replacement.
+    pub fn orphan_placeholder_ttl_secs(&self) -> i64 {
+        (2 * self.ttl_ms).div_ceil(1000) as i64
     }
 }
 
@@ -358,6 +420,20 @@ pub enum Action {
     /// is still the key observed at `mod_revision` and still unleased.
     ClearUnleasedLeader {
         mod_revision: i64,
+    },
+    /// Txn: a leader key on a live lease that has named no member for
+    /// `orphan_grace_ms` (a hand or a hostile writer made it, and may keep
+    /// its lease alive) is replaced, if it is still the key observed at
+    /// `mod_revision` and `members/<name>` still does not exist, by
+    /// [`ORPHAN_PLACEHOLDER`] bound to a fresh lease of
+    /// `orphan_placeholder_ttl_secs` that nobody renews. Never deleted: a
+    /// real leader that lost its member key may still be writable, and
+    /// stays so until its confirmation fails or its deadline (counted from
+    /// a confirmation before the replacement, `NodeState::fence_base`)
+    /// passes; the placeholder holds the key for longer than that.
+    ReplaceOrphanLeader {
+        mod_revision: i64,
+        name: String,
     },
     /// Open the watchdog and set its timeout; allowed only under the feed rule.
     ArmWatchdog {
@@ -613,6 +689,31 @@ pub fn decide(i: Input<'_>) -> Decision {
             p.done(format!(
                 "the leader key names {} but is bound to no lease (it would never expire): clearing it",
                 l.name
+            ))
+        }
+        Some(l)
+            if node.orphan_leader.is_some_and(|(rev, since)| {
+                rev == l.mod_revision && now.since(since) >= cfg.orphan_grace_ms()
+            }) =>
+        {
+            // Never deleted (see the action): a placeholder on a lease
+            // nobody renews holds the key for two ttls, then the members
+            // race as after any lease expiry.
+            p.push(Action::KeepAlive);
+            if p.i.local.may_be_writable() {
+                p.stop_and_disarm();
+            } else {
+                p.disarm_if_armed();
+            }
+            p.push(Action::ReplaceOrphanLeader {
+                mod_revision: l.mod_revision,
+                name: l.name.clone(),
+            });
+            p.done(format!(
+                "the leader key has named {}, which is no member, for {} s: replacing it with a placeholder that expires in {} s",
+                crate::config::excerpt(&l.name),
+                cfg.orphan_grace_ms() / 1000,
+                cfg.orphan_placeholder_ttl_secs()
             ))
         }
         Some(l) => decide_follower(p, view, l.name.clone()),
@@ -962,8 +1063,14 @@ fn decide_follower(mut p: Plan<'_>, view: &ClusterView, leader: String) -> Decis
     let soon = p.i.cfg.loop_wait_ms.min(1000);
     let Some(upstream) = upstream else {
         p.recheck_in(soon);
+        if leader == ORPHAN_PLACEHOLDER {
+            return p.done(
+                "the leader key holds the placeholder of a replaced orphan key: waiting for it to expire",
+            );
+        }
         return p.done(format!(
-            "waiting for leader {leader} to publish its address"
+            "waiting for leader {} to publish its address",
+            crate::config::excerpt(&leader)
         ));
     };
 
@@ -1453,6 +1560,82 @@ mod tests {
             d.actions,
             vec![KeepAlive, TakeOverLeader { mod_revision: 7 }]
         );
+    }
+
+    #[test]
+    fn a_leader_key_naming_no_member_is_replaced_after_the_grace() {
+        let c = cfg(WatchdogMode::Required);
+        let v = view(
+            leader("ghost", 77),
+            vec![member("a", Role::Replica, 900, 1)],
+        );
+        let mut n = replica_node();
+        n.observe(&c, Some(&v), &replica(900, "x:1"), Millis(10_000));
+        assert_eq!(n.orphan_leader, Some((7, Millis(10_000))));
+        // Within the grace (two ttls): a follower that waits.
+        let d = run(&c, 21_999, Some(&v), &replica(900, "x:1"), &n);
+        assert!(
+            !d.actions
+                .iter()
+                .any(|a| matches!(a, ReplaceOrphanLeader { .. }))
+        );
+        // Past it: replaced (never deleted), and a writable node stops first.
+        let d = run(&c, 22_000, Some(&v), &replica(900, "x:1"), &n);
+        assert_eq!(
+            d.actions,
+            vec![
+                KeepAlive,
+                ReplaceOrphanLeader {
+                    mod_revision: 7,
+                    name: "ghost".into()
+                }
+            ]
+        );
+        let d = run(&c, 22_000, Some(&v), &primary(1000), &n);
+        assert_eq!(d.actions[..2], [KeepAlive, StopPostgres]);
+        assert!(matches!(d.actions.last(), Some(ReplaceOrphanLeader { .. })));
+        // The grace restarts when the key changes, and ends when its member
+        // shows up.
+        let mut v2 = v.clone();
+        v2.leader.as_mut().unwrap().mod_revision = 8;
+        n.observe(&c, Some(&v2), &replica(900, "x:1"), Millis(23_000));
+        assert_eq!(n.orphan_leader, Some((8, Millis(23_000))));
+        v2.members.push(member("ghost", Role::Primary, 1000, 1));
+        n.observe(&c, Some(&v2), &replica(900, "x:1"), Millis(24_000));
+        assert_eq!(n.orphan_leader, None);
+        // A failed read changes nothing; our own name is never an orphan.
+        n.observe(&c, Some(&v), &replica(900, "x:1"), Millis(25_000));
+        n.observe(&c, None, &replica(900, "x:1"), Millis(99_000));
+        assert_eq!(n.orphan_leader, Some((7, Millis(25_000))));
+        let own = view(leader("b", 77), vec![]);
+        n.observe(&c, Some(&own), &replica(900, "x:1"), Millis(99_000));
+        assert_eq!(n.orphan_leader, None);
+        // The placeholder outlives the grace of a fresh observer.
+        assert!(c.orphan_placeholder_ttl_secs() as u64 * 1000 >= c.orphan_grace_ms());
+        assert!(c.orphan_placeholder_ttl_secs() as u64 * 1000 > c.ttl_ms + c.retry_timeout_ms);
+    }
+
+    #[test]
+    fn a_renewal_without_a_confirmation_does_not_extend_a_leader() {
+        let c = cfg(WatchdogMode::Required);
+        let mut n = leading(true);
+        n.on_leader_txn(Millis(10_050), true);
+        assert_eq!(n.fence_base(), Some(Millis(10_000)));
+        // Renewed at 11 s, but the confirmation failed (no answer, or
+        // denied): the leader's deadlines count from the confirmation.
+        n.on_renewed(Millis(11_000), 9, false);
+        assert_eq!(n.fence_base(), Some(Millis(10_050)));
+        assert_eq!(n.lease_deadline(&c), Some(Millis(16_050)));
+        assert!(!may_feed(&c, Millis(11_430), n.fence_base()));
+        assert!(may_feed(&c, Millis(11_429), n.fence_base()));
+        // Confirmed again: both move on.
+        n.on_leader_txn(Millis(11_010), true);
+        assert_eq!(n.fence_base(), Some(Millis(11_000)));
+        // A replica's feed rule (arming before taking the key) counts from
+        // its renewal only.
+        let mut r = replica_node();
+        r.last_confirmed = Some(Millis(1_000));
+        assert_eq!(r.fence_base(), Some(Millis(10_000)));
     }
 
     #[test]

@@ -841,3 +841,91 @@ fn hostile_etcd_values_under_writes_and_api_load() {
         failures.join("\n")
     );
 }
+
+/// A leader key overwritten with a name that is no member, bound to a lease
+/// its writer keeps alive (here: a 600 s lease): before, no member ever
+/// touched it and the cluster had no primary for as long as the lease
+/// lived. Now the old leader demotes at its next confirmation, every member
+/// waits two ttls, one replaces the key (never deletes it: its holder could
+/// be a real leader that lost its member key) with a placeholder on a lease
+/// nobody renews, and when that expires the members elect as after any
+/// failover. Polled every 100 ms: never two nodes accepting writes.
+#[test]
+fn a_forged_leader_key_on_a_live_lease_is_replaced_and_the_cluster_recovers() {
+    let c = Cluster::start(3, Opts::default());
+    let p = c.wait_healthy(BOOT);
+    let prefix = format!("/service/{}/", c.scope);
+    let key = format!("{prefix}leader");
+    let granted = c.etcd.ctl(&["lease", "grant", "600"]).unwrap();
+    // "lease 694d7a1b2c3d4e5f granted with TTL(600s)"
+    let lease = granted.split_whitespace().nth(1).unwrap().to_string();
+    let t0 = monotonic_ms();
+    c.etcd
+        .ctl(&["put", &format!("--lease={lease}"), &key, "ghost"])
+        .unwrap();
+    eprintln!(
+        "{} was primary; leader key forged as 'ghost' on lease {lease}",
+        c.nodes[p].name
+    );
+
+    let value = || {
+        c.etcd
+            .ctl(&["get", "--print-value-only", &key])
+            .ok()
+            .map(|v| v.trim_end().to_string())
+    };
+    let mut old_stopped = None;
+    let mut placeholder_at = None;
+    let mut new_primary = None;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while new_primary.is_none() && Instant::now() < deadline {
+        let writable: Vec<usize> = (0..c.nodes.len())
+            .filter(|&i| c.nodes[i].is_primary() == Some(true))
+            .collect();
+        assert!(writable.len() <= 1, "two writable primaries: {writable:?}");
+        let t = monotonic_ms() - t0;
+        if old_stopped.is_none() && !writable.contains(&p) {
+            old_stopped = Some(t);
+        }
+        let v = value();
+        if placeholder_at.is_none() && v.as_deref().is_some_and(|v| v.starts_with("(replaced")) {
+            placeholder_at = Some(t);
+            // The forged lease still lives: the replacement, not an expiry,
+            // freed the key.
+            let ttl = c.etcd.ctl(&["lease", "timetolive", &lease]).unwrap();
+            assert!(!ttl.contains("already expired"), "{ttl}");
+        }
+        if let [w] = writable[..]
+            && placeholder_at.is_some()
+            && v.as_deref() == Some(c.nodes[w].name.as_str())
+        {
+            new_primary = Some((w, t));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if new_primary.is_none() {
+        c.dump_logs();
+    }
+    let (old_stopped, placeholder_at) = (old_stopped.unwrap(), placeholder_at);
+    let Some((w, promoted_at)) = new_primary else {
+        panic!(
+            "no new primary within 90 s of the forgery (old primary stopped at {old_stopped} ms, placeholder at {placeholder_at:?})"
+        );
+    };
+    let placeholder_at = placeholder_at.unwrap();
+    eprintln!(
+        "old primary not writable {old_stopped} ms after the forgery; placeholder {placeholder_at} ms; {} primary and leader {promoted_at} ms",
+        c.nodes[w].name
+    );
+    // ttl 6: the grace is two ttls from the first sight (within a cycle),
+    // the placeholder lives two ttls from its grant.
+    assert!(
+        old_stopped < 3_000,
+        "the old leader demotes at its next confirmation"
+    );
+    assert!(placeholder_at >= 12_000, "{placeholder_at}");
+    assert!(promoted_at >= placeholder_at + 12_000, "{promoted_at}");
+    let p2 = c.wait_healthy(Duration::from_secs(60));
+    assert_eq!(p2, w);
+    let _ = c.etcd.ctl(&["lease", "revoke", &lease]);
+}

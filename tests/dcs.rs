@@ -231,7 +231,12 @@ fn watch_wakes_on_leader_change() {
     let e = EtcdServer::start();
     rt().block_on(async {
         let notify = Arc::new(tokio::sync::Notify::new());
-        let _w = spawn_watch(vec![e.endpoint()], PREFIX.into(), notify.clone());
+        let _w = spawn_watch(
+            vec![e.endpoint()],
+            PREFIX.into(),
+            notify.clone(),
+            Default::default(),
+        );
         let mut a = dcs(&e, "a", 10);
         a.keepalive(T).await.unwrap();
         // Give the watch time to be established: retry until it fires.
@@ -362,7 +367,7 @@ fn an_idle_agent_keeps_its_streams() {
     let e = EtcdServer::start();
     rt().block_on(async {
         let wake = Arc::new(tokio::sync::Notify::new());
-        let _watch = spawn_watch(vec![e.endpoint()], PREFIX.into(), wake);
+        let _watch = spawn_watch(vec![e.endpoint()], PREFIX.into(), wake, Default::default());
         let mut a = dcs(&e, "a", 10);
         let end = Instant::now() + Duration::from_secs(12);
         while Instant::now() < end {

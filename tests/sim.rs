@@ -137,6 +137,11 @@ enum Broken {
     /// 500 ms floor of the `pg_ctl status` pre-check) before the shutdown
     /// proper begins.
     UnboundedStop,
+    /// A renewed lease proves the leader key is still ours (the old
+    /// deadlines counted from the last renewal only): a leader that cannot
+    /// confirm but can renew stays primary after its orphan key was
+    /// replaced.
+    RenewalProvesLeadership,
 }
 
 /// What the old stop spent before the shutdown proper (`Broken::UnboundedStop`):
@@ -206,6 +211,15 @@ enum Op {
     TakeOver(Option<i64>, i64),
     Release,
     ClearUnleased(i64),
+    /// `dcs::replace_orphan_leader`: the placeholder's lease is granted
+    /// before the txn, at the latest when the request was sent (`sent`,
+    /// true time), and lives `ttl` from then.
+    ReplaceOrphan {
+        rev: i64,
+        name: String,
+        sent: u64,
+        ttl: u64,
+    },
     PutMember(Option<i64>, String),
     Initialize(String),
     DeleteFailover,
@@ -390,6 +404,25 @@ impl Etcd {
                     (Reply::Bool(false), false)
                 }
             }
+            Op::ReplaceOrphan {
+                rev,
+                name,
+                sent,
+                ttl,
+            } => {
+                let member = format!("{PREFIX}members/{name}");
+                if matches!(held(self), Some((_, _, m)) if m == *rev)
+                    && !self.kv.contains_key(&member)
+                {
+                    self.next_lease += 1;
+                    let id = self.next_lease;
+                    self.leases.insert(id, sent + ttl);
+                    self.put(&leader, ha::ORPHAN_PLACEHOLDER.into(), id);
+                    (Reply::Bool(true), true)
+                } else {
+                    (Reply::Bool(false), false)
+                }
+            }
             Op::PutMember(id, json) => match self.lease_alive(*id, now) {
                 Some(id) => {
                     self.put(&format!("{PREFIX}members/{name}"), json.clone(), id);
@@ -556,6 +589,9 @@ struct Node {
     /// Until then this node's link to etcd adds `slow_link_extra` each way.
     slow_link_until: u64,
     slow_link_extra: u64,
+    /// Until then etcd denies this node's reads, txns and puts (its role
+    /// lost its key permissions); lease keep-alives and revokes still work.
+    kv_denied_until: u64,
     /// A graceful stop in progress, whether its last step succeeded, and
     /// when the agent is started again after it.
     term: Option<Term>,
@@ -600,13 +636,14 @@ impl Node {
         let wd_ms = self.cfg.watchdog_timeout_secs() as u64 * 1000;
         self.to_true(wd_ms) + wd_ms * self.wd_overrun_ppm / 1_000_000
     }
-    /// The feed rule the executor applies (`ha::may_feed`), or the old one
-    /// with the fixed slack only (`Broken::FixedSlack`).
+    /// The feed rule the executor applies (`ha::may_feed` from
+    /// `fence_base`), or the old one with the fixed slack only
+    /// (`Broken::FixedSlack`).
     fn may_feed(&self, now: Millis, broken: Broken) -> bool {
         if broken != Broken::FixedSlack {
-            return ha::may_feed(&self.cfg, now, self.node.last_renewal);
+            return ha::may_feed(&self.cfg, now, self.node.fence_base());
         }
-        self.node.last_renewal.is_some_and(|sent| {
+        self.node.fence_base().is_some_and(|sent| {
             now.since(sent) + ha::SLACK_FIXED_MS < self.cfg.safety_margin_ms && now >= sent
         })
     }
@@ -736,6 +773,15 @@ enum Fault {
     /// Every key of the cluster deleted at once (a wiped or replaced etcd
     /// namespace); leases live on.
     EtcdWipe,
+    /// Someone overwrites the leader key with a name that is no member,
+    /// bound to a lease they keep alive for `d` (possibly past the quiet
+    /// time: only the orphan replacement frees the cluster then).
+    ForgedLeader(u64),
+    /// The node's etcd role loses its key permissions for `d` (reads,
+    /// txns and puts are denied; its lease keeps being renewed) and its
+    /// member key is deleted meanwhile: the leader key names no member
+    /// while its holder, unable to confirm, may still be writable.
+    KvDenied(usize, u64),
     /// The node's etcd member is cut off from the others for a while: it
     /// answers reads from its last revision (serializable reads of a stale
     /// member) and nothing else (no quorum: writes and keep-alives hang).
@@ -862,6 +908,7 @@ impl Sim {
                 dir_fail_until: 0,
                 seen_in_recovery: None,
                 stale_until: 0,
+                kv_denied_until: 0,
                 stale_view: None,
                 slow_link_until: 0,
                 slow_link_extra: 0,
@@ -880,7 +927,7 @@ impl Sim {
             // A quarter are failed observations and operator commands; the
             // rest keep the mix of process, network and etcd faults.
             let f = if rng.chance(25) {
-                match rng.range(0, 8) {
+                match rng.range(0, 10) {
                     7 => Fault::StaleReads(node, rng.range(1000, long)),
                     8 => Fault::Term(node, rng.range(500, ttl_ms)),
                     0 => Fault::ProbeFails(node, rng.range(100, long)),
@@ -889,6 +936,8 @@ impl Sim {
                     3 => Fault::Pause(rng.range(1000, long)),
                     4 => Fault::Switchover,
                     5 => Fault::EtcdWipe,
+                    9 => Fault::ForgedLeader(rng.range(ttl_ms, 6 * ttl_ms)),
+                    10 => Fault::KvDenied(node, rng.range(ttl_ms, 8 * ttl_ms)),
                     _ => Fault::UnleasedLeader,
                 }
             } else {
@@ -1211,7 +1260,13 @@ impl Sim {
                     return Ok(());
                 }
                 let name = self.nodes[i].name.clone();
-                let (reply, leader_changed) = self.etcd.apply(&name, &op, self.now);
+                let denied = self.now < self.nodes[i].kv_denied_until
+                    && !matches!(op, Op::KeepAlive(_) | Op::Revoke(_));
+                let (reply, leader_changed) = if denied {
+                    (Reply::Failed, false)
+                } else {
+                    self.etcd.apply(&name, &op, self.now)
+                };
                 if leader_changed {
                     self.watch_fired();
                 }
@@ -1289,6 +1344,8 @@ impl Sim {
             Fault::Switchover => "switchover",
             Fault::UnleasedLeader => "leader key without a lease",
             Fault::EtcdWipe => "etcd keys wiped",
+            Fault::ForgedLeader(..) => "leader key forged on a live lease",
+            Fault::KvDenied(..) => "key permissions lost, member key deleted",
             Fault::StaleReads(..) => "stale reads from a cut-off etcd member",
             Fault::Term(..) => "SIGTERM graceful stop",
             Fault::SlowLeaderLink { .. } => "slow link to the leader, then its agent hangs",
@@ -1357,6 +1414,26 @@ impl Sim {
                         n.probe_fail_until = n.probe_fail_until.max(until);
                     }
                 }
+            }
+            Fault::ForgedLeader(d) => {
+                self.etcd.next_lease += 1;
+                let id = self.etcd.next_lease;
+                self.etcd.leases.insert(id, self.now + d);
+                self.etcd
+                    .put(&format!("{PREFIX}leader"), "ghost".into(), id);
+                self.watch_fired();
+            }
+            Fault::KvDenied(i, d) => {
+                // Mostly the leader's (the case that matters).
+                let leader = self.etcd.view().leader.map(|l| l.name);
+                let i = self
+                    .nodes
+                    .iter()
+                    .position(|n| Some(&n.name) == leader.as_ref())
+                    .unwrap_or(i);
+                self.nodes[i].kv_denied_until = self.now + d;
+                let member = format!("{PREFIX}members/{}", self.nodes[i].name);
+                self.etcd.del(&member);
             }
             Fault::StaleReads(i, d) => {
                 let view = self.etcd.view();
@@ -1721,6 +1798,12 @@ impl Sim {
             }
             Action::WriteInitialize { system_id } => Some(Op::Initialize(system_id.clone())),
             Action::ClearUnleasedLeader { mod_revision } => Some(Op::ClearUnleased(*mod_revision)),
+            Action::ReplaceOrphanLeader { mod_revision, name } => Some(Op::ReplaceOrphan {
+                rev: *mod_revision,
+                name: name.clone(),
+                sent: self.now,
+                ttl: self.nodes[i].cfg.orphan_placeholder_ttl_secs() as u64 * 1000,
+            }),
             Action::DeleteFailover => Some(Op::DeleteFailover),
             _ => None,
         };
@@ -1820,10 +1903,14 @@ impl Sim {
 
     /// Applies an etcd action's answer to the node state, as the agent does.
     fn finish_etcd(&mut self, i: usize, a: &Action, reply: Option<Reply>) -> bool {
+        let broken = self.setup.broken;
         let n = &mut self.nodes[i];
         match (a, reply) {
             (Action::KeepAlive, Some(Reply::Lease { id, granted_new })) => {
                 n.node.on_renewed(n.sent_local, id, granted_new);
+                if broken == Broken::RenewalProvesLeadership && n.node.leader_confirmed {
+                    n.node.last_confirmed = Some(n.sent_local);
+                }
                 true
             }
             (
@@ -1832,13 +1919,14 @@ impl Sim {
                 | Action::TakeOverLeader { .. },
                 Some(Reply::Bool(won)),
             ) => {
-                n.node.on_leader_txn(won);
+                n.node.on_leader_txn(n.sent_local, won);
                 won
             }
             (
                 Action::ReleaseLeader
                 | Action::WriteInitialize { .. }
-                | Action::ClearUnleasedLeader { .. },
+                | Action::ClearUnleasedLeader { .. }
+                | Action::ReplaceOrphanLeader { .. },
                 Some(Reply::Bool(_)),
             ) => true,
             (Action::DeleteFailover, Some(Reply::Done)) => true,
@@ -2469,6 +2557,17 @@ fn teeth_when_a_failed_renewal_cancels_the_fence() {
 #[test]
 fn teeth_when_a_stale_pause_is_trusted() {
     finds_split_brain(fast(3, WatchdogMode::Required, Broken::StalePause), 2000);
+}
+
+/// A leader that can renew its lease but not confirm its key (its etcd role
+/// lost its key permissions) and whose member key is gone: its key is
+/// replaced as an orphan, and if the renewals alone kept it primary, a
+/// replica would promote when the placeholder expires. (With a watchdog the
+/// failed confirmation skips the feed and the hardware resets it: shown
+/// without one.)
+#[test]
+fn teeth_when_a_renewal_is_taken_for_leadership() {
+    finds_split_brain(loop_alive(Broken::RenewalProvesLeadership), 2000);
 }
 
 /// Defect 6: a switchover whose stop is not clean and whose hand-over is not

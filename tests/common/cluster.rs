@@ -26,6 +26,22 @@ pub struct Opts {
     pub extra: Vec<(usize, String)>,
     /// Configure every callback to append its arguments to `callbacks.log`.
     pub callbacks: bool,
+    /// What etcd the agents use.
+    pub etcd: EtcdSetup,
+}
+
+/// The etcd of a test cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EtcdSetup {
+    /// One member, plain gRPC.
+    #[default]
+    Plain,
+    /// One member, TLS with client certificates and RBAC on: the agents
+    /// connect as user `leasedog`, whose role reads and writes the
+    /// cluster's prefix only.
+    TlsRbac,
+    /// `n` members, every agent given all of them.
+    Members(usize),
 }
 
 impl Default for Opts {
@@ -38,6 +54,7 @@ impl Default for Opts {
             watchdog_mode: "automatic",
             extra: Vec::new(),
             callbacks: false,
+            etcd: EtcdSetup::Plain,
         }
     }
 }
@@ -320,6 +337,8 @@ impl Node {
 
 pub struct Cluster {
     pub etcd: EtcdServer,
+    /// With `EtcdSetup::Members`: the members after the first (`etcd`).
+    pub etcd_members: Vec<EtcdServer>,
     pub nodes: Vec<Node>,
     pub bin: PathBuf,
     pub scope: String,
@@ -341,8 +360,35 @@ impl Cluster {
         let bin = tmp.path().join("leasedog");
         std::fs::copy(env!("CARGO_BIN_EXE_leasedog"), &bin).expect("copy binary");
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        let etcd = EtcdServer::start();
         let scope = "testcluster".to_string();
+        let certs = tmp.path().join("certs");
+        let (etcd, etcd_members, etcd3) = match opts.etcd {
+            EtcdSetup::Plain => {
+                let e = EtcdServer::start();
+                let y = format!("etcd3:\n  hosts: [\"{}\"]\n", e.endpoint());
+                (e, Vec::new(), y)
+            }
+            EtcdSetup::TlsRbac => {
+                std::fs::create_dir_all(&certs).expect("mkdir certs");
+                super::etcd::make_certs(&certs);
+                let mut e = EtcdServer::start_tls(&certs);
+                e.enable_auth(&format!("/service/{scope}/"));
+                let y = format!(
+                    "etcd3:\n  hosts: [\"{}\"]\n  protocol: https\n  cacert: {c}/ca.pem\n  cert: {c}/client.pem\n  key: {c}/client.key\n  username: leasedog\n  password: leasedog-secret\n",
+                    e.endpoint().trim_start_matches("https://"),
+                    c = certs.display()
+                );
+                (e, Vec::new(), y)
+            }
+            EtcdSetup::Members(n) => {
+                let mut m = EtcdServer::cluster(n);
+                let hosts: Vec<String> =
+                    m.iter().map(|e| format!("\"{}\"", e.endpoint())).collect();
+                let y = format!("etcd3:\n  hosts: [{}]\n", hosts.join(", "));
+                let first = m.remove(0);
+                (first, m, y)
+            }
+        };
         let mut nodes = Vec::new();
         for i in 0..n {
             let name = format!("node{}", i + 1);
@@ -368,9 +414,7 @@ impl Cluster {
             let yaml = format!(
                 r#"scope: {scope}
 name: {name}
-etcd3:
-  hosts: ["{etcd}"]
-ttl: {ttl}
+{etcd3}ttl: {ttl}
 loop_wait: {lw}
 retry_timeout: {rt}
 watchdog:
@@ -401,7 +445,7 @@ control:
 log:
   level: debug
 {extra}"#,
-                etcd = etcd.endpoint(),
+                etcd3 = etcd3,
                 ttl = opts.ttl,
                 lw = opts.loop_wait,
                 rt = opts.retry_timeout,
@@ -436,6 +480,7 @@ log:
         chown_r(tmp.path(), ids);
         Cluster {
             etcd,
+            etcd_members,
             nodes,
             bin,
             scope,
@@ -452,6 +497,11 @@ log:
             c.start_agent(i);
         }
         c
+    }
+
+    /// The test certificates of `EtcdSetup::TlsRbac` (see `etcd::make_certs`).
+    pub fn certs(&self) -> PathBuf {
+        self._tmp.path().join("certs")
     }
 
     /// A command running the binary as the postgres user.

@@ -11,6 +11,95 @@ pub struct EtcdServer {
     client_port: u16,
     peer_port: u16,
     dir: tempfile::TempDir,
+    /// This member's name and the whole cluster's `--initial-cluster`.
+    name: String,
+    initial_cluster: String,
+    /// Certificates (`Certs`) when clients must use TLS with a client
+    /// certificate.
+    tls: Option<std::path::PathBuf>,
+    /// `user:password` etcdctl uses once RBAC is on.
+    auth: Option<String>,
+}
+
+/// Test certificates made with the `openssl` command: a CA, etcd's server
+/// certificate for 127.0.0.1 (also its peer certificate), and a client
+/// certificate (CN leasedog) — all in `dir` as ca.pem, server.pem/.key,
+/// client.pem/.key, readable by the postgres user.
+pub fn make_certs(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (bash scripts/setup.sh installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut a = vec![
+        "req",
+        "-x509",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=leasedog-test-ca",
+    ];
+    a.extend(ec);
+    a.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    run(&a);
+    for (who, eku) in [
+        ("server", "serverAuth,clientAuth"),
+        ("client", "clientAuth"),
+    ] {
+        let cn = if who == "server" {
+            "/CN=etcd"
+        } else {
+            "/CN=leasedog"
+        };
+        let key = format!("{who}.key");
+        let csr = format!("{who}.csr");
+        let pem = format!("{who}.pem");
+        let ext = format!("{who}.ext");
+        std::fs::write(
+            dir.join(&ext),
+            format!("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage={eku}\n"),
+        )
+        .expect("ext file");
+        let mut a = vec!["req", "-subj", cn];
+        a.extend(ec);
+        a.extend(["-keyout", &key, "-out", &csr]);
+        run(&a);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            &pem,
+        ]);
+    }
+    for f in std::fs::read_dir(dir).expect("certs").flatten() {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o644));
+    }
 }
 
 fn free_port() -> u16 {
@@ -21,19 +110,19 @@ fn free_port() -> u16 {
 impl EtcdServer {
     /// Starts etcd and waits until it serves requests.
     pub fn start() -> EtcdServer {
+        Self::start_with(None)
+    }
+
+    /// Starts etcd serving clients over TLS only, requiring a client
+    /// certificate signed by the CA in `certs` (see `make_certs`).
+    pub fn start_tls(certs: &std::path::Path) -> EtcdServer {
+        Self::start_with(Some(certs.to_path_buf()))
+    }
+
+    fn start_with(tls: Option<std::path::PathBuf>) -> EtcdServer {
         for _attempt in 0..3 {
-            let dir = tempfile::Builder::new()
-                .prefix("leasedog-etcd")
-                .tempdir()
-                .expect("tempdir");
-            let (client_port, peer_port) = (free_port(), free_port());
-            let child = spawn(dir.path(), client_port, peer_port);
-            let mut server = EtcdServer {
-                child,
-                client_port,
-                peer_port,
-                dir,
-            };
+            let mut m = Self::start_members(1, tls.clone());
+            let mut server = m.remove(0);
             if server.wait_ready(Duration::from_secs(20)) {
                 return server;
             }
@@ -44,6 +133,91 @@ impl EtcdServer {
         panic!("etcd failed to start three times");
     }
 
+    /// A cluster of `n` etcd members on loopback, each its own process
+    /// (plain: `tls` None), all serving once this returns.
+    pub fn cluster(n: usize) -> Vec<EtcdServer> {
+        let mut members = Self::start_members(n, None);
+        for m in &mut members {
+            assert!(
+                m.wait_ready(Duration::from_secs(30)),
+                "etcd member {} did not come up:\n{}",
+                m.name,
+                m.log()
+            );
+        }
+        members
+    }
+
+    fn start_members(n: usize, tls: Option<std::path::PathBuf>) -> Vec<EtcdServer> {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial_cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        ports
+            .into_iter()
+            .enumerate()
+            .map(|(i, (client_port, peer_port))| {
+                let dir = tempfile::Builder::new()
+                    .prefix("leasedog-etcd")
+                    .tempdir()
+                    .expect("tempdir");
+                let name = format!("m{i}");
+                let child = spawn(
+                    dir.path(),
+                    &name,
+                    &initial_cluster,
+                    client_port,
+                    peer_port,
+                    tls.as_deref(),
+                );
+                EtcdServer {
+                    child,
+                    client_port,
+                    peer_port,
+                    dir,
+                    name,
+                    initial_cluster: initial_cluster.clone(),
+                    tls: tls.clone(),
+                    auth: None,
+                }
+            })
+            .collect()
+    }
+
+    /// Turns RBAC on: a root user, and a user `leasedog` (password
+    /// `leasedog-secret`) whose role may read and write `prefix` only.
+    /// etcdctl then runs as root.
+    pub fn enable_auth(&mut self, prefix: &str) {
+        for args in [
+            &["user", "add", "root:root-secret"][..],
+            &["role", "add", "leasedog"],
+            &[
+                "role",
+                "grant-permission",
+                "leasedog",
+                "--prefix=true",
+                "readwrite",
+                prefix,
+            ],
+            &["user", "add", "leasedog:leasedog-secret"],
+            &["user", "grant-role", "leasedog", "leasedog"],
+            &["auth", "enable"],
+        ] {
+            self.ctl(args)
+                .unwrap_or_else(|e| panic!("etcdctl {args:?}: {e}"));
+        }
+        self.auth = Some("root:root-secret".into());
+    }
+
+    /// Kills this member (SIGKILL): its clients see connections refused.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Stops etcd (SIGTERM: it closes its streams) and starts it again on
     /// the same data and ports: clients see their streams end; leases
     /// survive.
@@ -51,7 +225,14 @@ impl EtcdServer {
         // SAFETY: kill(2) on our child.
         unsafe { libc::kill(self.pid(), libc::SIGTERM) };
         let _ = self.child.wait();
-        self.child = spawn(self.dir.path(), self.client_port, self.peer_port);
+        self.child = spawn(
+            self.dir.path(),
+            &self.name,
+            &self.initial_cluster,
+            self.client_port,
+            self.peer_port,
+            self.tls.as_deref(),
+        );
         assert!(
             self.wait_ready(Duration::from_secs(20)),
             "etcd did not come back:\n{}",
@@ -65,14 +246,9 @@ impl EtcdServer {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
-            let ok = Command::new("etcdctl")
-                .env("ETCDCTL_API", "3")
-                .args([
-                    "--endpoints",
-                    &self.endpoint(),
-                    "--dial-timeout=1s",
-                    "--command-timeout=1s",
-                ])
+            let ok = self
+                .etcdctl()
+                .args(["--dial-timeout=1s", "--command-timeout=1s"])
                 .args(["put", "/leasedog-test-ready", "1"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -86,9 +262,26 @@ impl EtcdServer {
         false
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (`https://` with TLS)
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// etcdctl for this member, with its certificates and user.
+    fn etcdctl(&self) -> Command {
+        let mut c = Command::new("etcdctl");
+        c.env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.endpoint()]);
+        if let Some(d) = &self.tls {
+            c.arg(format!("--cacert={}", d.join("ca.pem").display()))
+                .arg(format!("--cert={}", d.join("client.pem").display()))
+                .arg(format!("--key={}", d.join("client.key").display()));
+        }
+        if let Some(a) = &self.auth {
+            c.arg(format!("--user={a}"));
+        }
+        c
     }
 
     pub fn pid(&self) -> i32 {
@@ -136,9 +329,9 @@ impl EtcdServer {
 
     /// Runs etcdctl against this server; stdout on success.
     pub fn ctl(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.endpoint(), "--command-timeout=2s"])
+        let out = self
+            .etcdctl()
+            .arg("--command-timeout=2s")
             .args(args)
             .output()
             .map_err(|e| e.to_string())?;
@@ -158,22 +351,36 @@ impl Drop for EtcdServer {
     }
 }
 
-fn spawn(dir: &std::path::Path, client_port: u16, peer_port: u16) -> Child {
+fn spawn(
+    dir: &std::path::Path,
+    name: &str,
+    initial_cluster: &str,
+    client_port: u16,
+    peer_port: u16,
+    tls: Option<&std::path::Path>,
+) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("etcd.log"))
         .expect("etcd log");
     let peer = format!("http://127.0.0.1:{peer_port}");
-    let client = format!("http://127.0.0.1:{client_port}");
-    Command::new("etcd")
-        .arg("--name=test")
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let client = format!("{scheme}://127.0.0.1:{client_port}");
+    let mut cmd = Command::new("etcd");
+    if let Some(d) = tls {
+        cmd.arg(format!("--cert-file={}", d.join("server.pem").display()))
+            .arg(format!("--key-file={}", d.join("server.key").display()))
+            .arg(format!("--trusted-ca-file={}", d.join("ca.pem").display()))
+            .arg("--client-cert-auth");
+    }
+    cmd.arg(format!("--name={name}"))
         .arg(format!("--data-dir={}", dir.join("data").display()))
         .arg(format!("--listen-client-urls={client}"))
         .arg(format!("--advertise-client-urls={client}"))
         .arg(format!("--listen-peer-urls={peer}"))
         .arg(format!("--initial-advertise-peer-urls={peer}"))
-        .arg(format!("--initial-cluster=test={peer}"))
+        .arg(format!("--initial-cluster={initial_cluster}"))
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log"))
         .stderr(log)

@@ -1,0 +1,210 @@
+//! Production transport on real etcd and PostgreSQL 15: etcd over TLS with
+//! client certificates and RBAC (the agents' user may touch their cluster's
+//! prefix only), and a three-member etcd that loses a member — killed, or
+//! hung with its connections open — without a failover.
+//!
+//! Run as root (agents and PostgreSQL are started as `postgres`) or as
+//! `postgres`.
+
+mod common;
+
+use common::cluster::{Cluster, EtcdSetup, Opts, feeds_and_longest_gap, monotonic_ms, wait_for};
+use std::time::{Duration, Instant};
+
+const BOOT: Duration = Duration::from_secs(90);
+/// Watchdog timeout 4 s (ttl 6 - safety_margin 2): a feed gap this long is
+/// within it with room for one late renewal.
+const MAX_FEED_GAP_MS: u64 = 3000;
+
+#[test]
+fn a_cluster_over_tls_with_an_rbac_user() {
+    let c = Cluster::start(
+        3,
+        Opts {
+            etcd: EtcdSetup::TlsRbac,
+            ..Opts::default()
+        },
+    );
+    let p = c.wait_healthy(BOOT);
+    // `list` reads over TLS as the RBAC user.
+    let leader = wait_for("leader key", Duration::from_secs(10), || c.leader());
+    assert_eq!(leader, c.nodes[p].name);
+    // The RBAC user reaches nothing outside its prefix: the role works.
+    let denied = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &c.etcd.endpoint()])
+        .arg(format!("--cacert={}", c.certs().join("ca.pem").display()))
+        .arg(format!("--cert={}", c.certs().join("client.pem").display()))
+        .arg(format!("--key={}", c.certs().join("client.key").display()))
+        .args(["--user=leasedog:leasedog-secret", "get", "/elsewhere"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("permission denied"),
+        "{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+
+    // Bad transport settings: a clear error that names the key and file,
+    // from check-config and from the commands, and no password anywhere.
+    let yaml = std::fs::read_to_string(&c.nodes[0].config).unwrap();
+    let bad = c.nodes[0].dir.join("bad.yml");
+    let write_bad = |from: &str, to: &str| {
+        assert!(yaml.contains(from), "{from}");
+        std::fs::write(&bad, yaml.replace(from, to)).unwrap();
+    };
+    write_bad("ca.pem", "missing.pem");
+    let out = c.leasedog_with(&bad).arg("check-config").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("etcd3.cacert") && err.contains("missing.pem"),
+        "{err}"
+    );
+    // A CA that did not sign etcd's certificate (the client certificate is
+    // no CA): the TLS handshake fails, and says so.
+    write_bad("ca.pem", "client.pem");
+    let out = c.leasedog_with(&bad).args(["list"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    write_bad("leasedog-secret", "wrong-secret");
+    let out = c.leasedog_with(&bad).args(["list"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("authentication failed"), "{err}");
+    assert!(!err.contains("wrong-secret"), "{err}");
+    for n in &c.nodes {
+        assert!(
+            !n.agent_log_text().contains("leasedog-secret"),
+            "{}",
+            n.name
+        );
+    }
+
+    // Every auth token revoked (RBAC off and on again): the clients
+    // authenticate again, and nothing moves.
+    c.etcd.ctl(&["auth", "disable"]).unwrap();
+    c.etcd.ctl(&["auth", "enable"]).unwrap();
+    let from = monotonic_ms();
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        assert_eq!(
+            c.sole_primary(),
+            Some(p),
+            "tokens revoked: the primary changed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, gap) = feeds_and_longest_gap(&c.nodes[p].watchdog_events(), from, monotonic_ms());
+    eprintln!("tokens revoked: longest feed gap {gap} ms");
+    assert!(gap <= MAX_FEED_GAP_MS, "tokens revoked: feed gap {gap} ms");
+
+    // The role loses its permissions: every agent can renew its lease but
+    // neither read nor confirm. Nobody takes that for "no leader"; the
+    // leader, unable to prove its key, stops PostgreSQL before a ttl has
+    // passed since its last confirmation. Permissions back: a primary again.
+    let prefix = format!("/service/{}/", c.scope);
+    let revoked = monotonic_ms();
+    c.etcd
+        .ctl(&[
+            "role",
+            "revoke-permission",
+            "leasedog",
+            "--prefix=true",
+            &prefix,
+        ])
+        .unwrap();
+    let stopped = wait_for("the leader stops", Duration::from_secs(10), || {
+        (c.nodes[p].is_primary() != Some(true)).then(monotonic_ms)
+    });
+    eprintln!(
+        "permissions revoked: primary stopped after {} ms",
+        stopped - revoked
+    );
+    assert!(stopped - revoked < 6_000, "within a ttl (6 s)");
+    let end = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < end {
+        assert_eq!(
+            c.sole_primary(),
+            None,
+            "no member promotes without permissions"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = c.nodes[p].agent_log_text();
+    assert!(log.contains("permission denied"), "{log}");
+    c.etcd
+        .ctl(&[
+            "role",
+            "grant-permission",
+            "leasedog",
+            "--prefix=true",
+            "readwrite",
+            &prefix,
+        ])
+        .unwrap();
+    let p = c.wait_healthy(Duration::from_secs(60));
+
+    // A failover over TLS: the leader's agent and PostgreSQL killed.
+    let mut c = c;
+    c.kill_agent(p);
+    c.kill_postmaster(p);
+    let p2 = wait_for("a new primary", Duration::from_secs(40), || {
+        c.sole_primary().filter(|&i| i != p)
+    });
+    eprintln!("{} promoted over TLS", c.nodes[p2].name);
+}
+
+/// Each agent is given all three members and talks to one at a time. The
+/// member they use is killed, later another is hung (SIGSTOP: connections
+/// stay open, nothing answers): every time, the same primary keeps its key,
+/// PostgreSQL is not restarted, and the watchdog is fed on time.
+#[test]
+fn losing_one_of_three_etcd_members_causes_no_failover() {
+    let mut c = Cluster::start(
+        3,
+        Opts {
+            etcd: EtcdSetup::Members(3),
+            ..Opts::default()
+        },
+    );
+    let p = c.wait_healthy(BOOT);
+    let leader = c.nodes[p].name.clone();
+    let postmaster = c.nodes[p].postmaster_pid();
+    let hold = |c: &Cluster, what: &str| {
+        let from = monotonic_ms();
+        let end = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < end {
+            assert_eq!(c.sole_primary(), Some(p), "{what}: the primary changed");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let to = monotonic_ms();
+        let (feeds, gap) = feeds_and_longest_gap(&c.nodes[p].watchdog_events(), from, to);
+        eprintln!(
+            "{what}: {} feeds in {} ms, longest gap {gap} ms",
+            feeds.len(),
+            to - from
+        );
+        assert!(gap <= MAX_FEED_GAP_MS, "{what}: feed gap {gap} ms");
+        assert_eq!(c.leader().as_deref(), Some(leader.as_str()), "{what}");
+        assert_eq!(
+            c.nodes[p].postmaster_pid(),
+            postmaster,
+            "{what}: PostgreSQL restarted"
+        );
+    };
+    // Every agent starts on the first member.
+    c.etcd.kill();
+    hold(&c, "first member killed");
+    c.etcd.restart();
+    // The agents moved on to the second member: hang it.
+    c.etcd_members[0].freeze();
+    hold(&c, "second member hung");
+    c.etcd_members[0].thaw();
+    c.wait_healthy(Duration::from_secs(30));
+    for n in &c.nodes {
+        let log = n.agent_log_text();
+        assert!(!log.contains("stopping PostgreSQL"), "{}:\n{log}", n.name);
+    }
+}
