@@ -13,7 +13,12 @@
 //!   replication is asynchronous (a streaming replica trails by one tick of
 //!   commits), and only a clean stop (`StopCleanly`) hands the connected
 //!   standbys everything up to its shutdown checkpoint;
-//! - a simulated watchdog per node that resets the node when not fed in time;
+//! - a simulated watchdog per node that resets the node when not fed in
+//!   time, modelled as the kernel and hardware do it: a crash does not close
+//!   it (systemd's file descriptor store keeps it), and the hardware runs up
+//!   to `WATCHDOG_RATE_PCT` long (per node, drawn from its own stream of the
+//!   seed so the fault schedules stay as they were: half the nodes at the
+//!   full 3 %, the rest anywhere from 0; the i6300esb runs about 2.4 %);
 //! - a clock per node running within ±500 ppm of true time.
 //!
 //! Faults come from a seeded PRNG: agent hangs (the loop stops, PostgreSQL
@@ -36,12 +41,23 @@
 //! switchover's hand-over the candidate holds the old primary's last
 //! (acknowledged) position, or the simulator reports a lost acknowledged
 //! write (a failover may lose up to maximum_lag_on_failover: not counted).
+//! At every watchdog reset: a confirmed leader with a writable PostgreSQL,
+//! whose loop ran (not hung, not down, not staying after a failed graceful
+//! stop) and whose PostgreSQL operations worked (no probe, `pg_ctl` or data
+//! directory failure, no stop longer than the stop budget) since before its
+//! stop deadline, is a "reset where a clean stop was due": the fence held,
+//! but the loop should have stopped PostgreSQL within its stop budget.
 //!
 //! Teeth: each `Broken` variant reintroduces one defect, and a `teeth_*`
 //! test asserts the simulator finds it within a fixed budget of seeds,
 //! printing the seed. Defects masked by a working watchdog (a failed renewal
 //! cancelling the fence) are shown without one, under the faults the loop
 //! alone must survive (`Mix::LoopAlive`, itself swept with no defect).
+//! The fixed feed slack (defect 7) shows only where the hardware's overrun
+//! of a long watchdog exceeds it by more than a replica needs to promote:
+//! at ttl 100 / safety_margin 4, under slow links to the leader followed by
+//! its agent hanging (`Mix::LateFeeds`, also swept with no defect). An
+//! unbounded stop (defect 8) shows as a reset where a clean stop was due.
 //!
 //! `LEASEDOG_SIM_SEEDS=N` runs more schedules; `LEASEDOG_SIM_SEED=S` re-runs
 //! one (a failure prints its seed and fault schedule).
@@ -109,12 +125,38 @@ enum Broken {
     /// the shutdown checkpoint) and the handover is not checked: the key
     /// goes whatever the candidate received.
     UncheckedHandover,
+    /// Defect 7: the feed rule keeps only the fixed `SLACK_FIXED_MS` between
+    /// the watchdog deadline and the lease (the old rule), not the part
+    /// that scales with the timeout, while the hardware runs up to
+    /// `WATCHDOG_RATE_PCT` long.
+    FixedSlack,
+    /// Defect 8: the stop budget is not a bound. Past its stop deadline the
+    /// node still reads etcd, runs the cycle's other steps and publishes
+    /// (no `fence_pending`), and its stop first pays the old pre-checks out
+    /// of the budget (`PRE_STOP_MS`: four 100 ms probe attempts and the
+    /// 500 ms floor of the `pg_ctl status` pre-check) before the shutdown
+    /// proper begins.
+    UnboundedStop,
     /// A renewed lease proves the leader key is still ours (the old
     /// deadlines counted from the last renewal only): a leader that cannot
     /// confirm but can renew stays primary after its orphan key was
     /// replaced.
     RenewalProvesLeadership,
 }
+
+/// What the old stop spent before the shutdown proper (`Broken::UnboundedStop`):
+/// up to four 100 ms probe attempts and the 500 ms floor of the status
+/// pre-check.
+const PRE_STOP_MS: u64 = 4 * 100 + 500;
+
+/// What a loop past its stop deadline may spend before the stop on top of
+/// the stop budget (one I/O call's 100 ms floor, the next cycle's start)
+/// for the "reset where a clean stop was due" check.
+const GRACE_MS: u64 = 500;
+
+/// How much longer than its timeout a simulated watchdog may run, in ppm:
+/// `WATCHDOG_RATE_PCT` (the i6300esb runs about 1.024 s per requested s).
+const WD_OVERRUN_MAX_PPM: u64 = ha::WATCHDOG_RATE_PCT * 10_000;
 
 /// Which faults a schedule draws from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +171,13 @@ enum Mix {
     /// and a cut-off etcd member fails reads rather than answer stale ones.
     /// Rule W, the blind stop and demotion must do it all.
     LoopAlive,
+    /// Late feeds, then no loop: every fault is a slow link between the
+    /// leader and etcd (its keep-alives are answered late, so it feeds late
+    /// within the feed rule, while the others reach etcd at once) during
+    /// which the leader's agent hangs for a ttl or more. Only the watchdog
+    /// fences it, and it must fire before the lease expires although the
+    /// hardware runs up to `WATCHDOG_RATE_PCT` long (defect 7).
+    LateFeeds,
 }
 
 #[derive(Debug, Clone)]
@@ -496,6 +545,13 @@ struct Node {
     pg: Pg,
     /// True time at which the armed watchdog fires.
     wd_expiry: Option<u64>,
+    /// How much longer than requested this node's watchdog hardware runs,
+    /// in ppm of the timeout (0..=`WD_OVERRUN_MAX_PPM`).
+    wd_overrun_ppm: u64,
+    /// Until then (true time) the agent was not running its loop (hung,
+    /// down) or a stop ran longer than the stop budget: a watchdog reset
+    /// soon after is no "reset where a clean stop was due".
+    trouble_until: u64,
     rate_ppm: i64,
     req_cut_until: u64,
     rep_cut_until: u64,
@@ -530,6 +586,9 @@ struct Node {
     /// Until then this node's etcd member is cut off and serves `stale_view`.
     stale_until: u64,
     stale_view: Option<ClusterView>,
+    /// Until then this node's link to etcd adds `slow_link_extra` each way.
+    slow_link_until: u64,
+    slow_link_extra: u64,
     /// Until then etcd denies this node's reads, txns and puts (its role
     /// lost its key permissions); lease keep-alives and revokes still work.
     kv_denied_until: u64,
@@ -559,15 +618,34 @@ impl Node {
     }
     /// The agent's `fence_pending`: a confirmed leader past its stop
     /// deadline whose PostgreSQL (as last probed) may be writable runs
-    /// nothing but the fence: no read, no publish, no other step.
-    fn fence_pending(&self, t: u64) -> bool {
-        self.term.is_none()
+    /// nothing but the fence: no read, no publish, no other step. (The old
+    /// agent had no such rule: `Broken::UnboundedStop`.)
+    fn fence_pending(&self, t: u64, broken: Broken) -> bool {
+        broken != Broken::UnboundedStop
+            && self.term.is_none()
             && self.node.past_stop_deadline(&self.cfg, self.local(t))
             && self.local.may_be_writable()
     }
     /// True duration of a local duration.
     fn to_true(&self, local_ms: u64) -> u64 {
         (local_ms as i64 - local_ms as i64 * self.rate_ppm / 1_000_000).max(0) as u64
+    }
+    /// True time the watchdog hardware takes to fire after a feed: the
+    /// timeout on this node's clock, run long by the hardware's overrun.
+    fn wd_true(&self) -> u64 {
+        let wd_ms = self.cfg.watchdog_timeout_secs() as u64 * 1000;
+        self.to_true(wd_ms) + wd_ms * self.wd_overrun_ppm / 1_000_000
+    }
+    /// The feed rule the executor applies (`ha::may_feed` from
+    /// `fence_base`), or the old one with the fixed slack only
+    /// (`Broken::FixedSlack`).
+    fn may_feed(&self, now: Millis, broken: Broken) -> bool {
+        if broken != Broken::FixedSlack {
+            return ha::may_feed(&self.cfg, now, self.node.fence_base());
+        }
+        self.node.fence_base().is_some_and(|sent| {
+            now.since(sent) + ha::SLACK_FIXED_MS < self.cfg.safety_margin_ms && now >= sent
+        })
     }
     /// What the agent's probe sees at true time `t`, as `Postgres::probe`
     /// builds it: a failed query is *stopped* only when the data directory
@@ -711,6 +789,15 @@ enum Fault {
     /// SIGTERM: the agent stops gracefully (`Agent::shutdown`), and is
     /// started again `d` later.
     Term(usize, u64),
+    /// The leader's link to etcd is slow for `d` (requests and replies take
+    /// `extra` longer: a congested or lossy link), and its agent hangs for
+    /// `hang` from `hang_in` later (`Mix::LateFeeds` only).
+    SlowLeaderLink {
+        d: u64,
+        extra: u64,
+        hang_in: u64,
+        hang: u64,
+    },
 }
 
 /// Where a graceful stop (SIGTERM) is, as `Agent::shutdown` runs it.
@@ -771,6 +858,9 @@ type Outcome = Result<(), String>;
 impl Sim {
     fn new(setup: Setup, seed: u64) -> Sim {
         let mut rng = Rng(seed);
+        // The watchdog hardware's overrun comes from a stream of its own, so
+        // that the fault schedule of a seed stays what it was without it.
+        let mut hw = Rng(seed ^ 0x7761_7463_6864_6f67);
         let ttl_ms = setup.ttl * 1000;
         let mut nodes = Vec::new();
         for i in 0..setup.nodes {
@@ -792,6 +882,12 @@ impl Sim {
                 before_hang: Agent::Idle,
                 pg: Pg::empty(),
                 wd_expiry: None,
+                wd_overrun_ppm: if hw.chance(50) {
+                    WD_OVERRUN_MAX_PPM
+                } else {
+                    hw.range(0, WD_OVERRUN_MAX_PPM)
+                },
+                trouble_until: 0,
                 rate_ppm: rng.range(0, 1000) as i64 - 500,
                 req_cut_until: 0,
                 rep_cut_until: 0,
@@ -814,6 +910,8 @@ impl Sim {
                 stale_until: 0,
                 kv_denied_until: 0,
                 stale_view: None,
+                slow_link_until: 0,
+                slow_link_extra: 0,
                 term: None,
                 term_ok: true,
                 term_restart: 0,
@@ -878,6 +976,15 @@ impl Sim {
                 // (the agent's reads are linearizable: etcd does not do it).
                 (Mix::LoopAlive, Fault::StaleReads(i, d)) => Fault::Partition(i, true, true, d),
                 (Mix::LoopAlive, f) => f,
+                (Mix::LateFeeds, _) => {
+                    let d = rng.range(1000, long);
+                    Fault::SlowLeaderLink {
+                        d,
+                        extra: rng.range(200, 1500),
+                        hang_in: rng.range(0, d),
+                        hang: rng.range(ttl_ms, long),
+                    }
+                }
             };
             faults.push((at, f));
         }
@@ -963,13 +1070,16 @@ impl Sim {
         }
     }
 
-    fn latency(&mut self) -> u64 {
-        let base = self.rng.range(1, 15);
+    /// How long a message between node i and etcd takes.
+    fn latency(&mut self, i: usize) -> u64 {
+        let mut d = self.rng.range(1, 15);
         if self.now < self.slow_until {
-            base + self.slow_extra
-        } else {
-            base
+            d += self.slow_extra;
         }
+        if self.now < self.nodes[i].slow_link_until {
+            d += self.nodes[i].slow_link_extra;
+        }
+        d
     }
 
     /// Sends an etcd request for node i with its I/O timeout.
@@ -987,7 +1097,7 @@ impl Sim {
         let reachable = self.now >= n.req_cut_until && self.now >= self.etcd_down_until;
         self.at(self.now + timeout, Ev::Timeout(i, seqno));
         if reachable {
-            let d = self.latency();
+            let d = self.latency(i);
             self.inflight.insert((i, seqno), (op, 0));
             self.at(self.now + d, Ev::Apply(i, seqno));
         }
@@ -1035,6 +1145,7 @@ impl Sim {
             }
             Ev::Wd(i) => {
                 if self.nodes[i].wd_expiry.is_some_and(|e| e <= self.now) {
+                    self.check_clean_stop(i)?;
                     self.note(format!("{} reset by its watchdog", self.nodes[i].name));
                     self.reset(i);
                 }
@@ -1075,6 +1186,7 @@ impl Sim {
                     let now = self.now;
                     let n = &mut self.nodes[i];
                     n.agent = Agent::Idle;
+                    n.trouble_until = n.trouble_until.max(now);
                     n.node = NodeState::default();
                     n.term = None;
                     n.queue.clear();
@@ -1099,6 +1211,7 @@ impl Sim {
                     self.note(format!("{} agent thaws", self.nodes[i].name));
                     let before = self.nodes[i].before_hang;
                     self.nodes[i].agent = before;
+                    self.nodes[i].trouble_until = self.now;
                     // Whatever it waited for has been delivered or timed
                     // out meanwhile: look at it now.
                     if let Agent::Waiting { seqno } = before {
@@ -1120,7 +1233,7 @@ impl Sim {
                         let ok = self.nodes[i].term_ok;
                         return self.term_step(i, ok);
                     }
-                    if self.nodes[i].fence_pending(self.now) {
+                    if self.nodes[i].fence_pending(self.now, self.setup.broken) {
                         return self.decide(i, None);
                     }
                     self.send(i, Op::Read, Pending::Read);
@@ -1140,7 +1253,7 @@ impl Sim {
                         && let Some(v) = self.nodes[i].stale_view.clone()
                         && self.now >= self.nodes[i].rep_cut_until
                     {
-                        let d = self.latency();
+                        let d = self.latency(i);
                         self.replies.insert((i, seqno), Reply::View(Box::new(v)));
                         self.at(self.now + d, Ev::Reply(i, seqno));
                     }
@@ -1158,7 +1271,7 @@ impl Sim {
                     self.watch_fired();
                 }
                 if self.now >= self.nodes[i].rep_cut_until {
-                    let d = self.latency();
+                    let d = self.latency(i);
                     self.replies.insert((i, seqno), reply);
                     self.at(self.now + d, Ev::Reply(i, seqno));
                 }
@@ -1235,6 +1348,7 @@ impl Sim {
             Fault::KvDenied(..) => "key permissions lost, member key deleted",
             Fault::StaleReads(..) => "stale reads from a cut-off etcd member",
             Fault::Term(..) => "SIGTERM graceful stop",
+            Fault::SlowLeaderLink { .. } => "slow link to the leader, then its agent hangs",
         }
     }
 
@@ -1369,8 +1483,7 @@ impl Sim {
                 // watchdog open: it keeps counting from the last feed. Without
                 // the store, the close pings it.
                 if self.setup.broken == Broken::ClosePings && self.nodes[i].wd_expiry.is_some() {
-                    let n = &self.nodes[i];
-                    let wd = n.to_true(n.cfg.watchdog_timeout_secs() as u64 * 1000);
+                    let wd = self.nodes[i].wd_true();
                     self.nodes[i].wd_expiry = Some(self.now + wd);
                     self.at(self.now + wd, Ev::Wd(i));
                 }
@@ -1397,6 +1510,26 @@ impl Sim {
                 // etcd keeps its clock: leases keep counting (worst case).
             }
             Fault::Reset(i) => self.reset(i),
+            Fault::SlowLeaderLink {
+                d,
+                extra,
+                hang_in,
+                hang,
+            } => {
+                let leader = self.etcd.view().leader.and_then(|l| {
+                    l.name
+                        .strip_prefix('n')
+                        .and_then(|x| x.parse::<usize>().ok())
+                });
+                if let Some(l) = leader.filter(|&l| l < self.nodes.len()) {
+                    let n = &mut self.nodes[l];
+                    n.slow_link_until = self.now + d;
+                    n.slow_link_extra = extra;
+                    self.faults.push((self.now + hang_in, Fault::Hang(l, hang)));
+                    let k = self.faults.len() - 1;
+                    self.at(self.now + hang_in, Ev::Fault(k));
+                }
+            }
             Fault::PgCrash(i) => {
                 let pg = &mut self.nodes[i].pg;
                 if pg.running() {
@@ -1406,6 +1539,46 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// The watchdog is about to reset node i. With its PostgreSQL writable,
+    /// the node the confirmed leader (rule W's stop is its loop's job; a
+    /// primary that is not, e.g. one racing for a key it cannot get behind
+    /// a cut-off etcd member, is fenced by its watchdog by design), its
+    /// agent running its loop (not hung, not down, not staying after a
+    /// failed graceful stop) and its PostgreSQL operations working (no
+    /// probe, `pg_ctl` or data directory failure, no stop longer than the
+    /// stop budget) since before its stop deadline — the stop budget, the
+    /// hardware's overrun and `GRACE_MS` before the reset — the loop could
+    /// have stopped PostgreSQL in time: the fence fired where a clean stop
+    /// was due (defect 8).
+    fn check_clean_stop(&self, i: usize) -> Outcome {
+        let n = &self.nodes[i];
+        if n.pg.state != PgState::Primary
+            || !n.node.leader_confirmed
+            || matches!(n.agent, Agent::Hung { .. } | Agent::Down { .. })
+            || n.term == Some(Term::Staying)
+        {
+            return Ok(());
+        }
+        let wd_ms = n.cfg.watchdog_timeout_secs() as u64 * 1000;
+        let window =
+            n.to_true(n.cfg.stop_budget_ms()) + wd_ms * n.wd_overrun_ppm / 1_000_000 + GRACE_MS;
+        let troubled = n
+            .trouble_until
+            .max(n.probe_fail_until)
+            .max(n.ctl_fail_until)
+            .max(n.dir_fail_until);
+        if troubled + window > self.now {
+            return Ok(());
+        }
+        Err(format!(
+            "reset where a clean stop was due at {} ms: {}, the confirmed leader, reset by its watchdog while PostgreSQL was writable, its loop running and its PostgreSQL operations working since {} ms (stop budget {} ms)",
+            self.now,
+            n.name,
+            troubled,
+            n.cfg.stop_budget_ms()
+        ))
     }
 
     /// Without a watchdog, a restarted agent is the only fence of a primary
@@ -1578,7 +1751,7 @@ impl Sim {
                 if self.nodes[i].term.is_some_and(|t| t != Term::Requested) {
                     return self.term_step(i, true);
                 }
-                if self.nodes[i].fence_pending(self.now) {
+                if self.nodes[i].fence_pending(self.now, self.setup.broken) {
                     let ok = self.nodes[i].last_ok;
                     self.end_cycle(i, ok);
                     self.cycle_now(i);
@@ -1595,7 +1768,7 @@ impl Sim {
                 );
                 return Ok(());
             };
-            if !a.is_fence() && self.nodes[i].fence_pending(self.now) {
+            if !a.is_fence() && self.nodes[i].fence_pending(self.now, self.setup.broken) {
                 self.end_cycle(i, false);
                 self.cycle_now(i);
                 return Ok(());
@@ -1650,13 +1823,11 @@ impl Sim {
         let wd_secs = n.cfg.watchdog_timeout_secs();
         let wd_true = match broken {
             Broken::LongWatchdog => n.cfg.ttl_ms + 1000,
-            _ => n.to_true(wd_secs as u64 * 1000),
+            _ => n.wd_true(),
         };
         match a {
             Action::ArmWatchdog { .. } => {
-                if !ha::may_feed(&n.cfg, now_local, n.node.fence_base())
-                    && broken != Broken::FeedLate
-                {
+                if !n.may_feed(now_local, broken) && broken != Broken::FeedLate {
                     return Ok(Step::Fail);
                 }
                 n.wd_expiry = Some(self.now + wd_true);
@@ -1666,8 +1837,7 @@ impl Sim {
                 Ok(Step::Next)
             }
             Action::FeedWatchdog => {
-                if (ha::may_feed(&n.cfg, now_local, n.node.fence_base())
-                    || broken == Broken::FeedLate)
+                if (n.may_feed(now_local, broken) || broken == Broken::FeedLate)
                     && n.wd_expiry.is_some()
                 {
                     n.wd_expiry = Some(self.now + wd_true);
@@ -1700,10 +1870,24 @@ impl Sim {
                     Action::Follow { .. } => 10,
                     Action::Promote => self.rng.range(50, 200),
                     Action::StopPostgres | Action::StopCleanly => {
-                        if self.rng.chance(5) && self.setup.mix == Mix::All {
+                        let dur = if self.rng.chance(5) && self.setup.mix == Mix::All {
                             self.rng.range(1000, 3000)
                         } else {
                             self.rng.range(50, 400)
+                        };
+                        let n = &mut self.nodes[i];
+                        if dur > n.to_true(n.cfg.stop_budget_ms()) {
+                            // A stop that outlasts the stop budget is a failed
+                            // stop (fast and immediate shutdown both stuck).
+                            n.trouble_until = n.trouble_until.max(self.now + dur);
+                        }
+                        if broken == Broken::UnboundedStop
+                            && other == Action::StopPostgres
+                            && n.node.past_stop_deadline(&n.cfg, now_local)
+                        {
+                            dur + n.to_true(PRE_STOP_MS)
+                        } else {
+                            dur
                         }
                     }
                     Action::Clone { .. } => self.rng.range(500, 1500),
@@ -2394,5 +2578,56 @@ fn teeth_when_a_switchover_is_not_checked() {
         "lost acknowledged write",
         fast(3, WatchdogMode::Required, Broken::UncheckedHandover),
         2000,
+    );
+}
+
+/// Defect 7: hardware that runs `WATCHDOG_RATE_PCT` long overshoots a long
+/// timeout by more than a fixed slack. At ttl 100 / safety_margin 4 (a
+/// 96 s watchdog, 2.88 s of overrun; `check_drift` accepts it), a leader
+/// whose keep-alives are answered late feeds late within the old rule,
+/// hangs, and its watchdog fires after its lease expired and a replica
+/// promoted. With the scaled slack it does not feed that late...
+fn late_feeds(broken: Broken) -> Setup {
+    Setup {
+        ttl: 100,
+        margin: 4,
+        mix: Mix::LateFeeds,
+        ..fast(3, WatchdogMode::Required, broken)
+    }
+}
+
+#[test]
+fn late_feeds_then_a_hang() {
+    sweep(late_feeds(Broken::None), 20);
+}
+
+/// ...and with the fixed slack alone the simulator finds the split brain.
+#[test]
+fn teeth_when_the_feed_slack_is_fixed() {
+    let s = late_feeds(Broken::FixedSlack);
+    let cfg = HaConfig {
+        name: "n0".into(),
+        ttl_ms: s.ttl * 1000,
+        loop_wait_ms: s.loop_wait * 1000,
+        retry_timeout_ms: s.retry * 1000,
+        safety_margin_ms: s.margin * 1000,
+        maximum_lag_on_failover: 1 << 20,
+        nofailover: false,
+        watchdog_mode: s.mode,
+    };
+    cfg.check_drift().unwrap();
+    assert!(cfg.feed_slack_ms() > ha::SLACK_FIXED_MS + 2000);
+    finds_split_brain(s, 200);
+}
+
+/// Defect 8: when the way from "must stop" to "stopped" is not inside the
+/// stop budget, a leader whose loop runs and whose PostgreSQL works is
+/// reset by its watchdog where a clean stop was due.
+#[test]
+fn teeth_when_the_stop_budget_is_not_a_bound() {
+    finds(
+        "reset where a clean stop was due",
+        fast(3, WatchdogMode::Required, Broken::UnboundedStop),
+        200,
     );
 }
