@@ -81,6 +81,13 @@ pub struct Etcd3Config {
 pub struct Credentials {
     pub username: String,
     pub password: Option<String>,
+    /// libpq's TLS settings for connections to other members (Patroni's
+    /// `authentication` keys): `disable` .. `verify-full`, and PEM files.
+    pub sslmode: Option<String>,
+    pub sslrootcert: Option<PathBuf>,
+    pub sslcert: Option<PathBuf>,
+    pub sslkey: Option<PathBuf>,
+    pub sslcrl: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -95,11 +102,11 @@ impl Default for Authentication {
         Authentication {
             superuser: Credentials {
                 username: "postgres".into(),
-                password: None,
+                ..Default::default()
             },
             replication: Credentials {
                 username: "replicator".into(),
-                password: None,
+                ..Default::default()
             },
         }
     }
@@ -133,6 +140,11 @@ pub struct PostgresqlConfig {
     /// without end. 0 turns the cap off (PostgreSQL's own
     /// `max_slot_wal_keep_size` still applies).
     pub member_slots_max_retained: u64,
+    /// The password file the agent writes (0600) for libpq: replication,
+    /// pg_basebackup, pg_rewind (Patroni: postgresql.pgpass). Default:
+    /// `<data_dir>.pgpass`, beside the data directory so that a base
+    /// backup never copies it.
+    pub pgpass: Option<PathBuf>,
 }
 
 /// Patroni-style callbacks; each is a command line (split on whitespace).
@@ -158,6 +170,7 @@ impl Default for PostgresqlConfig {
             initdb: Vec::new(),
             callbacks: Callbacks::default(),
             member_slots_max_retained: 16 << 30,
+            pgpass: None,
         }
     }
 }
@@ -553,6 +566,16 @@ fn too_deep(text: &str, limit: usize) -> Option<usize> {
     }
     None
 }
+
+/// libpq's `sslmode` values.
+const SSLMODES: &[&str] = &[
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
 
 /// Scalar keys that can be overridden as `LEASEDOG_<PATH>` (dots become
 /// underscores, upper case).
@@ -1043,6 +1066,26 @@ pub fn validate(cfg: &Config) -> Vec<ConfigError> {
             "encrypted keys are not supported: give etcd3.key unencrypted (mode 0600, owned by the agent's user), e.g. `openssl pkey -in enc.key -out etcd.key`".into(),
         );
     }
+    for (who, c) in [
+        ("superuser", &cfg.postgresql.authentication.superuser),
+        ("replication", &cfg.postgresql.authentication.replication),
+    ] {
+        if let Some(m) = &c.sslmode
+            && !SSLMODES.contains(&m.as_str())
+        {
+            bad(
+                match who {
+                    "superuser" => "postgresql.authentication.superuser.sslmode",
+                    _ => "postgresql.authentication.replication.sslmode",
+                },
+                format!(
+                    "expected one of {}, found {}",
+                    SSLMODES.join(", "),
+                    excerpt(m)
+                ),
+            );
+        }
+    }
     if e.username.is_some() != e.password.is_some() {
         bad(
             if e.username.is_some() {
@@ -1251,6 +1294,7 @@ pub fn check_environment(cfg: &Config) -> Vec<ConfigError> {
         "pg_basebackup",
         "pg_rewind",
         "pg_controldata",
+        "psql",
     ] {
         let p = cfg.postgresql.bin_dir.join(prog);
         let ok =

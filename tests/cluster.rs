@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::cluster::{Cluster, Opts, monotonic_ms, wait_for};
+use common::cluster::{Cluster, Opts, Writer, monotonic_ms, wait_for};
 use std::time::{Duration, Instant};
 
 const BOOT: Duration = Duration::from_secs(90);
@@ -94,6 +94,9 @@ fn hard_failover_promotes_a_replica_and_the_old_primary_rejoins() {
         }
     }
 
+    // A client writes through the failover and the rejoin.
+    let writer = Writer::start(&c, p);
+    writer.wait_acked_on(p, 0, 5, Duration::from_secs(10));
     let killed = Instant::now();
     c.kill_agent(p);
     c.kill_postmaster(p);
@@ -128,10 +131,22 @@ fn hard_failover_promotes_a_replica_and_the_old_primary_rejoins() {
             .any(|l| l.trim_start().starts_with("1 |") && l.ends_with(&c.nodes[new_p].name))
             .then_some(())
     });
-    // The old primary comes back as a replica of the new one.
+    // The old primary comes back as a replica of the new one, with writes
+    // running (its rewind and start happen while the new primary writes).
+    let (k0, _) = *writer.acked().last().unwrap();
+    writer.wait_acked_on(new_p, k0, 5, Duration::from_secs(20));
     c.start_agent(p);
     let p2 = c.wait_healthy(Duration::from_secs(60));
     assert_eq!(p2, new_p);
+    let (k1, _) = *writer.acked().last().unwrap();
+    writer.wait_acked_on(new_p, k1, 5, Duration::from_secs(20));
+    let acked = writer.stop();
+    c.wait_rejoined_with(p, new_p, &acked, Duration::from_secs(30));
+    eprintln!(
+        "hard failover: {} writes acknowledged through it, {} by the new primary, all on the rejoined old primary",
+        acked.len(),
+        acked.iter().filter(|(_, at)| *at == new_p).count()
+    );
     c.nodes[new_p].sql("INSERT INTO t VALUES (501)").unwrap();
     wait_for("old primary follows", Duration::from_secs(20), || {
         (count(&c.nodes[p], "t") == Some(501)).then_some(())
@@ -249,6 +264,9 @@ fn a_bootstrap_slower_than_the_ttl_keeps_the_key() {
 fn hung_leader_is_fenced_before_its_lease_expires() {
     let c = Cluster::start(3, Opts::default());
     let p = c.wait_healthy(BOOT);
+    // A client writes through the hang, the reset and the rejoin.
+    let writer = Writer::start(&c, p);
+    writer.wait_acked_on(p, 0, 5, Duration::from_secs(10));
     let leader = c.nodes[p].name.clone();
     wait_for("watchdog fed", Duration::from_secs(10), || {
         c.nodes[p]
@@ -320,7 +338,23 @@ fn hung_leader_is_fenced_before_its_lease_expires() {
         c.sole_primary().filter(|&i| i != p)
     });
     assert_ne!(c.nodes[new_p].name, leader);
+    // The reset node comes back: its agent thawed, as after a reboot its
+    // PostgreSQL down (crash recovery, rewind, start as a replica) while
+    // the new primary keeps writing; it must stream again.
+    let (k0, _) = *writer.acked().last().unwrap();
+    writer.wait_acked_on(new_p, k0, 5, Duration::from_secs(20));
     c.thaw_agent(p);
+    let p2 = c.wait_healthy(Duration::from_secs(60));
+    assert_eq!(p2, new_p);
+    let (k1, _) = *writer.acked().last().unwrap();
+    writer.wait_acked_on(new_p, k1, 5, Duration::from_secs(20));
+    let acked = writer.stop();
+    c.wait_rejoined_with(p, new_p, &acked, Duration::from_secs(30));
+    eprintln!(
+        "hung leader: {} writes acknowledged, {} by the new primary, all on the rejoined old primary",
+        acked.len(),
+        acked.iter().filter(|(_, at)| *at == new_p).count()
+    );
 }
 
 #[test]

@@ -36,6 +36,14 @@ pub fn passfile_path(data_dir: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The password file the agent keeps: `postgresql.pgpass`, or
+/// `<data_dir>.pgpass`.
+pub fn passfile_of(cfg: &crate::config::PostgresqlConfig) -> PathBuf {
+    cfg.pgpass
+        .clone()
+        .unwrap_or_else(|| passfile_path(&cfg.data_dir))
+}
+
 /// One `.pgpass` line for `user` on every host, port and database, with
 /// `:` and `\` escaped as libpq expects.
 pub fn pgpass_line(user: &str, password: &str) -> String {
@@ -59,6 +67,23 @@ pub struct Upstream {
     pub user: String,
     pub password: Option<String>,
     pub application_name: String,
+    /// libpq TLS settings (`sslmode`, `sslrootcert`, ...) of the credentials.
+    pub ssl: Vec<(&'static str, String)>,
+}
+
+/// The libpq TLS keywords of `creds`, in a fixed order.
+pub fn ssl_params(creds: &crate::config::Credentials) -> Vec<(&'static str, String)> {
+    let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    [
+        ("sslmode", creds.sslmode.clone()),
+        ("sslrootcert", path(&creds.sslrootcert)),
+        ("sslcert", path(&creds.sslcert)),
+        ("sslkey", path(&creds.sslkey)),
+        ("sslcrl", path(&creds.sslcrl)),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|v| (k, v)))
+    .collect()
 }
 
 impl Upstream {
@@ -76,6 +101,7 @@ impl Upstream {
             user: creds.username.clone(),
             password: creds.password.clone(),
             application_name: application_name.to_string(),
+            ssl: ssl_params(creds),
         })
     }
 
@@ -95,6 +121,9 @@ impl Upstream {
             " passfile={}",
             conninfo_quote(&passfile.display().to_string())
         ));
+        for (k, v) in &self.ssl {
+            s.push_str(&format!(" {k}={}", conninfo_quote(v)));
+        }
         if let Some(db) = dbname {
             s.push_str(&format!(" dbname={}", conninfo_quote(db)));
         }
@@ -155,10 +184,7 @@ pub fn managed_conf(cfg: &PostgresqlConfig, member: &str, upstream: Option<&Upst
         &cfg.socket_dir.display().to_string(),
     );
     if let Some(up) = upstream {
-        set(
-            "primary_conninfo",
-            &up.conninfo(None, &passfile_path(&cfg.data_dir)),
-        );
+        set("primary_conninfo", &up.conninfo(None, &passfile_of(cfg)));
         set("primary_slot_name", &slot_name(member));
         set("recovery_target_timeline", "latest");
     }
@@ -256,6 +282,7 @@ mod tests {
             user: "replicator".into(),
             password: Some("s3'cret".into()),
             application_name: "Node-1".into(),
+            ssl: Vec::new(),
         };
         let r = managed_conf(&c, "Node-1", Some(&up));
         assert!(r.contains("primary_slot_name = 'node_1'"), "{r}");
@@ -267,6 +294,32 @@ mod tests {
         // The password never appears: libpq reads it from the passfile.
         assert!(!r.contains("s3") && !r.contains("password"), "{r}");
         assert!(r.contains("passfile=/d.pgpass"), "{r}");
+    }
+
+    #[test]
+    fn tls_settings_of_the_credentials_go_into_the_connection_string() {
+        let creds = crate::config::Credentials {
+            username: "rep".into(),
+            password: Some("secret".into()),
+            sslmode: Some("verify-full".into()),
+            sslrootcert: Some("/etc/pki/ca dir/ca.pem".into()),
+            ..Default::default()
+        };
+        let up =
+            Upstream::from_conn_url("postgres://10.0.0.2:5432/postgres", &creds, "n1").unwrap();
+        let c = up.conninfo(None, Path::new("/p"));
+        assert!(
+            c.ends_with(" passfile=/p sslmode=verify-full sslrootcert='/etc/pki/ca dir/ca.pem'"),
+            "{c}"
+        );
+        assert!(!c.contains("secret"), "{c}");
+        let mut cfg = crate::config::PostgresqlConfig {
+            data_dir: "/d".into(),
+            ..Default::default()
+        };
+        assert_eq!(passfile_of(&cfg), PathBuf::from("/d.pgpass"));
+        cfg.pgpass = Some("/run/pg/pgpass".into());
+        assert_eq!(passfile_of(&cfg), PathBuf::from("/run/pg/pgpass"));
     }
 
     #[test]
@@ -282,7 +335,7 @@ mod tests {
     fn upstream_from_conn_url() {
         let creds = Credentials {
             username: "rep".into(),
-            password: None,
+            ..Default::default()
         };
         let u =
             Upstream::from_conn_url("postgres://127.0.0.1:5433/postgres", &creds, "n1").unwrap();

@@ -442,7 +442,7 @@ impl Postgres {
                     .map(|p| conf::pgpass_line(&c.username, p))
             })
             .collect();
-        let p = conf::passfile_path(self.data());
+        let p = conf::passfile_of(&self.cfg);
         conf::write_atomic(&p, &text).map_err(io(format!("writing {}", p.display())))
     }
 
@@ -660,7 +660,7 @@ impl Postgres {
         cmd.arg("-D")
             .arg(self.data())
             .args(["-X", "stream", "-c", "fast", "--no-password", "-d"])
-            .arg(from.conninfo(None, &conf::passfile_path(self.data())));
+            .arg(from.conninfo(None, &conf::passfile_of(&self.cfg)));
         // The directory was empty before: a failed or interrupted clone
         // leaves it empty again.
         let fresh = ctl::EmptyOnDrop::new(self.data());
@@ -690,19 +690,33 @@ impl Postgres {
         let mut source = from.clone();
         source.user = self.cfg.authentication.superuser.username.clone();
         source.password = self.cfg.authentication.superuser.password.clone();
+        source.ssl = conf::ssl_params(&self.cfg.authentication.superuser);
         // A just-promoted source may not have checkpointed its new timeline
         // into its control file yet; pg_rewind would then see one timeline
         // and rewind nothing. Ask it for a checkpoint first.
-        checkpoint_upstream(&source, timeout).await?;
         self.write_passfile()?;
+        self.checkpoint_upstream(&source, timeout).await?;
         let mut cmd = ctl::command(self.bin(), "pg_rewind");
         cmd.arg("--target-pgdata").arg(self.data()).arg(format!(
             "--source-server={}",
-            source.conninfo(Some("postgres"), &conf::passfile_path(self.data()))
+            source.conninfo(Some("postgres"), &conf::passfile_of(&self.cfg))
         ));
         let out = ctl::run_captured(cmd, "pg_rewind", timeout).await?;
         log::info!("pg_rewind: {}", ctl::tail(&out).replace('\n', "; "));
         Ok(())
+    }
+
+    /// `CHECKPOINT` on the rewind source, through psql with the same
+    /// connection string as pg_rewind (the password from the passfile, the
+    /// superuser's TLS settings).
+    async fn checkpoint_upstream(&self, up: &Upstream, timeout: Duration) -> Result<(), PgError> {
+        let mut cmd = ctl::command(self.bin(), "psql");
+        cmd.args(["-X", "-q", "--no-password", "-c", "CHECKPOINT", "-d"])
+            .arg(up.conninfo(Some("postgres"), &conf::passfile_of(&self.cfg)));
+        ctl::run_captured(cmd, "psql CHECKPOINT", timeout)
+            .await
+            .map(|_| ())
+            .map_err(|e| PgError::Query(format!("CHECKPOINT on {}:{}: {e}", up.host, up.port)))
     }
 
     /// Creates the replication role after bootstrap (unless it is the superuser).
@@ -831,40 +845,6 @@ pub async fn received_lsn(
         .map_err(|e| PgError::Query(error_chain(&e)))?;
     crate::cluster::Lsn::parse(&text)
         .ok_or_else(|| PgError::Query(format!("unreadable LSN {text:?}")))
-}
-
-/// Runs CHECKPOINT on a remote server (as superuser, over TCP).
-async fn checkpoint_upstream(up: &Upstream, timeout: Duration) -> Result<(), PgError> {
-    let mut c = tokio_postgres::Config::new();
-    c.host(&up.host)
-        .port(up.port)
-        .user(&up.user)
-        .dbname("postgres")
-        .application_name("leasedog")
-        .connect_timeout(timeout);
-    if let Some(p) = &up.password {
-        c.password(p);
-    }
-    let work = async {
-        let (client, conn) = c.connect(tokio_postgres::NoTls).await?;
-        let task = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let r = client.batch_execute("CHECKPOINT").await;
-        task.abort();
-        r
-    };
-    match tokio::time::timeout(timeout, work).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(PgError::Query(format!(
-            "CHECKPOINT on {}:{}: {e}",
-            up.host, up.port
-        ))),
-        Err(_) => Err(PgError::Query(format!(
-            "CHECKPOINT on {}:{} timed out",
-            up.host, up.port
-        ))),
-    }
 }
 
 fn create_dir_0700(p: &Path) -> Result<(), PgError> {

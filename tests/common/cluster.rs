@@ -680,3 +680,117 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// A client that writes through faults: a thread inserting increasing keys
+/// into table `w (k bigint primary key)` on whichever node accepts them,
+/// remembering each acknowledged key and the node that acknowledged it.
+pub struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::Mutex<Vec<(i64, usize)>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Creates `w` on the primary `p` and starts writing.
+    pub fn start(c: &Cluster, p: usize) -> Writer {
+        c.nodes[p]
+            .sql("CREATE TABLE IF NOT EXISTS w (k bigint PRIMARY KEY)")
+            .expect("create w");
+        let targets: Vec<(PathBuf, u16)> = c
+            .nodes
+            .iter()
+            .map(|n| (n.socket_dir(), n.pg_port))
+            .collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, a) = (stop.clone(), acked.clone());
+        let thread = std::thread::spawn(move || {
+            let mut k = 0i64;
+            let mut at = p;
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                k += 1;
+                let (sock, port) = &targets[at];
+                match psql_at(sock, *port, &format!("INSERT INTO w VALUES ({k})"), 1) {
+                    Ok(_) => a.lock().expect("acked").push((k, at)),
+                    Err(_) => {
+                        at = (at + 1) % targets.len();
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            }
+        });
+        Writer {
+            stop,
+            acked,
+            thread: Some(thread),
+        }
+    }
+
+    /// Acknowledged keys so far, with the node that acknowledged each.
+    pub fn acked(&self) -> Vec<(i64, usize)> {
+        self.acked.lock().expect("acked").clone()
+    }
+
+    /// Waits until node `i` acknowledged `n` keys after key `after`.
+    pub fn wait_acked_on(&self, i: usize, after: i64, n: usize, timeout: Duration) {
+        wait_for(&format!("{n} writes on node {i}"), timeout, || {
+            (self
+                .acked()
+                .iter()
+                .filter(|(k, at)| *at == i && *k > after)
+                .count()
+                >= n)
+                .then_some(())
+        });
+    }
+
+    /// Stops writing; every acknowledged key.
+    pub fn stop(mut self) -> Vec<(i64, usize)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.acked()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Cluster {
+    /// The old primary `old` is a streaming replica of `new` again and holds
+    /// every key `new` acknowledged (what a failover may lose is what only
+    /// the old primary acknowledged before it failed).
+    pub fn wait_rejoined_with(
+        &self,
+        old: usize,
+        new: usize,
+        acked: &[(i64, usize)],
+        timeout: Duration,
+    ) {
+        let keys: Vec<String> = acked
+            .iter()
+            .filter(|(_, at)| *at == new)
+            .map(|(k, _)| k.to_string())
+            .collect();
+        assert!(!keys.is_empty(), "the new primary acknowledged no write");
+        let sql = format!("SELECT count(*) FROM w WHERE k IN ({})", keys.join(","));
+        wait_for(
+            "the old primary streams every acknowledged write",
+            timeout,
+            || {
+                let streaming = self.nodes[old]
+                    .sql("SELECT status FROM pg_stat_wal_receiver")
+                    .ok()?;
+                let n: usize = self.nodes[old].sql(&sql).ok()?.parse().ok()?;
+                (streaming == "streaming" && n == keys.len()).then_some(())
+            },
+        );
+    }
+}
