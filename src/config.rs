@@ -133,6 +133,11 @@ pub struct PostgresqlConfig {
     /// without end. 0 turns the cap off (PostgreSQL's own
     /// `max_slot_wal_keep_size` still applies).
     pub member_slots_max_retained: u64,
+    /// Physical replication slots for members (Patroni's `use_slots`): the
+    /// leader keeps one per other member, and a replica streams with its
+    /// own once the leader's `status` key shows it exists (without one
+    /// until then). Off: no member slots, and replicas stream without.
+    pub use_slots: bool,
 }
 
 /// Patroni-style callbacks; each is a command line (split on whitespace).
@@ -158,6 +163,7 @@ impl Default for PostgresqlConfig {
             initdb: Vec::new(),
             callbacks: Callbacks::default(),
             member_slots_max_retained: 16 << 30,
+            use_slots: true,
         }
     }
 }
@@ -581,6 +587,7 @@ const ENV_KEYS: &[&str] = &[
     "postgresql.connect_address",
     "postgresql.socket_dir",
     "postgresql.member_slots_max_retained",
+    "postgresql.use_slots",
     "postgresql.authentication.superuser.username",
     "postgresql.authentication.superuser.password",
     "postgresql.authentication.replication.username",
