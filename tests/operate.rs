@@ -554,6 +554,21 @@ fn agent_stopped_while_paused_leaves_postgresql_running() {
     );
 }
 
+/// Waits until replica `r` streams from leader `p` through its own slot: a
+/// clone starts streaming without it and reloads once the leader lists it
+/// (its walreceiver is then a new process).
+fn wait_streaming_through_slot(c: &Cluster, p: usize, r: usize) {
+    let q = format!(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}' AND active",
+        c.nodes[r].name
+    );
+    wait_for(
+        "the replica streaming through its slot",
+        Duration::from_secs(20),
+        || (c.nodes[p].sql(&q).ok()? == "1").then_some(()),
+    );
+}
+
 /// The walreceiver of a replica (a child of its postmaster).
 fn walreceiver_pid(postmaster: i32) -> Option<i32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
@@ -575,6 +590,7 @@ fn switchover_to_a_lagging_replica_is_refused() {
     let p = c.wait_healthy(BOOT);
     c.wait_published_streaming(Duration::from_secs(20));
     let r = (p + 1) % 3;
+    wait_streaming_through_slot(&c, p, r);
     let (leader, lagging) = (c.nodes[p].name.clone(), c.nodes[r].name.clone());
     let pm = c.nodes[r].postmaster_pid().expect("replica running");
     let wr = wait_for("the replica's walreceiver", Duration::from_secs(10), || {
@@ -629,6 +645,7 @@ fn switchover_is_abandoned_when_the_candidate_misses_the_shutdown_checkpoint() {
     let p = c.wait_healthy(BOOT);
     c.wait_published_streaming(Duration::from_secs(20));
     let r = 1 - p;
+    wait_streaming_through_slot(&c, p, r);
     let (leader, candidate) = (c.nodes[p].name.clone(), c.nodes[r].name.clone());
     let pm = c.nodes[r].postmaster_pid().expect("replica running");
     let wr = wait_for("the replica's walreceiver", Duration::from_secs(10), || {
