@@ -653,7 +653,11 @@ impl Agent {
                 let t = Duration::from_millis(ha::start_wait_ms(&self.ha, &self.node, self.now()));
                 self.pg.start(t, true).await.map_err(|e| e.to_string())?;
                 match upstream {
-                    Some(u) => info!("PostgreSQL started as a replica of {}", u.member),
+                    Some(u) => info!(
+                        "PostgreSQL started as a replica of {}{}",
+                        u.member,
+                        slot_said(u)
+                    ),
                     None => info!("PostgreSQL started read-only"),
                 }
                 self.callback(Event::Start, "replica");
@@ -665,7 +669,7 @@ impl Agent {
                     .write_standby(Some(&up))
                     .map_err(|e| e.to_string())?;
                 self.pg.reload(t).await.map_err(|e| e.to_string())?;
-                info!("now following {}", upstream.member);
+                info!("now following {}{}", upstream.member, slot_said(upstream));
                 Ok(())
             }
             Action::Promote => {
@@ -756,6 +760,10 @@ impl Agent {
             &self.cfg.postgresql.authentication.replication,
             &self.cfg.name,
         )
+        .map(|up| postgres::Upstream {
+            with_slot: u.slot.is_some(),
+            ..up
+        })
         .ok_or_else(|| {
             format!(
                 "member {} publishes an unusable conn_url {}",
@@ -1195,6 +1203,14 @@ impl Agent {
             Err(e) => warn!("could not release the leader key: {e}"),
         }
         self.disarm_watchdog();
+    }
+}
+
+/// How a replica streams, for the log.
+fn slot_said(u: &ha::Upstream) -> String {
+    match &u.slot {
+        Some(s) => format!(" with replication slot {s}"),
+        None => " without a replication slot".into(),
     }
 }
 

@@ -338,6 +338,7 @@ mod tests {
             following: None,
             replication: Vec::new(),
             unknown: false,
+            ..Default::default()
         };
         s.leader = leader;
         s

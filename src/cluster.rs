@@ -159,15 +159,79 @@ pub struct Leader {
     pub mod_revision: i64,
 }
 
-/// The value of the `status` key, written by the leader each cycle.
+/// The value of the `status` key, written by the leader each cycle, in
+/// Patroni's layout (3.x/4.x): `{"optime": N, "slots": {"name": lsn, ...},
+/// "retain_slots": ["name", ...]}`, plus leasedog's `timeline`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     /// The leader's last known WAL write position.
     #[serde(default)]
     pub optime: u64,
+    /// The physical replication slots that exist on the leader, with their
+    /// restart LSN as a byte offset. None: not known (absent, as an older
+    /// leader writes it, or unreadable): a replica then streams without its
+    /// slot (`ha::stream_slot`). Read leniently: any other shape of the
+    /// field counts as absent, and the rest of the key is still used.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_slots"
+    )]
+    pub slots: Option<BTreeMap<String, u64>>,
+    /// The member slots the leader keeps (Patroni: those of members that
+    /// exist in the cluster). Read leniently: anything odd is empty.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "lenient_names"
+    )]
+    pub retain_slots: Vec<String>,
     /// The leader's timeline (leasedog addition; Patroni ignores it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline: Option<Timeline>,
+    /// The key's mod_revision when read from etcd (0 otherwise): a status
+    /// written after the leader key's creation was written in this term
+    /// (the leader writes it in a txn that compares the key).
+    #[serde(skip)]
+    pub mod_revision: i64,
+}
+
+/// `slots` as Patroni reads it: an object, or a string holding one; every
+/// value an LSN, anything else in its place 0 (the name still exists).
+/// Any other shape is None (unknown), never an error.
+fn lenient_slots<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<BTreeMap<String, u64>>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    let v = match v {
+        serde_json::Value::String(s) => serde_json::from_str(&s).unwrap_or_default(),
+        v => v,
+    };
+    Ok(match v {
+        serde_json::Value::Object(m) => Some(
+            m.into_iter()
+                .map(|(k, v)| (k, v.as_u64().unwrap_or(0)))
+                .collect(),
+        ),
+        _ => None,
+    })
+}
+
+/// A list of names, or a string holding one; non-strings are left out and
+/// any other shape is empty, never an error.
+fn lenient_names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    let v = match v {
+        serde_json::Value::String(s) => serde_json::from_str(&s).unwrap_or_default(),
+        v => v,
+    };
+    Ok(match v {
+        serde_json::Value::Array(a) => a
+            .into_iter()
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect(),
+        _ => Vec::new(),
+    })
 }
 
 /// The dynamic part of the `config` key that leasedog acts on.
@@ -360,6 +424,12 @@ pub struct LocalPostgres {
     pub following: Option<String>,
     /// Primary: its replication connections (pg_stat_replication), live.
     pub replication: Vec<ReplicaStat>,
+    /// Replica: the `primary_slot_name` the server runs with (None when
+    /// empty or not a replica).
+    pub slot: Option<String>,
+    /// Primary: its physical replication slots and their restart LSNs, as
+    /// this cycle's probe saw them (None when not known).
+    pub slots: Option<BTreeMap<String, Lsn>>,
 }
 
 /// One replication connection as the primary sees it.
@@ -655,6 +725,62 @@ mod tests {
             parse_key("history", b"whatever").unwrap(),
             KeyParse::Ignored
         );
+    }
+
+    /// Patroni's status layout both ways; an odd `slots` or `retain_slots`
+    /// is unknown (None, empty), and the rest of the key is still read.
+    #[test]
+    fn status_slots_in_patronis_layout_read_leniently() {
+        let s = Status {
+            optime: 10,
+            slots: Some(BTreeMap::from([("node2".to_string(), 7)])),
+            retain_slots: vec!["node2".into()],
+            timeline: Some(2),
+            mod_revision: 5,
+        };
+        let text = serde_json::to_string(&s).unwrap();
+        assert_eq!(
+            text,
+            r#"{"optime":10,"slots":{"node2":7},"retain_slots":["node2"],"timeline":2}"#
+        );
+        let back = |t: &str| match parse_key("status", t.as_bytes()) {
+            Ok(KeyParse::Status(s)) => s,
+            other => panic!("{t}: {other:?}"),
+        };
+        assert_eq!(
+            back(&text),
+            Status {
+                mod_revision: 0,
+                ..s
+            }
+        );
+        // An older leader's status: slots unknown.
+        let old = back(r#"{"optime":10,"timeline":2}"#);
+        assert_eq!(
+            (old.optime, old.slots, old.retain_slots.len()),
+            (10, None, 0)
+        );
+        // Patroni also accepts both fields as JSON text; values that are no
+        // LSN still name a slot.
+        let t = back(r#"{"optime":1,"slots":"{\"a\":null,\"b\":-1}","retain_slots":"[\"a\",3]"}"#);
+        assert_eq!(
+            t.slots,
+            Some(BTreeMap::from([("a".to_string(), 0), ("b".to_string(), 0)]))
+        );
+        assert_eq!(t.retain_slots, vec!["a".to_string()]);
+        for odd in [
+            r#"{"optime":3,"slots":[1,2],"retain_slots":{"x":1}}"#,
+            r#"{"optime":3,"slots":"not json","retain_slots":"nor this"}"#,
+            r#"{"optime":3,"slots":7,"retain_slots":null}"#,
+            r#"{"optime":3,"slots":null}"#,
+        ] {
+            let s = back(odd);
+            assert_eq!(
+                (s.optime, s.slots, s.retain_slots.len()),
+                (3, None, 0),
+                "{odd}"
+            );
+        }
     }
 
     #[test]

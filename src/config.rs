@@ -145,6 +145,11 @@ pub struct PostgresqlConfig {
     /// `<data_dir>.pgpass`, beside the data directory so that a base
     /// backup never copies it.
     pub pgpass: Option<PathBuf>,
+    /// Physical replication slots for members (Patroni's `use_slots`): the
+    /// leader keeps one per other member, and a replica streams with its
+    /// own once the leader's `status` key shows it exists (without one
+    /// until then). Off: no member slots, and replicas stream without.
+    pub use_slots: bool,
 }
 
 /// Patroni-style callbacks; each is a command line (split on whitespace).
@@ -171,6 +176,7 @@ impl Default for PostgresqlConfig {
             callbacks: Callbacks::default(),
             member_slots_max_retained: 16 << 30,
             pgpass: None,
+            use_slots: true,
         }
     }
 }
@@ -604,6 +610,7 @@ const ENV_KEYS: &[&str] = &[
     "postgresql.connect_address",
     "postgresql.socket_dir",
     "postgresql.member_slots_max_retained",
+    "postgresql.use_slots",
     "postgresql.authentication.superuser.username",
     "postgresql.authentication.superuser.password",
     "postgresql.authentication.replication.username",

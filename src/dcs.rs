@@ -526,7 +526,10 @@ impl Dcs {
                     view.config = c;
                 }
                 Ok(KeyParse::Failover(f)) => view.failover = Some(f),
-                Ok(KeyParse::Status(s)) => view.status = Some(s),
+                Ok(KeyParse::Status(mut s)) => {
+                    s.mod_revision = kv.mod_revision();
+                    view.status = Some(s)
+                }
                 Ok(KeyParse::Ignored) => {}
                 Err(e) => {
                     config_unreadable |= rel == "config";

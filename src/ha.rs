@@ -41,6 +41,8 @@ pub struct HaConfig {
     pub maximum_lag_on_failover: u64,
     pub nofailover: bool,
     pub watchdog_mode: WatchdogMode,
+    /// `postgresql.use_slots`: member replication slots.
+    pub use_slots: bool,
 }
 
 impl HaConfig {
@@ -54,6 +56,7 @@ impl HaConfig {
             maximum_lag_on_failover: c.maximum_lag_on_failover,
             nofailover: c.tags.nofailover,
             watchdog_mode: c.watchdog.mode,
+            use_slots: c.postgresql.use_slots,
         }
     }
 
@@ -397,6 +400,85 @@ pub fn stall_limit_ms(cfg: &HaConfig) -> u64 {
 pub struct Upstream {
     pub member: String,
     pub conn_url: String,
+    /// The replication slot on it to stream with (`primary_slot_name`);
+    /// None: stream without one. Only streaming reads it.
+    pub slot: Option<String>,
+}
+
+/// Which replication slot a replica streams with from the leader
+/// ([`stream_slot`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamSlot {
+    /// Its own member slot.
+    Use(String),
+    /// No slot, for this reason (said in the decision's summary).
+    Without(String),
+    /// `use_slots` is off: never a slot.
+    Off,
+}
+
+impl StreamSlot {
+    pub fn slot(&self) -> Option<String> {
+        match self {
+            StreamSlot::Use(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+    /// For a summary: why the stream has no slot, if that needs saying.
+    fn note(&self) -> String {
+        match self {
+            StreamSlot::Without(why) => format!(" (without a replication slot: {why})"),
+            _ => String::new(),
+        }
+    }
+}
+
+/// The slot rule, liveness only: a replica names its slot in
+/// `primary_slot_name` only when `use_slots` is on and either the leader's
+/// `status` key, written in the leader's current term, lists the slot, or
+/// the replica already streams from the leader with it. Otherwise it streams
+/// without one: a slot that does not exist on the leader makes PostgreSQL
+/// refuse the stream (`replication slot "x" does not exist`) for as long as
+/// it is missing, and the leader creates it only once it sees the member's
+/// key. A status that does not list slots (an older leader, a value that
+/// is unreadable) is unknown, and unknown never holds the stream back.
+/// When the slot appears, the next cycle switches to it (a reload).
+pub fn stream_slot(cfg: &HaConfig, view: &ClusterView, local: &LocalPostgres) -> StreamSlot {
+    if !cfg.use_slots {
+        return StreamSlot::Off;
+    }
+    let mine = slot_name(&cfg.name);
+    let Some(leader) = &view.leader else {
+        return StreamSlot::Without("no leader".into());
+    };
+    let target = view
+        .member(&leader.name)
+        .and_then(|m| conn_host_port(&m.info.conn_url));
+    if local.running
+        && local.in_recovery
+        && local.streaming
+        && local.slot.as_deref() == Some(mine.as_str())
+        && target.is_some()
+        && local.following == target
+    {
+        return StreamSlot::Use(mine);
+    }
+    let status = view
+        .status
+        .as_ref()
+        .filter(|s| s.mod_revision > leader.create_revision);
+    match status.map(|s| &s.slots) {
+        None => StreamSlot::Without(format!(
+            "{} has written no status in its term yet",
+            leader.name
+        )),
+        Some(None) => StreamSlot::Without(format!(
+            "{}'s status key lists no slots (an older leader, or unreadable)",
+            leader.name
+        )),
+        Some(Some(slots)) if slots.contains_key(&mine) => StreamSlot::Use(mine),
+        Some(Some(_)) => StreamSlot::Without(format!("{} has no slot {mine} yet", leader.name)),
+    }
 }
 
 /// One step for the agent. Steps run in order; the first failure ends the
@@ -814,7 +896,7 @@ fn decide_paused(mut p: Plan<'_>, view: &ClusterView) -> Decision {
     p.push(Action::KeepAlive);
     let mine = view.leader.as_ref().is_some_and(|l| l.name == cfg.name);
     if mine {
-        let status = status_of(local);
+        let status = status_of(cfg, view, local);
         if view
             .leader
             .as_ref()
@@ -842,15 +924,42 @@ fn decide_paused(mut p: Plan<'_>, view: &ClusterView) -> Decision {
     p.done("maintenance mode: no automatic actions")
 }
 
-fn status_of(local: &LocalPostgres) -> Option<Status> {
-    if local.writable() {
-        local.lsn.map(|l| Status {
-            optime: l.0,
-            timeline: local.timeline,
-        })
-    } else {
-        None
+/// The slots a leader keeps: one per other member, when `use_slots` is on.
+fn member_slots(cfg: &HaConfig, view: &ClusterView) -> Vec<String> {
+    if !cfg.use_slots {
+        return Vec::new();
     }
+    view.members
+        .iter()
+        .filter(|m| m.name != cfg.name)
+        .map(|m| slot_name(&m.name))
+        .collect()
+}
+
+/// The leader's `status`: its position and timeline, the physical slots
+/// it has (as this cycle's probe saw them; replicas stream with theirs
+/// once listed), and the member slots among them (`retain_slots`).
+fn status_of(cfg: &HaConfig, view: &ClusterView, local: &LocalPostgres) -> Option<Status> {
+    if !local.writable() {
+        return None;
+    }
+    let kept = member_slots(cfg, view);
+    local.lsn.map(|l| Status {
+        optime: l.0,
+        timeline: local.timeline,
+        slots: local
+            .slots
+            .as_ref()
+            .map(|s| s.iter().map(|(n, lsn)| (n.clone(), lsn.0)).collect()),
+        retain_slots: local
+            .slots
+            .iter()
+            .flat_map(|s| s.keys())
+            .filter(|n| kept.contains(n))
+            .cloned()
+            .collect(),
+        mod_revision: 0,
+    })
 }
 
 /// We hold the leader key with our own lease.
@@ -858,7 +967,7 @@ fn decide_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
     let (cfg, local, node) = (p.i.cfg, p.i.local, p.i.node);
     p.push(Action::KeepAlive);
     p.push(Action::ConfirmLeader {
-        status: status_of(local),
+        status: status_of(cfg, view, local),
     });
 
     if cfg.watchdog_mode == WatchdogMode::Required
@@ -874,13 +983,9 @@ fn decide_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
 
     if local.writable() {
         p.fence();
-        let slots: Vec<String> = view
-            .members
-            .iter()
-            .filter(|m| m.name != cfg.name)
-            .map(|m| slot_name(&m.name))
-            .collect();
-        p.push(Action::SyncSlots { slots });
+        p.push(Action::SyncSlots {
+            slots: member_slots(cfg, view),
+        });
         if let Some(req) = &view.failover {
             if req.member.as_deref() == Some(cfg.name.as_str())
                 || req.leader.as_deref().is_some_and(|l| l != cfg.name)
@@ -898,6 +1003,7 @@ fn decide_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
                     let Some(candidate) = view.member(&target).map(|m| Upstream {
                         member: target.clone(),
                         conn_url: m.info.conn_url.clone(),
+                        slot: None,
                     }) else {
                         p.push(Action::DeleteFailover);
                         return p.done(format!("switchover refused: no member key for {target}"));
@@ -1052,12 +1158,15 @@ fn decide_follower(mut p: Plan<'_>, view: &ClusterView, leader: String) -> Decis
     }
     p.disarm_if_armed();
 
+    let slot = stream_slot(p.i.cfg, view, local);
     let upstream = view.member(&leader).and_then(|m| {
         (!m.info.conn_url.is_empty()).then(|| Upstream {
             member: leader.clone(),
             conn_url: m.info.conn_url.clone(),
+            slot: slot.slot(),
         })
     });
+    let note = slot.note();
     let leader_running = view
         .member(&leader)
         .is_some_and(|m| m.info.state == "running" && m.info.role == Role::Primary);
@@ -1085,7 +1194,7 @@ fn decide_follower(mut p: Plan<'_>, view: &ClusterView, leader: String) -> Decis
                 p.push(Action::StartReplica {
                     upstream: Some(upstream),
                 });
-                p.done(format!("cloning from leader {leader}"))
+                p.done(format!("cloning from leader {leader}{note}"))
             } else {
                 p.recheck_in(soon);
                 p.done(format!("waiting for leader {leader} to finish bootstrap"))
@@ -1106,7 +1215,7 @@ fn decide_follower(mut p: Plan<'_>, view: &ClusterView, leader: String) -> Decis
             p.push(Action::StartReplica {
                 upstream: Some(upstream),
             });
-            p.done(format!("starting as a replica of {leader}"))
+            p.done(format!("starting as a replica of {leader}{note}"))
         }
         _ if local.running => {
             if p.i
@@ -1122,7 +1231,7 @@ fn decide_follower(mut p: Plan<'_>, view: &ClusterView, leader: String) -> Decis
                     upstream: Some(upstream),
                 });
                 return p.done(format!(
-                    "not streaming from {leader}, which is on a later timeline: rewinding"
+                    "not streaming from {leader}, which is on a later timeline: rewinding{note}"
                 ));
             }
             let target = conn_host_port(&upstream.conn_url);
@@ -1140,9 +1249,19 @@ fn decide_follower(mut p: Plan<'_>, view: &ClusterView, leader: String) -> Decis
             }
             if target.is_some() && local.following != target {
                 p.push(Action::Follow { upstream });
-                return p.done(format!("following the new leader {leader}"));
+                return p.done(format!("following the new leader {leader}{note}"));
             }
-            p.done(format!("no action: streaming from leader {leader}"))
+            if target.is_some() && local.slot != upstream.slot {
+                // Only the slot changes: a reload restarts the WAL receiver
+                // with it (primary_slot_name is reloadable since PG 13).
+                let what = match &upstream.slot {
+                    Some(s) => format!("switching to replication slot {s} on leader {leader}"),
+                    None => format!("following leader {leader} without a replication slot"),
+                };
+                p.push(Action::Follow { upstream });
+                return p.done(format!("{what}{note}"));
+            }
+            p.done(format!("no action: streaming from leader {leader}{note}"))
         }
         _ => p.done("waiting"),
     }
@@ -1344,6 +1463,7 @@ mod tests {
             maximum_lag_on_failover: 1 << 20,
             nofailover: false,
             watchdog_mode: mode,
+            use_slots: true,
         }
     }
 
@@ -1403,6 +1523,7 @@ mod tests {
             following: Some(following.into()),
             replication: Vec::new(),
             unknown: false,
+            ..Default::default()
         }
     }
 
@@ -1421,6 +1542,7 @@ mod tests {
             status: Some(Status {
                 optime: 1000,
                 timeline: Some(1),
+                ..Default::default()
             }),
             ..Default::default()
         }
@@ -1702,7 +1824,8 @@ mod tests {
                 ConfirmLeader {
                     status: Some(Status {
                         optime: 1000,
-                        timeline: Some(1)
+                        timeline: Some(1),
+                        ..Default::default()
                     })
                 },
                 FeedWatchdog,
@@ -1919,7 +2042,8 @@ mod tests {
                 ConfirmLeader {
                     status: Some(Status {
                         optime: 1000,
-                        timeline: Some(1)
+                        timeline: Some(1),
+                        ..Default::default()
                     })
                 },
                 // The fence holds in maintenance mode too.
@@ -2157,6 +2281,7 @@ mod tests {
         let up = Upstream {
             member: "a".into(),
             conn_url: forged.info.conn_url.clone(),
+            slot: None,
         };
 
         // The stream ended: the published address is all there is.
@@ -2193,6 +2318,7 @@ mod tests {
         let up = Upstream {
             member: "a".into(),
             conn_url: a.info.conn_url.clone(),
+            slot: None,
         };
         let v = view(leader("a", 1), vec![a.clone()]);
         let n = replica_node();
@@ -2379,6 +2505,7 @@ mod tests {
         v.status = Some(Status {
             optime: 1000 + (1 << 20) + 1,
             timeline: Some(1),
+            ..Default::default()
         });
         let d = run(&c, 11_000, Some(&v), &replica(1000, "x:1"), &n);
         assert_eq!(d.actions, vec![KeepAlive]);
@@ -2388,6 +2515,7 @@ mod tests {
         v.status = Some(Status {
             optime: 1000,
             timeline: Some(2),
+            ..Default::default()
         });
         let d = run(&c, 11_000, Some(&v), &replica(1000, "x:1"), &n);
         assert_eq!(d.actions, vec![KeepAlive]);
@@ -2463,6 +2591,7 @@ mod tests {
         let candidate = Upstream {
             member: "a".into(),
             conn_url: a.info.conn_url.clone(),
+            slot: None,
         };
         assert!(
             d.actions.ends_with(&[
@@ -2541,6 +2670,167 @@ mod tests {
         assert_eq!(
             run(&c, 11_000, Some(&v), &l, &n),
             run(&c, 11_000, Some(&v), &l, &n)
+        );
+    }
+
+    /// Defect 10's last item: a replica streams without its slot until the
+    /// leader's status (written in its term) lists the slot, then switches
+    /// to it; while it streams with the slot it keeps it; a status without
+    /// slots (an older leader) is unknown and never holds the stream back.
+    #[test]
+    fn replica_streams_without_its_slot_until_the_leader_lists_it() {
+        let c = cfg(WatchdogMode::Automatic);
+        let a = member("a", Role::Primary, 1000, 1);
+        let a_addr = conn_host_port(&a.info.conn_url).unwrap();
+        let n = replica_node();
+        let with_status = |slots: Option<&[&str]>, mod_revision: i64| {
+            let mut v = view(leader("a", 1), vec![a.clone()]);
+            v.status = Some(Status {
+                optime: 1000,
+                timeline: Some(1),
+                slots: slots.map(|s| s.iter().map(|n| (n.to_string(), 100)).collect()),
+                mod_revision,
+                ..Default::default()
+            });
+            v
+        };
+        let up = |slot: Option<&str>| Upstream {
+            member: "a".into(),
+            conn_url: a.info.conn_url.clone(),
+            slot: slot.map(String::from),
+        };
+        let start = |slot: Option<&str>| {
+            vec![
+                KeepAlive,
+                StartReplica {
+                    upstream: Some(up(slot)),
+                },
+            ]
+        };
+        let follow = |slot: Option<&str>| vec![KeepAlive, Follow { upstream: up(slot) }];
+
+        // The leader key was created at revision 5 (`leader()`).
+        type Case<'a> = (Option<&'a [&'a str]>, i64, Option<&'a str>, &'a str);
+        let cases: [Case; 5] = [
+            (Some(&["b"]), 4, None, "no status in its term"),
+            (None, 6, None, "lists no slots"),
+            (Some(&[]), 6, None, "has no slot b yet"),
+            (Some(&["c", "a"]), 6, None, "has no slot b yet"),
+            (Some(&["b"]), 6, Some("b"), ""),
+        ];
+        for (slots, rev, want, why) in cases {
+            let v = with_status(slots, rev);
+            let d = run(&c, 11_000, Some(&v), &stopped(false), &n);
+            assert_eq!(d.actions, start(want), "{slots:?} {rev}: {}", d.summary);
+            if want.is_none() {
+                assert!(
+                    d.summary.contains("without a replication slot") && d.summary.contains(why),
+                    "{}",
+                    d.summary
+                );
+            }
+        }
+        // No status key at all: the same as unknown.
+        let mut v = with_status(None, 6);
+        v.status = None;
+        let d = run(&c, 11_000, Some(&v), &stopped(false), &n);
+        assert_eq!(d.actions, start(None), "{}", d.summary);
+
+        // Streaming without the slot: once it is listed, switch to it.
+        let slotless = replica(900, &a_addr);
+        let listed = with_status(Some(&["b"]), 6);
+        let unlisted = with_status(Some(&[]), 6);
+        let d = run(&c, 11_000, Some(&listed), &slotless, &n);
+        assert_eq!(d.actions, follow(Some("b")), "{}", d.summary);
+        assert!(
+            d.summary.contains("switching to replication slot b"),
+            "{}",
+            d.summary
+        );
+        let d = run(&c, 11_000, Some(&unlisted), &slotless, &n);
+        assert_eq!(d.actions, vec![KeepAlive], "{}", d.summary);
+
+        // Streaming with it: kept, whatever the status says (it may lag).
+        let mut with_slot = slotless.clone();
+        with_slot.slot = Some("b".into());
+        for v in [
+            &listed,
+            &unlisted,
+            &with_status(None, 6),
+            &with_status(None, 4),
+        ] {
+            let d = run(&c, 11_000, Some(v), &with_slot, &n);
+            assert_eq!(d.actions, vec![KeepAlive], "{}", d.summary);
+        }
+        // Configured with it but not streaming, and it is not listed: the
+        // stream is refused for as long as it is missing: go without.
+        let mut refused = with_slot.clone();
+        refused.streaming = false;
+        let d = run(&c, 11_000, Some(&unlisted), &refused, &n);
+        assert_eq!(d.actions, follow(None), "{}", d.summary);
+        let d = run(&c, 11_000, Some(&listed), &refused, &n);
+        assert_eq!(d.actions, vec![KeepAlive], "{}", d.summary);
+
+        // A new leader's address: the slot on it must be listed too.
+        let d = run(&c, 11_000, Some(&unlisted), &replica(900, "old:1"), &n);
+        assert_eq!(d.actions, follow(None), "{}", d.summary);
+        let mut elsewhere = with_slot.clone();
+        elsewhere.following = Some("old:1".into());
+        let d = run(&c, 11_000, Some(&unlisted), &elsewhere, &n);
+        assert_eq!(d.actions, follow(None), "{}", d.summary);
+
+        // use_slots off: never a slot, and one in use is dropped.
+        let mut off = c.clone();
+        off.use_slots = false;
+        let d = run(&off, 11_000, Some(&listed), &stopped(false), &n);
+        assert_eq!(d.actions, start(None), "{}", d.summary);
+        assert!(!d.summary.contains("without a replication slot"));
+        let d = run(&off, 11_000, Some(&listed), &with_slot, &n);
+        assert_eq!(d.actions, follow(None), "{}", d.summary);
+    }
+
+    /// The leader writes the slots it has into `status` (Patroni's layout):
+    /// all physical slots with their restart LSNs, and its members' among
+    /// them as `retain_slots`; with use_slots off it keeps no member slot.
+    #[test]
+    fn leader_publishes_its_slots_in_status() {
+        let c = cfg(WatchdogMode::Automatic);
+        let v = view(
+            leader("b", 9),
+            vec![
+                member("a", Role::Replica, 900, 1),
+                member("b", Role::Primary, 1000, 1),
+            ],
+        );
+        let mut local = primary(1000);
+        local.slots = Some([("a".to_string(), Lsn(800)), ("x".to_string(), Lsn(50))].into());
+        let d = run(&c, 11_000, Some(&v), &local, &leading(true));
+        let want = Status {
+            optime: 1000,
+            timeline: Some(1),
+            slots: Some([("a".to_string(), 800), ("x".to_string(), 50)].into()),
+            retain_slots: vec!["a".into()],
+            mod_revision: 0,
+        };
+        assert_eq!(d.actions[1], ConfirmLeader { status: Some(want) });
+        assert!(d.actions.contains(&SyncSlots {
+            slots: vec!["a".into()]
+        }));
+        // Unknown slots on the leader stay unknown in status.
+        let d = run(&c, 11_000, Some(&v), &primary(1000), &leading(true));
+        assert!(
+            matches!(&d.actions[1], ConfirmLeader { status: Some(s) } if s.slots.is_none()),
+            "{:?}",
+            d.actions
+        );
+        let mut off = c.clone();
+        off.use_slots = false;
+        let d = run(&off, 11_000, Some(&v), &local, &leading(true));
+        assert!(d.actions.contains(&SyncSlots { slots: vec![] }));
+        assert!(
+            matches!(&d.actions[1], ConfirmLeader { status: Some(s) } if s.retain_slots.is_empty() && s.slots.is_some()),
+            "{:?}",
+            d.actions
         );
     }
 }

@@ -69,11 +69,19 @@ fn bootstrap_gives_one_primary_and_two_streaming_replicas() {
     });
     // Data checksums are on.
     assert_eq!(c.nodes[p].sql("SHOW data_checksums").unwrap(), "on");
-    // Each replica streams through its own slot.
-    let slots = c.nodes[p]
-        .sql("SELECT count(*) FROM pg_replication_slots WHERE active")
-        .unwrap();
-    assert_eq!(slots, "2");
+    // Each replica streams through its own slot: at once, or (a clone
+    // starts streaming without it until the leader lists it in `status`)
+    // after the reload that switches to it.
+    wait_for(
+        "each replica streaming through its slot",
+        Duration::from_secs(20),
+        || {
+            let slots = c.nodes[p]
+                .sql("SELECT count(*) FROM pg_replication_slots WHERE active")
+                .ok()?;
+            (slots == "2").then_some(())
+        },
+    );
 }
 
 #[test]
@@ -552,4 +560,148 @@ fn sigterm_interrupts_a_clone_and_leaves_the_data_directory_empty() {
     // The next start clones again and streams.
     c.start_agent(1);
     assert_eq!(c.wait_healthy(BOOT), 0);
+}
+
+/// The WAL receiver of node `i`: (status, slot_name), or None when the node
+/// does not answer or has none.
+fn wal_receiver(c: &Cluster, i: usize) -> Option<(String, String)> {
+    let row = c.nodes[i]
+        .sql("SELECT status || '|' || COALESCE(slot_name, '') FROM pg_stat_wal_receiver")
+        .ok()?;
+    let (status, slot) = row.split_once('|')?;
+    Some((status.to_string(), slot.to_string()))
+}
+
+/// Defect 10's last item (issue 9): a replica whose slot is missing on the
+/// leader streams without it, and uses it once the leader has made it.
+/// The replica's slot is dropped while its agent is down (its member key
+/// deleted, so the leader drops the slot itself), and the leader's agent is
+/// frozen while the replica starts again, so nothing makes the slot: with
+/// `primary_slot_name` set regardless, PostgreSQL refuses the stream
+/// (`replication slot "node2" does not exist`) for as long as that lasts.
+/// The leader's status key, written in its term, lists no such slot, so the
+/// replica streams without one; once the leader runs again it makes the
+/// slot, lists it, and the replica switches to it (a reload).
+#[test]
+fn a_replica_streams_without_its_missing_slot_and_takes_it_once_made() {
+    // A long lease: the leader's agent is frozen for up to 15 s below.
+    let opts = Opts {
+        ttl: 30,
+        loop_wait: 1,
+        retry_timeout: 4,
+        safety_margin: 5,
+        ..Opts::default()
+    };
+    let mut c = Cluster::start(2, opts);
+    let p = c.wait_healthy(BOOT);
+    let r = 1 - p;
+    let slot = c.nodes[r].name.clone();
+    let status_key = format!("/service/{}/status", c.scope);
+    let status = |c: &Cluster| {
+        c.etcd
+            .ctl(&["get", "--print-value-only", &status_key])
+            .unwrap_or_default()
+    };
+    wait_for(
+        "the replica streaming with its slot",
+        Duration::from_secs(20),
+        || (wal_receiver(&c, r) == Some(("streaming".into(), slot.clone()))).then_some(()),
+    );
+    c.nodes[p].sql("CREATE TABLE t (id int)").unwrap();
+
+    // The replica goes down, and its slot with its member key.
+    c.kill_agent(r);
+    let pm = c.nodes[r].postmaster_pid().expect("replica postmaster");
+    // SAFETY: SIGINT asks the postmaster for a fast shutdown.
+    unsafe { libc::kill(pm, libc::SIGINT) };
+    wait_for("the replica stopped", Duration::from_secs(20), || {
+        c.nodes[r].postmaster_pid().is_none().then_some(())
+    });
+    c.etcd
+        .ctl(&["del", &format!("/service/{}/members/{slot}", c.scope)])
+        .unwrap();
+    let gone = format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'");
+    wait_for(
+        "the leader dropped the slot",
+        Duration::from_secs(20),
+        || (c.nodes[p].sql(&gone).ok()? == "0").then_some(()),
+    );
+    // The status of a cycle after the drop (written before that cycle's
+    // slot sync) no longer lists it.
+    wait_for("status without the slot", Duration::from_secs(10), || {
+        let s = status(&c);
+        (!s.is_empty() && !s.contains(&format!("\"{slot}\""))).then_some(())
+    });
+    eprintln!("status before: {}", status(&c));
+
+    // Nothing makes the slot now: the leader's agent is frozen (its lease
+    // and watchdog last far longer than this).
+    c.freeze_agent(p);
+    let frozen = Instant::now();
+    let logged_before = c.nodes[r].agent_log_text().len();
+    c.start_agent(r);
+    let streamed = (|| {
+        let end = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < end {
+            if let Some((s, sl)) = wal_receiver(&c, r)
+                && s == "streaming"
+            {
+                return Some((frozen.elapsed(), sl));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    })();
+    c.thaw_agent(p);
+    let thawed = Instant::now();
+    let Some((took, used)) = streamed else {
+        panic!(
+            "the replica did not stream within 15 s while its slot was missing on the leader; its WAL receiver: {:?}",
+            wal_receiver(&c, r)
+        );
+    };
+    eprintln!(
+        "streaming without the slot {:.2}s after the replica's agent started",
+        took.as_secs_f64()
+    );
+    assert_eq!(used, "", "streams without a slot while it is missing");
+    // Said at info level when the decision changes, not every cycle.
+    let log = c.nodes[r].agent_log_text().split_off(logged_before);
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" INFO ") && l.contains("without a replication slot"))
+        .collect();
+    eprintln!("said at info level: {said:#?}");
+    assert!(
+        log.contains(&format!("has no slot {slot} yet")) && (1..=3).contains(&said.len()),
+        "the replica says once why it streams without its slot: {said:#?}"
+    );
+
+    // The leader runs again: it makes the slot, lists it, and the replica
+    // switches to it.
+    let with_slot = wait_for(
+        "the replica streaming with its slot again",
+        Duration::from_secs(30),
+        || {
+            (wal_receiver(&c, r) == Some(("streaming".into(), slot.clone())))
+                .then(|| thawed.elapsed())
+        },
+    );
+    eprintln!(
+        "streaming with the slot {:.2}s after the leader's agent was thawed",
+        with_slot.as_secs_f64()
+    );
+    let active = format!("SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'");
+    assert_eq!(c.nodes[p].sql(&active).unwrap(), "t");
+    let s = status(&c);
+    eprintln!("status after: {s}");
+    let v: serde_json::Value = serde_json::from_str(&s).expect("status JSON");
+    assert!(v["optime"].as_u64().is_some(), "{s}");
+    assert!(v["slots"][&slot].as_u64().is_some(), "{s}");
+    assert_eq!(v["retain_slots"], serde_json::json!([slot]), "{s}");
+    c.nodes[p].sql("INSERT INTO t VALUES (1)").unwrap();
+    wait_for("the row on the replica", Duration::from_secs(20), || {
+        (count(&c.nodes[r], "t") == Some(1)).then_some(())
+    });
+    assert_eq!(c.sole_primary(), Some(p));
 }

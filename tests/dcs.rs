@@ -46,7 +46,10 @@ fn leader_race_confirm_release() {
             a.confirm_leader(
                 Some(&Status {
                     optime: 7,
-                    timeline: Some(1)
+                    timeline: Some(1),
+                    slots: Some([("b".to_string(), 5)].into()),
+                    retain_slots: vec!["b".into()],
+                    ..Default::default()
                 }),
                 T
             )
@@ -60,7 +63,12 @@ fn leader_race_confirm_release() {
         let l = v.leader.unwrap();
         assert_eq!(l.name, "a");
         assert_eq!(l.lease, ka.lease_id);
-        assert_eq!(v.status.unwrap().optime, 7);
+        let st = v.status.unwrap();
+        assert_eq!(st.optime, 7);
+        // Patroni's slots layout, written in this term: after the key's creation.
+        assert_eq!(st.slots, Some([("b".to_string(), 5)].into()));
+        assert_eq!(st.retain_slots, vec!["b".to_string()]);
+        assert!(st.mod_revision > l.create_revision, "{st:?} {l:?}");
         assert_eq!(
             e.ctl(&["get", "--print-value-only", "/service/t/leader"])
                 .unwrap()

@@ -258,6 +258,7 @@ fn switchover_named_unnamed_refused_and_scheduled() {
 
     // Named: to the other failover-capable node.
     c.wait_published_streaming(Duration::from_secs(10));
+    c.wait_streaming_through_slots(Duration::from_secs(10));
     let target = (0..2).find(|&i| i != p).unwrap_or(0);
     let t0 = Instant::now();
     let (code, out) = cli(&c, 0, &["switchover", "--to", &name(target), "--force"]);
@@ -278,6 +279,7 @@ fn switchover_named_unnamed_refused_and_scheduled() {
 
     // Unnamed: the only other candidate (node3 is nofailover).
     c.wait_published_streaming(Duration::from_secs(10));
+    c.wait_streaming_through_slots(Duration::from_secs(10));
     let expected = (0..2).find(|&i| i != target).unwrap();
     let (code, out) = cli(&c, 0, &["switchover"]);
     assert_eq!(code, 0, "{out}");
@@ -286,18 +288,21 @@ fn switchover_named_unnamed_refused_and_scheduled() {
     // failover --to: a named member takes over (here with a healthy leader;
     // the same request promotes it when there is none).
     c.wait_published_streaming(Duration::from_secs(10));
+    c.wait_streaming_through_slots(Duration::from_secs(10));
     let (code, out) = cli(&c, 0, &["failover", "--to", &name(expected)]);
     assert_eq!(code, 1, "already the leader: {out}");
     let (code, out) = cli(&c, 0, &["failover", "--to", &name(target)]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(c.wait_healthy(Duration::from_secs(60)), target);
     c.wait_published_streaming(Duration::from_secs(10));
+    c.wait_streaming_through_slots(Duration::from_secs(10));
     let (code, out) = cli(&c, 0, &["failover", "--to", &name(expected)]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(c.wait_healthy(Duration::from_secs(60)), expected);
 
     // Scheduled: nothing happens before the time, then it does.
     c.wait_published_streaming(Duration::from_secs(10));
+    c.wait_streaming_through_slots(Duration::from_secs(10));
     let at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -408,6 +413,8 @@ fn haproxy_routes_to_the_primary_through_failover_and_switchover() {
     c.wait_healthy(Duration::from_secs(60));
 
     c.wait_published_streaming(Duration::from_secs(10));
+
+    c.wait_streaming_through_slots(Duration::from_secs(10));
     let (code, out) = cli(&c, 0, &["switchover", "--to", &c.nodes[p].name.clone()]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(c.wait_healthy(Duration::from_secs(60)), p);
@@ -574,6 +581,7 @@ fn switchover_to_a_lagging_replica_is_refused() {
     let c = Cluster::start(3, Opts::default());
     let p = c.wait_healthy(BOOT);
     c.wait_published_streaming(Duration::from_secs(20));
+    c.wait_streaming_through_slots(Duration::from_secs(20));
     let r = (p + 1) % 3;
     let (leader, lagging) = (c.nodes[p].name.clone(), c.nodes[r].name.clone());
     let pm = c.nodes[r].postmaster_pid().expect("replica running");
@@ -610,6 +618,7 @@ fn switchover_to_a_lagging_replica_is_refused() {
 
     // Caught up, the same switchover goes through.
     c.wait_published_streaming(Duration::from_secs(30));
+    c.wait_streaming_through_slots(Duration::from_secs(30));
     wait_for("the replica to catch up", Duration::from_secs(30), || {
         let (code, out) = cli(&c, p, &["switchover", "--to", &lagging]);
         (code == 0).then_some(out)
@@ -628,6 +637,7 @@ fn switchover_is_abandoned_when_the_candidate_misses_the_shutdown_checkpoint() {
     let c = Cluster::start(2, Opts::default());
     let p = c.wait_healthy(BOOT);
     c.wait_published_streaming(Duration::from_secs(20));
+    c.wait_streaming_through_slots(Duration::from_secs(20));
     let r = 1 - p;
     let (leader, candidate) = (c.nodes[p].name.clone(), c.nodes[r].name.clone());
     let pm = c.nodes[r].postmaster_pid().expect("replica running");
@@ -672,6 +682,7 @@ fn switchover_is_abandoned_when_the_candidate_misses_the_shutdown_checkpoint() {
     drop(thaw);
     // Received again, the replica streams; a switchover then goes through.
     c.wait_published_streaming(Duration::from_secs(30));
+    c.wait_streaming_through_slots(Duration::from_secs(30));
     wait_for("the switchover", Duration::from_secs(60), || {
         let (code, out) = cli(&c, p, &["switchover", "--to", &candidate]);
         (code == 0).then_some(out)

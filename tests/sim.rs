@@ -720,6 +720,7 @@ impl Node {
                     flush: Lsn(r.lsn),
                 })
                 .collect(),
+            ..Default::default()
         }
     }
 }
@@ -873,6 +874,7 @@ impl Sim {
                 maximum_lag_on_failover: 1 << 20,
                 nofailover: false,
                 watchdog_mode: setup.mode,
+                use_slots: true,
             };
             nodes.push(Node {
                 name: format!("n{i}"),
@@ -2614,6 +2616,7 @@ fn teeth_when_the_feed_slack_is_fixed() {
         maximum_lag_on_failover: 1 << 20,
         nofailover: false,
         watchdog_mode: s.mode,
+        use_slots: true,
     };
     cfg.check_drift().unwrap();
     assert!(cfg.feed_slack_ms() > ha::SLACK_FIXED_MS + 2000);

@@ -69,6 +69,9 @@ pub struct Upstream {
     pub application_name: String,
     /// libpq TLS settings (`sslmode`, `sslrootcert`, ...) of the credentials.
     pub ssl: Vec<(&'static str, String)>,
+    /// Stream with the member's replication slot (`primary_slot_name`);
+    /// false: without one (`ha::stream_slot` says when).
+    pub with_slot: bool,
 }
 
 /// The libpq TLS keywords of `creds`, in a fixed order.
@@ -102,6 +105,7 @@ impl Upstream {
             password: creds.password.clone(),
             application_name: application_name.to_string(),
             ssl: ssl_params(creds),
+            with_slot: false,
         })
     }
 
@@ -143,7 +147,8 @@ fn yaml_scalar(v: &serde_yaml::Value) -> String {
     }
 }
 
-/// The text of `leasedog.conf`. `upstream` is set for a replica that streams.
+/// The text of `leasedog.conf`. `upstream` is set for a replica that
+/// streams; `primary_slot_name` is the member's slot, or empty without one.
 pub fn managed_conf(cfg: &PostgresqlConfig, member: &str, upstream: Option<&Upstream>) -> String {
     let (hosts, port) = split_listen(&cfg.listen);
     let hosts = if hosts == "0.0.0.0" {
@@ -172,7 +177,18 @@ pub fn managed_conf(cfg: &PostgresqlConfig, member: &str, upstream: Option<&Upst
         }
     }
     for (k, v) in &cfg.parameters {
-        if ["port", "listen_addresses", "unix_socket_directories"].contains(&k.as_str()) {
+        // The replication settings are leasedog's: a primary_slot_name
+        // left in force while the stream runs without a slot would never
+        // match what the agent decided.
+        if [
+            "port",
+            "listen_addresses",
+            "unix_socket_directories",
+            "primary_conninfo",
+            "primary_slot_name",
+        ]
+        .contains(&k.as_str())
+        {
             continue;
         }
         set(k, &yaml_scalar(v));
@@ -185,7 +201,12 @@ pub fn managed_conf(cfg: &PostgresqlConfig, member: &str, upstream: Option<&Upst
     );
     if let Some(up) = upstream {
         set("primary_conninfo", &up.conninfo(None, &passfile_of(cfg)));
-        set("primary_slot_name", &slot_name(member));
+        let slot = if up.with_slot {
+            slot_name(member)
+        } else {
+            String::new()
+        };
+        set("primary_slot_name", &slot);
         set("recovery_target_timeline", "latest");
     }
     out
@@ -283,9 +304,23 @@ mod tests {
             password: Some("s3'cret".into()),
             application_name: "Node-1".into(),
             ssl: Vec::new(),
+            with_slot: true,
         };
         let r = managed_conf(&c, "Node-1", Some(&up));
         assert!(r.contains("primary_slot_name = 'node_1'"), "{r}");
+        // Without the slot: empty, also over a slot set in parameters.
+        let mut c2 = c.clone();
+        c2.parameters.insert(
+            "primary_slot_name".into(),
+            serde_yaml::Value::String("x".into()),
+        );
+        let slotless = Upstream {
+            with_slot: false,
+            ..up.clone()
+        };
+        let r2 = managed_conf(&c2, "Node-1", Some(&slotless));
+        assert!(r2.contains("primary_slot_name = ''\n"), "{r2}");
+        assert!(!r2.contains("'x'"), "{r2}");
         assert!(r.contains("recovery_target_timeline = 'latest'"));
         assert!(
             r.contains("host=10.0.0.2 port=5432 user=replicator application_name=Node-1"),

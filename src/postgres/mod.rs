@@ -328,6 +328,7 @@ impl Postgres {
     }
 
     async fn query_state(&mut self, timeout: Duration) -> Result<LocalPostgres, PgError> {
+        let started = tokio::time::Instant::now();
         let client = self.client(timeout).await?;
         let row = tokio::time::timeout(timeout, client.query_one(probe::PROBE_SQL, &[]))
             .await
@@ -341,6 +342,7 @@ impl Postgres {
             row.try_get(3).map_err(get)?,
             row.try_get(4).map_err(get)?,
             row.try_get(5).map_err(get)?,
+            row.try_get(6).map_err(get)?,
         );
         if state.in_recovery {
             // Once the WAL receiver stops, PostgreSQL only reports the
@@ -362,6 +364,26 @@ impl Postgres {
                     streaming: r.try_get(1).map_err(get)?,
                     flush: crate::cluster::Lsn::parse(&lsn).unwrap_or_default(),
                 });
+            }
+            // Best effort, in what is left of the probe's time (it never
+            // makes the probe longer): only the `status` key's list of
+            // slots depends on it, and a list left unknown makes replicas
+            // stream without their slot, never stop streaming.
+            let left = timeout.saturating_sub(started.elapsed());
+            match tokio::time::timeout(left, client.query(probe::SLOTS_SQL, &[])).await {
+                Ok(Ok(rows)) => {
+                    let slots = rows
+                        .iter()
+                        .filter_map(|r| {
+                            let name: String = r.try_get(0).ok()?;
+                            let lsn: String = r.try_get(1).ok()?;
+                            Some((name, crate::cluster::Lsn::parse(&lsn).unwrap_or_default()))
+                        })
+                        .collect();
+                    state.slots = Some(slots);
+                }
+                Ok(Err(e)) => log::debug!("probe: slot list: {}", error_chain(&e)),
+                Err(_) => log::debug!("probe: slot list timed out"),
             }
         }
         if !state.in_recovery {

@@ -5,8 +5,8 @@
 use crate::cluster::{DataDir, LocalPostgres, Lsn};
 
 /// The one probe query: role, position, timeline, streaming, upstream,
-/// system identifier. Primary-only functions sit behind CASE so a replica
-/// never calls them.
+/// system identifier, replication slot streamed with. Primary-only
+/// functions sit behind CASE so a replica never calls them.
 pub const PROBE_SQL: &str = "SELECT pg_is_in_recovery(),
   CASE WHEN pg_is_in_recovery()
        THEN GREATEST(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text
@@ -17,7 +17,13 @@ pub const PROBE_SQL: &str = "SELECT pg_is_in_recovery(),
        ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END,
   COALESCE((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false),
   current_setting('primary_conninfo'),
-  (SELECT system_identifier FROM pg_control_system())::text";
+  (SELECT system_identifier FROM pg_control_system())::text,
+  current_setting('primary_slot_name')";
+
+/// The primary's physical replication slots (not temporary ones) and their
+/// restart LSNs, for the `status` key.
+pub const SLOTS_SQL: &str = "SELECT slot_name::text, COALESCE(restart_lsn, '0/0')::text
+  FROM pg_replication_slots WHERE slot_type = 'physical' AND NOT temporary";
 
 /// The primary's replication connections.
 pub const REPLICATION_SQL: &str =
@@ -49,6 +55,7 @@ pub fn from_row(
     streaming: bool,
     primary_conninfo: String,
     system_id: String,
+    primary_slot_name: String,
 ) -> LocalPostgres {
     let lsn = lsn.and_then(|l| Lsn::parse(&l));
     let timeline = timeline.map(|t| t as u32);
@@ -72,6 +79,8 @@ pub fn from_row(
             None
         },
         replication: Vec::new(),
+        slot: (in_recovery && !primary_slot_name.is_empty()).then_some(primary_slot_name),
+        slots: None,
     }
 }
 
@@ -101,9 +110,11 @@ mod tests {
             true,
             "host=h port=1".into(),
             "77".into(),
+            "node_1".into(),
         );
         assert!(r.running && r.in_recovery && r.streaming);
         assert_eq!(r.following.as_deref(), Some("h:1"));
+        assert_eq!(r.slot.as_deref(), Some("node_1"));
         assert_eq!(r.lsn, Some(Lsn(0x5000000)));
         let p = from_row(
             false,
@@ -112,9 +123,10 @@ mod tests {
             false,
             String::new(),
             "77".into(),
+            String::new(),
         );
         assert!(p.writable());
-        assert_eq!(p.following, None);
+        assert_eq!((&p.following, &p.slot), (&None, &None));
         assert_eq!(p.system_id(), Some("77"));
     }
 }

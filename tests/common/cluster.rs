@@ -644,6 +644,22 @@ log:
         });
     }
 
+    /// Waits until every other running member streams from the primary
+    /// through its own slot (active): a replica that started without its
+    /// slot (not yet listed in the leader's `status`) switches to it with a
+    /// reload, which restarts its walreceiver; a switchover in that moment
+    /// finds the candidate not streaming.
+    pub fn wait_streaming_through_slots(&self, timeout: Duration) {
+        let want = (self.nodes.iter().filter(|n| n.agent.is_some()).count() - 1).to_string();
+        wait_for("replicas streaming through their slots", timeout, || {
+            let p = self.sole_primary()?;
+            let active = self.nodes[p]
+                .sql("SELECT count(*) FROM pg_replication_slots WHERE active")
+                .ok()?;
+            (active == want).then_some(())
+        });
+    }
+
     pub fn dump_logs(&self) {
         for n in &self.nodes {
             eprintln!("===== {} agent log =====\n{}", n.name, n.agent_log_text());
