@@ -29,6 +29,15 @@ fn a_cluster_over_tls_with_an_rbac_user() {
         },
     );
     let p = c.wait_healthy(BOOT);
+    // Both replicas stream over TLS (replication is `hostssl` only, and
+    // they verify the server's certificate: sslmode verify-full).
+    wait_for("replication over TLS", Duration::from_secs(20), || {
+        (c.nodes[p]
+            .sql("SELECT count(*) FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) WHERE s.ssl AND r.state = 'streaming'")
+            .ok()?
+            == "2")
+            .then_some(())
+    });
     // `list` reads over TLS as the RBAC user.
     let leader = wait_for("leader key", Duration::from_secs(10), || c.leader());
     assert_eq!(leader, c.nodes[p].name);

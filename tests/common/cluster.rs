@@ -38,7 +38,8 @@ pub enum EtcdSetup {
     Plain,
     /// One member, TLS with client certificates and RBAC on: the agents
     /// connect as user `leasedog`, whose role reads and writes the
-    /// cluster's prefix only.
+    /// cluster's prefix only. PostgreSQL's replication connections are TLS
+    /// only too (`hostssl`), verified by the replicas (`verify-full`).
     TlsRbac,
     /// `n` members, every agent given all of them.
     Members(usize),
@@ -431,13 +432,13 @@ postgresql:
   pg_hba:
     - local all all trust
     - host all all 127.0.0.1/32 trust
-    - host replication all 127.0.0.1/32 trust
+    - {repl_hba} replication all 127.0.0.1/32 trust
   callbacks: {callbacks}
   parameters:
     shared_buffers: 16MB
     max_connections: 30
     fsync: "off"
-restapi:
+{pg_tls}restapi:
   listen: 127.0.0.1:{api}
   connect_address: 127.0.0.1:{api}
 control:
@@ -446,6 +447,20 @@ log:
   level: debug
 {extra}"#,
                 etcd3 = etcd3,
+                // With TlsRbac, replication is TLS only and verified.
+                repl_hba = if opts.etcd == EtcdSetup::TlsRbac {
+                    "hostssl"
+                } else {
+                    "host"
+                },
+                pg_tls = if opts.etcd == EtcdSetup::TlsRbac {
+                    format!(
+                        "    ssl: \"on\"\n    ssl_cert_file: {c}/server.pem\n    ssl_key_file: {c}/server.key\n  authentication:\n    replication:\n      username: replicator\n      sslmode: verify-full\n      sslrootcert: {c}/ca.pem\n",
+                        c = certs.display()
+                    )
+                } else {
+                    String::new()
+                },
                 ttl = opts.ttl,
                 lw = opts.loop_wait,
                 rt = opts.retry_timeout,

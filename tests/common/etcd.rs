@@ -96,9 +96,13 @@ pub fn make_certs(dir: &std::path::Path) {
             &pem,
         ]);
     }
+    // Keys 0600 (PostgreSQL and libpq refuse others); the harness gives
+    // them to the postgres user.
     for f in std::fs::read_dir(dir).expect("certs").flatten() {
         use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o644));
+        let key = f.path().extension().is_some_and(|e| e == "key");
+        let mode = if key { 0o600 } else { 0o644 };
+        let _ = std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(mode));
     }
 }
 
