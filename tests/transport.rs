@@ -8,7 +8,12 @@
 
 mod common;
 
-use common::cluster::{Cluster, EtcdSetup, Opts, feeds_and_longest_gap, monotonic_ms, wait_for};
+use common::cluster::{
+    Cluster, EtcdSetup, Opts, Writer, feeds_and_longest_gap, monotonic_ms, wait_for,
+};
+use common::cluster::{REPLICATION_SECRET, SUPERUSER_SECRET};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 const BOOT: Duration = Duration::from_secs(90);
@@ -19,15 +24,75 @@ const MAX_FEED_GAP_MS: u64 = 3000;
 /// renewals for a few seconds; 2 s to spare.
 const ELECTION_FEED_GAP_MS: u64 = 5000;
 
+/// Every process's command line, sampled every 20 ms until stopped: the
+/// secrets must appear in none (pg_basebackup during the clones, pg_rewind
+/// during the rejoin, psql, the agents).
+struct CmdlineWatch {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl CmdlineWatch {
+    fn start(secrets: &'static [&'static str]) -> CmdlineWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut found = Vec::new();
+            let mut programs = std::collections::BTreeSet::new();
+            while !s.load(Ordering::Relaxed) {
+                for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                    let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+                        continue;
+                    };
+                    let line = String::from_utf8_lossy(&raw).replace('\0', " ");
+                    if let Some(prog) = line.split_whitespace().next() {
+                        programs.insert(prog.rsplit('/').next().unwrap_or(prog).to_string());
+                    }
+                    if secrets.iter().any(|x| line.contains(x)) {
+                        found.push(line);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            eprintln!("command lines sampled of: {programs:?}");
+            found
+        });
+        CmdlineWatch {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .map(|t| t.join().unwrap())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for CmdlineWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+const SECRETS: &[&str] = &[SUPERUSER_SECRET, REPLICATION_SECRET, "leasedog-secret"];
+
 #[test]
 fn a_cluster_over_tls_with_an_rbac_user() {
-    let c = Cluster::start(
+    let mut c = Cluster::new(
         3,
         Opts {
             etcd: EtcdSetup::TlsRbac,
             ..Opts::default()
         },
     );
+    let cmdlines = CmdlineWatch::start(SECRETS);
+    for i in 0..3 {
+        c.start_agent(i);
+    }
     let p = c.wait_healthy(BOOT);
     // Both replicas stream over TLS (replication is `hostssl` only, and
     // they verify the server's certificate: sslmode verify-full).
@@ -48,7 +113,10 @@ fn a_cluster_over_tls_with_an_rbac_user() {
         .arg(format!("--cacert={}", c.certs().join("ca.pem").display()))
         .arg(format!("--cert={}", c.certs().join("client.pem").display()))
         .arg(format!("--key={}", c.certs().join("client.key").display()))
-        .args(["--user=leasedog:leasedog-secret", "get", "/elsewhere"])
+        // In the environment, not the command line: the test watches
+        // every command line for secrets.
+        .env("ETCDCTL_USER", "leasedog:leasedog-secret")
+        .args(["get", "/elsewhere"])
         .output()
         .unwrap();
     assert!(
@@ -158,14 +226,61 @@ fn a_cluster_over_tls_with_an_rbac_user() {
         .unwrap();
     let p = c.wait_healthy(Duration::from_secs(60));
 
-    // A failover over TLS: the leader's agent and PostgreSQL killed.
-    let mut c = c;
+    // A failover over TLS: the leader's agent and PostgreSQL killed; the
+    // old primary rejoins (pg_rewind from the new one, over TCP).
     c.kill_agent(p);
     c.kill_postmaster(p);
     let p2 = wait_for("a new primary", Duration::from_secs(40), || {
         c.sole_primary().filter(|&i| i != p)
     });
     eprintln!("{} promoted over TLS", c.nodes[p2].name);
+    c.nodes[p2]
+        .sql("CREATE TABLE after_failover (x int)")
+        .unwrap();
+    c.start_agent(p);
+    assert_eq!(c.wait_healthy(Duration::from_secs(60)), p2);
+
+    // No secret anywhere: command lines (sampled all along), agent logs at
+    // debug level, every etcd key, every API answer.
+    let leaked = cmdlines.stop();
+    assert!(leaked.is_empty(), "secrets in command lines: {leaked:?}");
+    let mut places = 0;
+    for n in &c.nodes {
+        let log = n.agent_log_text();
+        assert!(log.contains("DEBUG"), "logs at debug level");
+        for x in SECRETS {
+            assert!(!log.contains(x), "{} log holds a secret", n.name);
+        }
+        places += 1;
+        for path in [
+            "/",
+            "/primary",
+            "/replica",
+            "/read-only",
+            "/health",
+            "/liveness",
+            "/readiness",
+            "/patroni",
+            "/cluster",
+            "/metrics",
+            "/history",
+            "/config",
+        ] {
+            let body = common::cluster::http_get(&format!("127.0.0.1:{}", n.api_port), path)
+                .unwrap_or_default();
+            let body = String::from_utf8_lossy(&body);
+            for x in SECRETS {
+                assert!(!body.contains(x), "{}{path} holds a secret", n.name);
+            }
+            places += 1;
+        }
+    }
+    let all = c.etcd.ctl(&["get", "--prefix", ""]).unwrap();
+    assert!(all.contains("/members/"), "etcd read: {all}");
+    for x in SECRETS {
+        assert!(!all.contains(x), "an etcd key holds a secret");
+    }
+    eprintln!("no secret in command lines, {places} logs and API answers, or etcd");
 }
 
 /// Each agent is given all three members and talks to one at a time. The
@@ -194,7 +309,18 @@ fn losing_one_of_three_etcd_members_causes_no_failover() {
     let p = c.wait_healthy(BOOT);
     let leader = c.nodes[p].name.clone();
     let postmaster = c.nodes[p].postmaster_pid();
+    // A client writes to the primary throughout: no write may fail.
+    let writer = Writer::start(&c, p);
+    writer.wait_acked_on(p, 0, 5, Duration::from_secs(10));
+    let member_key = |c: &Cluster| {
+        c.etcd_ctl_any(&[
+            "get",
+            "--print-value-only",
+            &format!("/service/{}/members/{}", c.scope, leader),
+        ])
+    };
     let hold = |c: &Cluster, what: &str| {
+        let key_before = member_key(c);
         let from = monotonic_ms();
         let end = Instant::now() + Duration::from_secs(10);
         while Instant::now() < end {
@@ -222,6 +348,9 @@ fn losing_one_of_three_etcd_members_causes_no_failover() {
             postmaster,
             "{what}: PostgreSQL restarted"
         );
+        // The leader's member key keeps being rewritten (its position moves).
+        assert_ne!(member_key(c), key_before, "{what}: member key not updated");
+        assert_eq!(writer.failed(), 0, "{what}: a write failed");
     };
     // An election: the raft leader hung, then another one killed.
     let first = raft_leader(&c);
@@ -238,6 +367,12 @@ fn losing_one_of_three_etcd_members_causes_no_failover() {
         member(&mut c, i).thaw();
     }
     c.wait_healthy(Duration::from_secs(30));
+    let acked = writer.stop();
+    eprintln!(
+        "{} writes acknowledged by the primary, none failed",
+        acked.len()
+    );
+    assert!(acked.iter().all(|(_, at)| *at == p));
     for n in &c.nodes {
         let log = n.agent_log_text();
         assert!(!log.contains("stopping PostgreSQL"), "{}:\n{log}", n.name);

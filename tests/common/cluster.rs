@@ -30,6 +30,11 @@ pub struct Opts {
     pub etcd: EtcdSetup,
 }
 
+/// Passwords the `TlsRbac` setup configures (trust authentication does not
+/// check them; the agent must keep them secret all the same).
+pub const SUPERUSER_SECRET: &str = "superuser-secret-5b1e";
+pub const REPLICATION_SECRET: &str = "replication-secret-9c4d";
+
 /// The etcd of a test cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EtcdSetup {
@@ -455,7 +460,7 @@ log:
                 },
                 pg_tls = if opts.etcd == EtcdSetup::TlsRbac {
                     format!(
-                        "    ssl: \"on\"\n    ssl_cert_file: {c}/server.pem\n    ssl_key_file: {c}/server.key\n  authentication:\n    replication:\n      username: replicator\n      sslmode: verify-full\n      sslrootcert: {c}/ca.pem\n",
+                        "    ssl: \"on\"\n    ssl_cert_file: {c}/server.pem\n    ssl_key_file: {c}/server.key\n  authentication:\n    superuser:\n      username: postgres\n      password: {SUPERUSER_SECRET}\n    replication:\n      username: replicator\n      password: {REPLICATION_SECRET}\n      sslmode: verify-full\n      sslrootcert: {c}/ca.pem\n",
                         c = certs.display()
                     )
                 } else {
@@ -512,6 +517,14 @@ log:
             c.start_agent(i);
         }
         c
+    }
+
+    /// etcdctl against whichever etcd member answers (`Members` setups
+    /// lose members on purpose).
+    pub fn etcd_ctl_any(&self, args: &[&str]) -> Option<String> {
+        std::iter::once(&self.etcd)
+            .chain(self.etcd_members.iter())
+            .find_map(|e| e.ctl(args).ok())
     }
 
     /// The test certificates of `EtcdSetup::TlsRbac` (see `etcd::make_certs`).
@@ -717,6 +730,8 @@ impl Drop for Cluster {
 /// remembering each acknowledged key and the node that acknowledged it.
 pub struct Writer {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Inserts that failed (psql error or timeout), on any node.
+    failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
     acked: std::sync::Arc<std::sync::Mutex<Vec<(i64, usize)>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -734,7 +749,8 @@ impl Writer {
             .collect();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (s, a) = (stop.clone(), acked.clone());
+        let failed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (s, a, f) = (stop.clone(), acked.clone(), failed.clone());
         let thread = std::thread::spawn(move || {
             let mut k = 0i64;
             let mut at = p;
@@ -744,6 +760,7 @@ impl Writer {
                 match psql_at(sock, *port, &format!("INSERT INTO w VALUES ({k})"), 1) {
                     Ok(_) => a.lock().expect("acked").push((k, at)),
                     Err(_) => {
+                        f.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         at = (at + 1) % targets.len();
                         std::thread::sleep(Duration::from_millis(20));
                     }
@@ -752,9 +769,15 @@ impl Writer {
         });
         Writer {
             stop,
+            failed,
             acked,
             thread: Some(thread),
         }
+    }
+
+    /// Inserts that failed so far.
+    pub fn failed(&self) -> u64 {
+        self.failed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Acknowledged keys so far, with the node that acknowledged each.
