@@ -143,18 +143,9 @@ fn hard_failover_promotes_a_replica_and_the_old_primary_rejoins() {
     // running (its rewind and start happen while the new primary writes).
     let (k0, _) = *writer.acked().last().unwrap();
     writer.wait_acked_on(new_p, k0, 5, Duration::from_secs(20));
-    c.start_agent(p);
-    let p2 = c.wait_healthy(Duration::from_secs(60));
-    assert_eq!(p2, new_p);
-    let (k1, _) = *writer.acked().last().unwrap();
-    writer.wait_acked_on(new_p, k1, 5, Duration::from_secs(20));
-    let acked = writer.stop();
-    c.wait_rejoined_with(p, new_p, &acked, Duration::from_secs(30));
-    eprintln!(
-        "hard failover: {} writes acknowledged through it, {} by the new primary, all on the rejoined old primary",
-        acked.len(),
-        acked.iter().filter(|(_, at)| *at == new_p).count()
-    );
+    rejoins_under_writes(&mut c, writer, p, new_p, "hard failover", |c| {
+        c.start_agent(p)
+    });
     c.nodes[new_p].sql("INSERT INTO t VALUES (501)").unwrap();
     wait_for("old primary follows", Duration::from_secs(20), || {
         (count(&c.nodes[p], "t") == Some(501)).then_some(())
@@ -270,7 +261,7 @@ fn a_bootstrap_slower_than_the_ttl_keeps_the_key() {
 
 #[test]
 fn hung_leader_is_fenced_before_its_lease_expires() {
-    let c = Cluster::start(3, Opts::default());
+    let mut c = Cluster::start(3, Opts::default());
     let p = c.wait_healthy(BOOT);
     // A client writes through the hang, the reset and the rejoin.
     let writer = Writer::start(&c, p);
@@ -351,17 +342,30 @@ fn hung_leader_is_fenced_before_its_lease_expires() {
     // the new primary keeps writing; it must stream again.
     let (k0, _) = *writer.acked().last().unwrap();
     writer.wait_acked_on(new_p, k0, 5, Duration::from_secs(20));
-    c.thaw_agent(p);
-    let p2 = c.wait_healthy(Duration::from_secs(60));
-    assert_eq!(p2, new_p);
-    let (k1, _) = *writer.acked().last().unwrap();
-    writer.wait_acked_on(new_p, k1, 5, Duration::from_secs(20));
+    rejoins_under_writes(&mut c, writer, p, new_p, "hung leader", |c| c.thaw_agent(p));
+}
+
+/// The old primary `old` is brought back (`bring_back`) while `writer`
+/// writes to the new one: the cluster is healthy with `new` primary, and
+/// `old` streams every write `new` acknowledged.
+fn rejoins_under_writes(
+    c: &mut Cluster,
+    writer: Writer,
+    old: usize,
+    new: usize,
+    what: &str,
+    bring_back: impl FnOnce(&mut Cluster),
+) {
+    bring_back(c);
+    assert_eq!(c.wait_healthy(Duration::from_secs(60)), new);
+    let (k, _) = *writer.acked().last().unwrap();
+    writer.wait_acked_on(new, k, 5, Duration::from_secs(20));
     let acked = writer.stop();
-    c.wait_rejoined_with(p, new_p, &acked, Duration::from_secs(30));
+    c.wait_rejoined_with(old, new, &acked, Duration::from_secs(30));
     eprintln!(
-        "hung leader: {} writes acknowledged, {} by the new primary, all on the rejoined old primary",
+        "{what}: {} writes acknowledged, {} by the new primary, all on the rejoined old primary",
         acked.len(),
-        acked.iter().filter(|(_, at)| *at == new_p).count()
+        acked.iter().filter(|(_, at)| *at == new).count()
     );
 }
 
