@@ -375,7 +375,7 @@ impl Agent {
             match self.dcs.read(t).await {
                 Ok(v) => Some(v),
                 Err(e) => {
-                    self.warn_limited(format!("etcd read failed: {e}"));
+                    self.warn_limited(e.to_string());
                     None
                 }
             }
