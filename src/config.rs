@@ -191,6 +191,9 @@ pub struct RestApiConfig {
     pub certfile: Option<PathBuf>,
     /// PEM file of `certfile`'s unencrypted private key.
     pub keyfile: Option<PathBuf>,
+    /// Patroni's password of an encrypted key: not supported (refused with
+    /// a message), kept so that the error names it.
+    pub keyfile_password: Option<String>,
     /// PEM file of the CA that client certificates are verified against.
     pub cafile: Option<PathBuf>,
     /// Client certificates: `none` (not asked for), `optional` (verified
@@ -207,6 +210,7 @@ impl Default for RestApiConfig {
             connect_address: String::new(),
             certfile: None,
             keyfile: None,
+            keyfile_password: None,
             cafile: None,
             verify_client: VerifyClient::None,
             authentication: None,
@@ -1322,6 +1326,12 @@ pub fn validate(cfg: &Config) -> Vec<ConfigError> {
             "restapi.certfile and restapi.keyfile go together: the API's TLS certificate and its unencrypted key".into(),
         );
     }
+    if r.keyfile_password.is_some() {
+        bad(
+            "restapi.keyfile_password",
+            "encrypted keys are not supported: give restapi.keyfile unencrypted (mode 0600, owned by the agent's user), e.g. `openssl pkey -in enc.key -out api.key`".into(),
+        );
+    }
     if r.verify_client != VerifyClient::None && r.cafile.is_none() {
         bad(
             "restapi.cafile",
@@ -2022,6 +2032,11 @@ restapi:
         assert_eq!(
             (e.key.as_str(), e.line),
             ("restapi.verify_client", Some(19))
+        );
+        let e = one_error(&with(&format!("{tls}  keyfile_password: x\n")));
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("restapi.keyfile_password", Some(18))
         );
         let e = one_error(&with("  cafile: /ca.pem\n"));
         assert_eq!(e.key, "restapi.cafile");
