@@ -55,6 +55,8 @@ pub struct Agent {
     notifier: Option<crate::notify::Notifier>,
     /// For the watch's own connections.
     transport: crate::dcs::Transport,
+    /// The HTTP API's TLS and basic authentication.
+    api_security: crate::api::Security,
 }
 
 /// Why the loop ended.
@@ -96,7 +98,15 @@ impl Agent {
             member_key_checked: false,
             notifier: crate::notify::Notifier::from_env(),
             transport,
+            api_security: crate::api::Security::default(),
         }
+    }
+
+    /// The HTTP API's TLS and basic authentication
+    /// (`api::Security::load`); plain and open without.
+    pub fn with_api_security(mut self, security: crate::api::Security) -> Agent {
+        self.api_security = security;
+        self
     }
 
     /// After a crash, systemd hands back the watchdog the previous process
@@ -212,7 +222,11 @@ impl Agent {
             self.shared.clone(),
             ctl_tx,
         )));
-        let api = tokio::spawn(crate::api::serve(listener, self.shared.clone()));
+        let api = tokio::spawn(crate::api::serve_with(
+            listener,
+            self.shared.clone(),
+            self.api_security.clone(),
+        ));
         let _api = AbortOnDrop(api);
         let _watch = dcs::spawn_watch(
             self.cfg.etcd_endpoints(),
@@ -1040,7 +1054,15 @@ impl Agent {
                 "postgres://{}/postgres",
                 self.cfg.postgresql.connect_address
             ),
-            api_url: format!("http://{}/patroni", self.cfg.restapi.connect_address),
+            api_url: format!(
+                "{}://{}/patroni",
+                if self.api_security.tls() {
+                    "https"
+                } else {
+                    "http"
+                },
+                self.cfg.restapi.connect_address
+            ),
             state: l.state_name().into(),
             role: l.role(),
             xlog_location: l.lsn.map(|x| x.0),

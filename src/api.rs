@@ -10,6 +10,12 @@
 //! are served at once (more get an immediate 503 and are closed), and the
 //! member and cluster JSON are serialised once per snapshot and shared by
 //! every request that cycle ([`Published`]).
+//!
+//! Optionally over TLS (`restapi.certfile`, `keyfile`, `cafile`,
+//! `verify_client`: rustls, the one etcd-client already builds) and with
+//! basic authentication (`restapi.authentication`) on every path but the
+//! health checks load balancers poll ([`is_health_check`]). A failed or
+//! slow handshake ends that connection only ([`HANDSHAKE_TIMEOUT`]).
 
 use crate::cluster::Role;
 use crate::snapshot::{self, Published, Shared, Snapshot};
@@ -24,6 +30,188 @@ use tokio::sync::Semaphore;
 
 /// Connections served at the same time.
 pub const MAX_CONNECTIONS: usize = 64;
+
+/// Time a client has to finish the TLS handshake; it holds a connection
+/// slot meanwhile.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The API's TLS and basic authentication, from `restapi.*`. Files are read
+/// once, when the agent starts; a problem names the key and the file.
+#[derive(Clone, Default)]
+pub struct Security {
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The base64 of `user:password` a request's `Authorization: Basic`
+    /// must carry.
+    token: Option<Arc<[u8]>>,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the credentials.
+        f.debug_struct("Security")
+            .field("tls", &self.tls.is_some())
+            .field("authentication", &self.token.is_some())
+            .finish()
+    }
+}
+
+impl Security {
+    /// From the validated `restapi` section.
+    pub fn load(r: &crate::config::RestApiConfig) -> Result<Security, String> {
+        let mut s = Security::default();
+        if let (Some(cert), Some(key)) = (&r.certfile, &r.keyfile) {
+            s.tls = Some(tokio_rustls::TlsAcceptor::from(Arc::new(server_config(
+                r, cert, key,
+            )?)));
+        }
+        if let Some(a) = &r.authentication {
+            s.token = Some(basic_token(&a.username, &a.password).into_bytes().into());
+        }
+        Ok(s)
+    }
+
+    /// Whether the API serves HTTPS.
+    pub fn tls(&self) -> bool {
+        self.tls.is_some()
+    }
+}
+
+fn server_config(
+    r: &crate::config::RestApiConfig,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::rustls::ServerConfig, String> {
+    use crate::config::{VerifyClient, excerpt};
+    use crate::dcs::read_pem;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{RootCertStore, ServerConfig, server::WebPkiClientVerifier};
+    let shown = |p: &std::path::Path| excerpt(&p.display().to_string());
+    let certs = |k: &str, p: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, String> {
+        let pem = read_pem(k, p, "CERTIFICATE")?;
+        let v = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{k}: {} is not a valid PEM certificate: {e}", shown(p)))?;
+        if v.is_empty() {
+            return Err(format!("{k}: {} holds no certificate", shown(p)));
+        }
+        Ok(v)
+    };
+    let chain = certs("restapi.certfile", cert)?;
+    let pem = read_pem("restapi.keyfile", key, "PRIVATE KEY")?;
+    let private = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+        format!(
+            "restapi.keyfile: {} is not a valid PEM private key: {e}",
+            shown(key)
+        )
+    })?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("restapi.certfile: TLS setup: {e}"))?;
+    let builder = match (&r.cafile, r.verify_client) {
+        (Some(ca), VerifyClient::Optional | VerifyClient::Required) => {
+            let mut roots = RootCertStore::empty();
+            for c in certs("restapi.cafile", ca)? {
+                roots.add(c).map_err(|e| {
+                    format!(
+                        "restapi.cafile: {} holds a bad CA certificate: {e}",
+                        shown(ca)
+                    )
+                })?;
+            }
+            let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let v = if r.verify_client == VerifyClient::Optional {
+                v.allow_unauthenticated()
+            } else {
+                v
+            };
+            let v = v
+                .build()
+                .map_err(|e| format!("restapi.cafile: {}: {e}", shown(ca)))?;
+            builder.with_client_cert_verifier(v)
+        }
+        _ => {
+            if let Some(ca) = &r.cafile {
+                // Checked all the same, so that a later verify_client works.
+                certs("restapi.cafile", ca)?;
+            }
+            builder.with_no_client_auth()
+        }
+    };
+    let mut config = builder.with_single_cert(chain, private).map_err(|e| {
+        format!(
+            "restapi.keyfile: {} does not go with restapi.certfile {}: {e}",
+            shown(key),
+            shown(cert)
+        )
+    })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// `base64(user:password)`, the token of `Authorization: Basic`.
+pub fn basic_token(user: &str, password: &str) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let raw = format!("{user}:{password}");
+    let mut out = String::with_capacity(raw.len().div_ceil(3) * 4);
+    for chunk in raw.as_bytes().chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The paths HAProxy and load balancers poll: open without authentication
+/// (Patroni's rule), whatever the query string.
+pub fn is_health_check(path: &str) -> bool {
+    matches!(
+        path.trim_end_matches('/'),
+        "" | "/primary"
+            | "/leader"
+            | "/master"
+            | "/read-write"
+            | "/replica"
+            | "/read-only"
+            | "/health"
+            | "/liveness"
+            | "/readiness"
+    )
+}
+
+/// Whether an `Authorization` header value carries `token` (the scheme
+/// `Basic` in any case); the token is compared in constant time.
+pub fn authorized(header: Option<&[u8]>, token: &[u8]) -> bool {
+    let Some(h) = header else {
+        return false;
+    };
+    let Some(space) = h.iter().position(|&b| b == b' ') else {
+        return false;
+    };
+    let (scheme, rest) = h.split_at(space);
+    let given = rest.trim_ascii();
+    scheme.eq_ignore_ascii_case(b"basic") && constant_time_eq(given, token)
+}
+
+/// Equal bytes, in a time that depends on the lengths only.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    for (i, y) in b.iter().enumerate() {
+        diff |= a.get(i).copied().unwrap_or(0) ^ y;
+    }
+    std::hint::black_box(diff) == 0
+}
 
 /// A response before it becomes HTTP.
 #[derive(Debug, Clone, PartialEq)]
@@ -251,9 +439,16 @@ pub fn route(method: &Method, path: &str, query: &str, p: &Published, now: Insta
     }
 }
 
+/// Serves the plain HTTP API until the task is dropped.
+pub async fn serve(listener: TcpListener, shared: Shared) {
+    serve_with(listener, shared, Security::default()).await
+}
+
 /// Serves the API until the task is dropped. Each connection gets a header
 /// timeout; malformed requests get 400 from hyper and the listener goes on.
-pub async fn serve(listener: TcpListener, shared: Shared) {
+/// With TLS, a handshake that fails or takes over [`HANDSHAKE_TIMEOUT`]
+/// ends that connection only.
+pub async fn serve_with(listener: TcpListener, shared: Shared, security: Security) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -271,41 +466,83 @@ pub async fn serve(listener: TcpListener, shared: Shared) {
             continue;
         };
         let shared = shared.clone();
+        let security = security.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let published = snapshot::current(&shared);
-                let r = route(
-                    req.method(),
-                    req.uri().path(),
-                    req.uri().query().unwrap_or(""),
-                    &published,
-                    Instant::now(),
-                );
-                let body = if req.method() == Method::GET {
-                    Bytes::from_owner(Body(r.body))
-                } else {
-                    Bytes::new()
-                };
-                let resp = Response::builder()
-                    .status(
-                        StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                    )
-                    .header("Content-Type", r.content_type)
-                    .body(Full::new(body));
-                async move { resp }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(5))
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-            if let Err(e) = tokio::time::timeout(Duration::from_secs(30), conn)
-                .await
-                .unwrap_or(Ok(()))
-            {
-                debug!("API connection from {peer}: {e}");
+            match &security.tls {
+                None => connection(stream, peer, shared, security.token).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => connection(tls, peer, shared, security.token).await,
+                        Ok(Err(e)) => debug!("API: TLS handshake with {peer} failed: {e}"),
+                        Err(_) => debug!(
+                            "API: TLS handshake with {peer} not done in {}s: closed",
+                            HANDSHAKE_TIMEOUT.as_secs()
+                        ),
+                    }
+                }
             }
             drop(slot);
         });
+    }
+}
+
+/// The reply to a request: 401 when `token` is set and the path is no
+/// health check and the request does not carry it; else [`route`]'s.
+fn answer(req: &Request<hyper::body::Incoming>, token: Option<&[u8]>, shared: &Shared) -> Reply {
+    if let Some(t) = token
+        && !is_health_check(req.uri().path())
+        && !authorized(
+            req.headers()
+                .get(hyper::header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+            t,
+        )
+    {
+        return json(
+            401,
+            serde_json::json!({ "error": "authentication required (restapi.authentication)" }),
+        );
+    }
+    let published = snapshot::current(shared);
+    route(
+        req.method(),
+        req.uri().path(),
+        req.uri().query().unwrap_or(""),
+        &published,
+        Instant::now(),
+    )
+}
+
+/// Serves HTTP/1 on one accepted (and maybe TLS) connection.
+async fn connection<I>(io: I, peer: std::net::SocketAddr, shared: Shared, token: Option<Arc<[u8]>>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let r = answer(&req, token.as_deref(), &shared);
+        let body = if req.method() == Method::GET {
+            Bytes::from_owner(Body(r.body))
+        } else {
+            Bytes::new()
+        };
+        let mut resp = Response::builder()
+            .status(StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+            .header("Content-Type", r.content_type);
+        if r.status == 401 {
+            resp = resp.header("WWW-Authenticate", "Basic realm=\"leasedog\"");
+        }
+        let resp = resp.body(Full::new(body));
+        async move { resp }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(5))
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(30), conn)
+        .await
+        .unwrap_or(Ok(()))
+    {
+        debug!("API connection from {peer}: {e}");
     }
 }
 
@@ -556,5 +793,137 @@ mod tests {
         let j = member_json(&s);
         assert_eq!(j["role"], "primary");
         assert_eq!(j["pause"], true);
+    }
+
+    #[test]
+    fn basic_authentication_rule() {
+        // RFC 7617's example.
+        assert_eq!(
+            basic_token("Aladdin", "open sesame"),
+            "QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
+        assert_eq!(basic_token("a", "b"), "YTpi");
+        assert_eq!(basic_token("ab", "c"), "YWI6Yw==");
+        let t = basic_token("admin", "s3cret");
+        let t = t.as_bytes();
+        let ok = format!("Basic {}", String::from_utf8_lossy(t));
+        assert!(authorized(Some(ok.as_bytes()), t));
+        assert!(authorized(Some(ok.replace("Basic", "basic").as_bytes()), t));
+        assert!(!authorized(None, t));
+        assert!(!authorized(Some(b"Basic"), t));
+        assert!(!authorized(Some(b"Bearer YWRtaW46czNjcmV0"), t));
+        let wrong = format!("Basic {}", basic_token("admin", "s3creT"));
+        assert!(!authorized(Some(wrong.as_bytes()), t));
+        assert!(
+            !authorized(Some(&ok.as_bytes()[..ok.len() - 1]), t),
+            "a prefix"
+        );
+        assert!(!authorized(Some(format!("{ok}x").as_bytes()), t), "longer");
+        for p in [
+            "/",
+            "",
+            "/primary",
+            "/leader",
+            "/master",
+            "/read-write",
+            "/replica",
+            "/read-only",
+            "/health",
+            "/liveness",
+            "/readiness",
+            "/replica/",
+        ] {
+            assert!(is_health_check(p), "{p}");
+        }
+        for p in [
+            "/patroni",
+            "/cluster",
+            "/metrics",
+            "/nope",
+            "/healthz",
+            "//patroni",
+        ] {
+            assert!(!is_health_check(p), "{p}");
+        }
+    }
+
+    #[tokio::test]
+    async fn authentication_closes_all_but_the_health_checks() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = snapshot::shared(snap(true, false, true));
+        let security = Security::load(&crate::config::RestApiConfig {
+            authentication: Some(crate::config::ApiAuthentication {
+                username: "admin".into(),
+                password: "s3cret".into(),
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(!security.tls());
+        assert!(!format!("{security:?}").contains("s3cret"));
+        let server = tokio::spawn(serve_with(listener, shared, security));
+        for p in ["/primary", "/health?x=1", "/replica?lag=1MB", "/"] {
+            let r = http_get(addr, p).await.unwrap();
+            assert!(!r.starts_with("HTTP/1.1 401"), "{p}: {r}");
+        }
+        for p in ["/patroni", "/cluster", "/metrics?x", "/nope"] {
+            let r = http_get(addr, p).await.unwrap();
+            assert!(r.starts_with("HTTP/1.1 401"), "{p}: {r}");
+            assert!(
+                r.to_ascii_lowercase()
+                    .contains("www-authenticate: basic realm=\"leasedog\""),
+                "{r}"
+            );
+        }
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!(
+                "GET /patroni HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {}\r\nConnection: close\r\n\r\n",
+                basic_token("admin", "s3cret")
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        server.abort();
+    }
+
+    #[test]
+    fn tls_files_are_named_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let notpem = dir.path().join("not.pem");
+        std::fs::write(&notpem, "hello").unwrap();
+        let cfg = |cert: &std::path::Path, key: &std::path::Path| crate::config::RestApiConfig {
+            certfile: Some(cert.into()),
+            keyfile: Some(key.into()),
+            ..Default::default()
+        };
+        let e = Security::load(&cfg(&missing, &notpem)).unwrap_err();
+        assert!(
+            e.starts_with("restapi.certfile:") && e.contains("missing.pem"),
+            "{e}"
+        );
+        let fake_cert = dir.path().join("cert.pem");
+        std::fs::write(
+            &fake_cert,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let e = Security::load(&cfg(&fake_cert, &notpem)).unwrap_err();
+        assert!(
+            e.starts_with("restapi.keyfile:") && e.contains("not.pem"),
+            "{e}"
+        );
+        let e = Security::load(&cfg(&fake_cert, &missing)).unwrap_err();
+        assert!(
+            e.starts_with("restapi.keyfile:") && e.contains("missing.pem"),
+            "{e}"
+        );
     }
 }

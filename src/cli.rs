@@ -129,7 +129,11 @@ fn run(args: Args) -> Result<(), ExitCode> {
             if let Err(e) = &transport {
                 eprintln!("error: {}: {e}", args.config.display());
             }
-            if !errors.is_empty() || transport.is_err() {
+            let api = crate::api::Security::load(&cfg.restapi);
+            if let Err(e) = &api {
+                eprintln!("error: {}: {e}", args.config.display());
+            }
+            if !errors.is_empty() || transport.is_err() || api.is_err() {
                 return Err(ExitCode::from(1));
             }
             println!(
@@ -161,8 +165,12 @@ fn run(args: Args) -> Result<(), ExitCode> {
                 log::error!("{}: {e}", args.config.display());
                 ExitCode::from(1)
             })?;
+            let api = crate::api::Security::load(&cfg.restapi).map_err(|e| {
+                log::error!("{}: {e}", args.config.display());
+                ExitCode::from(1)
+            })?;
             let rt = runtime()?;
-            match rt.block_on(Agent::new(cfg, transport).run()) {
+            match rt.block_on(Agent::new(cfg, transport).with_api_security(api).run()) {
                 Ok(_) => Ok(()),
                 Err(e) => {
                     log::error!("{e}");

@@ -186,6 +186,21 @@ impl Default for PostgresqlConfig {
 pub struct RestApiConfig {
     pub listen: String,
     pub connect_address: String,
+    /// PEM certificate (chain) the API serves with over TLS (Patroni's
+    /// `restapi.certfile`); unset: plain HTTP.
+    pub certfile: Option<PathBuf>,
+    /// PEM file of `certfile`'s unencrypted private key.
+    pub keyfile: Option<PathBuf>,
+    /// Patroni's password of an encrypted key: not supported (refused with
+    /// a message), kept so that the error names it.
+    pub keyfile_password: Option<String>,
+    /// PEM file of the CA that client certificates are verified against.
+    pub cafile: Option<PathBuf>,
+    /// Client certificates: `none` (not asked for), `optional` (verified
+    /// when given) or `required`.
+    pub verify_client: VerifyClient,
+    /// Basic authentication for every path but the health checks.
+    pub authentication: Option<ApiAuthentication>,
 }
 
 impl Default for RestApiConfig {
@@ -193,7 +208,41 @@ impl Default for RestApiConfig {
         RestApiConfig {
             listen: "0.0.0.0:8008".into(),
             connect_address: String::new(),
+            certfile: None,
+            keyfile: None,
+            keyfile_password: None,
+            cafile: None,
+            verify_client: VerifyClient::None,
+            authentication: None,
         }
+    }
+}
+
+/// `restapi.verify_client` (Patroni's values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyClient {
+    #[default]
+    None,
+    Optional,
+    Required,
+}
+
+/// `restapi.authentication`: the user and password of HTTP basic
+/// authentication.
+#[derive(Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiAuthentication {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for ApiAuthentication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        f.debug_struct("ApiAuthentication")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
     }
 }
 
@@ -617,6 +666,12 @@ const ENV_KEYS: &[&str] = &[
     "postgresql.authentication.replication.password",
     "restapi.listen",
     "restapi.connect_address",
+    "restapi.certfile",
+    "restapi.keyfile",
+    "restapi.cafile",
+    "restapi.verify_client",
+    "restapi.authentication.username",
+    "restapi.authentication.password",
     "tags.nofailover",
     "tags.noloadbalance",
     "log.level",
@@ -1260,6 +1315,69 @@ pub fn validate(cfg: &Config) -> Vec<ConfigError> {
             bad(key, format!("expected host:port, found {}", excerpt(val)));
         }
     }
+    let r = &cfg.restapi;
+    if r.certfile.is_some() != r.keyfile.is_some() {
+        bad(
+            if r.certfile.is_some() {
+                "restapi.keyfile"
+            } else {
+                "restapi.certfile"
+            },
+            "restapi.certfile and restapi.keyfile go together: the API's TLS certificate and its unencrypted key".into(),
+        );
+    }
+    if r.keyfile_password.is_some() {
+        bad(
+            "restapi.keyfile_password",
+            "encrypted keys are not supported: give restapi.keyfile unencrypted (mode 0600, owned by the agent's user), e.g. `openssl pkey -in enc.key -out api.key`".into(),
+        );
+    }
+    if r.verify_client != VerifyClient::None && r.cafile.is_none() {
+        bad(
+            "restapi.cafile",
+            format!(
+                "required with restapi.verify_client {:?}: the PEM file of the CA that signed the client certificates",
+                r.verify_client
+            )
+            .to_lowercase(),
+        );
+    }
+    if r.certfile.is_none() {
+        for (key, set) in [
+            ("restapi.cafile", r.cafile.is_some()),
+            (
+                "restapi.verify_client",
+                r.verify_client != VerifyClient::None,
+            ),
+        ] {
+            if set {
+                bad(
+                    key,
+                    "given but the API serves plain HTTP: set restapi.certfile and restapi.keyfile"
+                        .into(),
+                );
+            }
+        }
+    }
+    if let Some(a) = &r.authentication {
+        for (key, value) in [
+            ("restapi.authentication.username", &a.username),
+            ("restapi.authentication.password", &a.password),
+        ] {
+            if value.is_empty() {
+                bad(
+                    key,
+                    "required with restapi.authentication: the user and password of HTTP basic authentication".into(),
+                );
+            }
+        }
+        if a.username.contains(':') {
+            bad(
+                "restapi.authentication.username",
+                "contains ':', which basic authentication cannot carry in a user name".into(),
+            );
+        }
+    }
     if !["error", "warn", "info", "debug", "trace"].contains(&cfg.log.level.as_str()) {
         bad(
             "log.level",
@@ -1868,5 +1986,79 @@ restapi:
         assert_eq!(find_line(t, "f"), Some(7));
         assert_eq!(find_line(t, "b.x"), None);
         assert_eq!(find_line(t, "e"), None);
+    }
+
+    #[test]
+    fn restapi_tls_and_authentication_keys() {
+        let with = |extra: &str| {
+            GOOD.replace(
+                "  listen: 127.0.0.1:8008\n",
+                &format!("  listen: 127.0.0.1:8008\n{extra}"),
+            )
+        };
+        let c = load_text(&with(
+            "  certfile: /etc/leasedog/api.pem\n  keyfile: /etc/leasedog/api.key\n  cafile: /etc/leasedog/ca.pem\n  verify_client: required\n  authentication:\n    username: admin\n    password: s3cret\n",
+        ))
+        .unwrap();
+        assert_eq!(c.restapi.verify_client, VerifyClient::Required);
+        let a = c.restapi.authentication.as_ref().unwrap();
+        assert_eq!(
+            (a.username.as_str(), a.password.as_str()),
+            ("admin", "s3cret")
+        );
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "Debug shows no password"
+        );
+        assert_eq!(
+            load_text(GOOD).unwrap().restapi.verify_client,
+            VerifyClient::None
+        );
+        let e = one_error(&with("  certfile: /etc/leasedog/api.pem\n"));
+        assert_eq!((e.key.as_str(), e.line), ("restapi.keyfile", None));
+        let e = one_error(&with("  keyfile: /etc/leasedog/api.key\n"));
+        assert_eq!((e.key.as_str(), e.line), ("restapi.certfile", None));
+        let tls = "  certfile: /a.pem\n  keyfile: /a.key\n";
+        let e = one_error(&with(&format!("{tls}  verify_client: required\n")));
+        assert_eq!(e.key, "restapi.cafile");
+        assert!(
+            e.message.contains("verify_client required"),
+            "{}",
+            e.message
+        );
+        let e = one_error(&with(&format!(
+            "{tls}  cafile: /ca.pem\n  verify_client: sometimes\n"
+        )));
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("restapi.verify_client", Some(19))
+        );
+        let e = one_error(&with(&format!("{tls}  keyfile_password: x\n")));
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("restapi.keyfile_password", Some(18))
+        );
+        let e = one_error(&with("  cafile: /ca.pem\n"));
+        assert_eq!(e.key, "restapi.cafile");
+        assert!(e.message.contains("plain HTTP"), "{}", e.message);
+        let e = one_error(&with("  authentication:\n    username: admin\n"));
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("restapi.authentication.password", None)
+        );
+        let e = one_error(&with("  authentication:\n    password: x\n"));
+        assert_eq!(e.key, "restapi.authentication.username");
+        let e = one_error(&with(
+            "  authentication:\n    username: a:b\n    password: x\n",
+        ));
+        assert_eq!(e.key, "restapi.authentication.username");
+        // Environment overrides, as for every scalar key.
+        let env = |k: &str| match k {
+            "LEASEDOG_RESTAPI_AUTHENTICATION_USERNAME" => Some("u".to_string()),
+            "LEASEDOG_RESTAPI_AUTHENTICATION_PASSWORD" => Some("p".to_string()),
+            _ => None,
+        };
+        let c = load_str(GOOD, Path::new("/x.yml"), &env).unwrap();
+        assert_eq!(c.restapi.authentication.unwrap().password, "p");
     }
 }

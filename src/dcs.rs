@@ -120,7 +120,7 @@ impl std::fmt::Debug for Transport {
 }
 
 /// Reads a PEM file and checks it holds `what` (`CERTIFICATE`, `PRIVATE KEY`).
-fn read_pem(key: &str, path: &std::path::Path, what: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn read_pem(key: &str, path: &std::path::Path, what: &str) -> Result<Vec<u8>, String> {
     let shown = crate::config::excerpt(&path.display().to_string());
     let meta = std::fs::metadata(path).map_err(|e| format!("{key}: cannot read {shown}: {e}"))?;
     if !meta.is_file() || meta.len() > 1 << 20 {

@@ -28,6 +28,10 @@ pub struct Opts {
     pub callbacks: bool,
     /// What etcd the agents use.
     pub etcd: EtcdSetup,
+    /// YAML lines inserted under every node's `restapi:` section (indented
+    /// by two spaces); `{certs}` becomes the directory of the test
+    /// certificates (`etcd::make_certs`), made when it is named.
+    pub restapi_extra: String,
 }
 
 /// Passwords the `TlsRbac` setup configures (trust authentication does not
@@ -61,6 +65,7 @@ impl Default for Opts {
             extra: Vec::new(),
             callbacks: false,
             etcd: EtcdSetup::Plain,
+            restapi_extra: String::new(),
         }
     }
 }
@@ -395,6 +400,16 @@ impl Cluster {
                 (first, m, y)
             }
         };
+        if opts.restapi_extra.contains("{certs}") && !certs.join("ca.pem").exists() {
+            std::fs::create_dir_all(&certs).expect("mkdir certs");
+            super::etcd::make_certs(&certs);
+        }
+        let mut restapi_extra = opts
+            .restapi_extra
+            .replace("{certs}", &certs.display().to_string());
+        if !restapi_extra.is_empty() && !restapi_extra.ends_with('\n') {
+            restapi_extra.push('\n');
+        }
         let mut nodes = Vec::new();
         for i in 0..n {
             let name = format!("node{}", i + 1);
@@ -446,12 +461,13 @@ postgresql:
 {pg_tls}restapi:
   listen: 127.0.0.1:{api}
   connect_address: 127.0.0.1:{api}
-control:
+{restapi_extra}control:
   socket: {ctl}
 log:
   level: debug
 {extra}"#,
                 etcd3 = etcd3,
+                restapi_extra = restapi_extra,
                 // With TlsRbac, replication is TLS only and verified.
                 repl_hba = if opts.etcd == EtcdSetup::TlsRbac {
                     "hostssl"
