@@ -41,6 +41,14 @@ pub enum DcsError {
         endpoint: String,
         source: etcd_client::Error,
     },
+    /// etcd closed the connection right after the TLS handshake while we
+    /// present a client certificate: how etcd refuses one (TLS 1.3 lets
+    /// the client finish its handshake before the server checks it).
+    Refused {
+        op: &'static str,
+        endpoint: String,
+        source: etcd_client::Error,
+    },
     NoLease,
     /// etcd answered for another lease, or with a shorter TTL than asked:
     /// the lease deadline the fence computes would be wrong.
@@ -55,7 +63,20 @@ impl std::fmt::Display for DcsError {
                 op,
                 endpoint,
                 source,
-            } => write!(f, "etcd {op} failed ({endpoint}): {source}"),
+            } => write!(
+                f,
+                "etcd {op} failed ({endpoint}): {}",
+                etcd_error_text(source)
+            ),
+            DcsError::Refused {
+                op,
+                endpoint,
+                source,
+            } => write!(
+                f,
+                "etcd {op} failed ({endpoint}): etcd closed the connection after the TLS handshake, which is how it refuses a client certificate: check that etcd3.cert is signed by etcd's --trusted-ca-file, is not expired and allows client authentication ({})",
+                etcd_error_text(source)
+            ),
             DcsError::NoLease => write!(f, "no etcd lease yet"),
             DcsError::Lease(m) => write!(f, "{m}"),
         }
@@ -63,6 +84,18 @@ impl std::fmt::Display for DcsError {
 }
 
 impl std::error::Error for DcsError {}
+
+/// An etcd client error with its causes: a failed connection is only
+/// "transport error" until its source says why (a refused or expired
+/// certificate, a refused connection).
+fn etcd_error_text(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::TransportError(t) => {
+            format!("transport error: {}", crate::postgres::error_chain(t))
+        }
+        other => crate::postgres::error_chain(other),
+    }
+}
 
 /// The answer to a keep-alive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +139,8 @@ fn connect_options(t: &Transport) -> ConnectOptions {
 #[derive(Clone, Default)]
 pub struct Transport {
     tls: Option<etcd_client::TlsOptions>,
+    /// A client certificate is presented (etcd3.cert).
+    client_cert: bool,
     user: Option<(String, String)>,
 }
 
@@ -162,6 +197,7 @@ impl Transport {
                 let cert = read_pem("etcd3.cert", cert, "CERTIFICATE")?;
                 let key = read_pem("etcd3.key", key, "PRIVATE KEY")?;
                 tls = tls.identity(Identity::from_pem(cert, key));
+                t.client_cert = true;
             }
             t.tls = Some(tls);
         }
@@ -315,6 +351,15 @@ impl Dcs {
                 if !too_large(&source) {
                     self.rotate();
                 }
+                if self.transport.client_cert
+                    && etcd_error_text(&source).contains("connection closed")
+                {
+                    return Err(DcsError::Refused {
+                        op,
+                        endpoint,
+                        source,
+                    });
+                }
                 Err(DcsError::Etcd {
                     op,
                     endpoint,
@@ -387,6 +432,7 @@ impl Dcs {
         let about_the_endpoint = match e {
             DcsError::Timeout { .. } => true,
             DcsError::Etcd { source, .. } => !too_large(source),
+            DcsError::Refused { .. } => true,
             _ => false,
         };
         *attempt += 1;

@@ -161,6 +161,24 @@ fn a_cluster_over_tls_with_an_rbac_user() {
             n.name
         );
     }
+    // Client certificates etcd refuses: one from another CA, one expired.
+    common::etcd::make_bad_client_certs(&c.certs());
+    common::cluster::chown_to_postgres(&c.certs());
+    for (cert, key, what) in [
+        ("other-client.pem", "other-client.key", "another CA"),
+        ("expired.pem", "client.key", "expired"),
+    ] {
+        std::fs::write(
+            &bad,
+            yaml.replace("client.pem", cert).replace("client.key", key),
+        )
+        .unwrap();
+        let out = c.leasedog_with(&bad).args(["list"]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        eprintln!("client certificate from {what}: {}", err.trim());
+        assert!(!out.status.success(), "{what}");
+        assert!(err.to_lowercase().contains("certificate"), "{what}: {err}");
+    }
 
     // Every auth token revoked (RBAC off and on again): the clients
     // authenticate again, and nothing moves.

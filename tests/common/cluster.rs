@@ -83,6 +83,11 @@ fn postgres_ids() -> Option<(u32, u32)> {
     Some((uid, gid))
 }
 
+/// Gives `path` (recursively) to the postgres user, when running as root.
+pub fn chown_to_postgres(path: &Path) {
+    chown_r(path, postgres_ids());
+}
+
 fn chown_r(path: &Path, ids: Option<(u32, u32)>) {
     if let Some((u, g)) = ids {
         let st = Command::new("chown")

@@ -111,6 +111,99 @@ fn free_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
+/// Client certificates etcd must refuse, beside `make_certs`' files in
+/// `dir`: `other-client.pem/.key` from another CA, and `expired.pem` (key
+/// `client.key`) from the right CA but valid only in 2020.
+pub fn make_bad_client_certs(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut a = vec!["req", "-x509", "-days", "2", "-subj", "/CN=another-ca"];
+    a.extend(ec);
+    a.extend(["-keyout", "other-ca.key", "-out", "other-ca.pem"]);
+    run(&a);
+    let mut a = vec!["req", "-subj", "/CN=leasedog"];
+    a.extend(ec);
+    a.extend(["-keyout", "other-client.key", "-out", "other-client.csr"]);
+    run(&a);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "other-client.csr",
+        "-CA",
+        "other-ca.pem",
+        "-CAkey",
+        "other-ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "client.ext",
+        "-out",
+        "other-client.pem",
+    ]);
+    // `openssl ca` can back-date; `x509 -req` cannot.
+    std::fs::write(dir.join("index.txt"), "").expect("index");
+    std::fs::write(dir.join("serial"), "1000\n").expect("serial");
+    std::fs::write(
+        dir.join("ca.cnf"),
+        "[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\nserial = serial\nnew_certs_dir = .\ndefault_md = sha256\npolicy = p\nx509_extensions = ext\n[p]\ncommonName = supplied\n[ext]\nextendedKeyUsage = clientAuth\nsubjectAltName = IP:127.0.0.1\n",
+    )
+    .expect("ca.cnf");
+    run(&[
+        "req",
+        "-new",
+        "-key",
+        "client.key",
+        "-subj",
+        "/CN=leasedog",
+        "-out",
+        "expired.csr",
+    ]);
+    run(&[
+        "ca",
+        "-batch",
+        "-config",
+        "ca.cnf",
+        "-cert",
+        "ca.pem",
+        "-keyfile",
+        "ca.key",
+        "-in",
+        "expired.csr",
+        "-startdate",
+        "20200101000000Z",
+        "-enddate",
+        "20200102000000Z",
+        "-notext",
+        "-out",
+        "expired.pem",
+    ]);
+    for f in std::fs::read_dir(dir).expect("certs").flatten() {
+        use std::os::unix::fs::PermissionsExt;
+        let key = f.path().extension().is_some_and(|e| e == "key");
+        let mode = if key { 0o600 } else { 0o644 };
+        let _ = std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(mode));
+    }
+}
+
 impl EtcdServer {
     /// Starts etcd and waits until it serves requests.
     pub fn start() -> EtcdServer {
