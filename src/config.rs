@@ -1412,6 +1412,15 @@ pub fn check_environment(cfg: &Config) -> Vec<ConfigError> {
             ),
         });
     }
+    // psql only runs the CHECKPOINT before a rewind over TLS (the
+    // superuser's ssl settings): needed only then.
+    let su = &cfg.postgresql.authentication.superuser;
+    let su_tls = su.sslmode.is_some()
+        || su.sslrootcert.is_some()
+        || su.sslcert.is_some()
+        || su.sslkey.is_some()
+        || su.sslcrl.is_some();
+    let psql = su_tls.then_some("psql");
     for prog in [
         "postgres",
         "pg_ctl",
@@ -1419,8 +1428,10 @@ pub fn check_environment(cfg: &Config) -> Vec<ConfigError> {
         "pg_basebackup",
         "pg_rewind",
         "pg_controldata",
-        "psql",
-    ] {
+    ]
+    .into_iter()
+    .chain(psql)
+    {
         let p = cfg.postgresql.bin_dir.join(prog);
         let ok =
             std::fs::metadata(&p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);

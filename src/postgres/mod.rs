@@ -728,10 +728,13 @@ impl Postgres {
         Ok(())
     }
 
-    /// `CHECKPOINT` on the rewind source, through psql with the same
-    /// connection string as pg_rewind (the password from the passfile, the
-    /// superuser's TLS settings).
+    /// `CHECKPOINT` on the rewind source. With the superuser's TLS settings,
+    /// through psql with the same connection string as pg_rewind (the
+    /// password from the passfile); without, over a plain connection.
     async fn checkpoint_upstream(&self, up: &Upstream, timeout: Duration) -> Result<(), PgError> {
+        if up.ssl.is_empty() {
+            return checkpoint_upstream_plain(up, timeout).await;
+        }
         let mut cmd = ctl::command(self.bin(), "psql");
         cmd.args(["-X", "-q", "--no-password", "-c", "CHECKPOINT", "-d"])
             .arg(up.conninfo(Some("postgres"), &conf::passfile_of(&self.cfg)));
@@ -867,6 +870,42 @@ pub async fn received_lsn(
         .map_err(|e| PgError::Query(error_chain(&e)))?;
     crate::cluster::Lsn::parse(&text)
         .ok_or_else(|| PgError::Query(format!("unreadable LSN {text:?}")))
+}
+
+/// `CHECKPOINT` on a remote server as the superuser, without TLS.
+async fn checkpoint_upstream_plain(up: &Upstream, timeout: Duration) -> Result<(), PgError> {
+    let mut c = tokio_postgres::Config::new();
+    c.host(&up.host)
+        .port(up.port)
+        .user(&up.user)
+        .dbname("postgres")
+        .application_name("leasedog")
+        .connect_timeout(timeout);
+    if let Some(p) = &up.password {
+        c.password(p);
+    }
+    let work = async {
+        let (client, conn) = c.connect(tokio_postgres::NoTls).await?;
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let r = client.batch_execute("CHECKPOINT").await;
+        task.abort();
+        r
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(PgError::Query(format!(
+            "CHECKPOINT on {}:{}: {}",
+            up.host,
+            up.port,
+            error_chain(&e)
+        ))),
+        Err(_) => Err(PgError::Query(format!(
+            "CHECKPOINT on {}:{} timed out",
+            up.host, up.port
+        ))),
+    }
 }
 
 fn create_dir_0700(p: &Path) -> Result<(), PgError> {
