@@ -21,30 +21,47 @@ pub struct EtcdServer {
     auth: Option<String>,
 }
 
+/// Runs `openssl args` in `dir`; panics with its stderr when it fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (bash scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A new P-256 key, unencrypted (`openssl req` arguments).
+const EC_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
+/// Keys 0600 (PostgreSQL and libpq refuse others), the rest 0644; the
+/// harness gives them to the postgres user.
+fn key_modes(dir: &std::path::Path) {
+    for f in std::fs::read_dir(dir).expect("certs").flatten() {
+        use std::os::unix::fs::PermissionsExt;
+        let key = f.path().extension().is_some_and(|e| e == "key");
+        let mode = if key { 0o600 } else { 0o644 };
+        let _ = std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(mode));
+    }
+}
+
 /// Test certificates made with the `openssl` command: a CA, etcd's server
 /// certificate for 127.0.0.1 (also its peer certificate), and a client
 /// certificate (CN leasedog) — all in `dir` as ca.pem, server.pem/.key,
 /// client.pem/.key, readable by the postgres user.
 pub fn make_certs(dir: &std::path::Path) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl (bash scripts/setup.sh installs it)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
+    let run = |args: &[&str]| openssl(dir, args);
+    let ec = EC_KEY;
     let mut a = vec![
         "req",
         "-x509",
@@ -96,14 +113,7 @@ pub fn make_certs(dir: &std::path::Path) {
             &pem,
         ]);
     }
-    // Keys 0600 (PostgreSQL and libpq refuse others); the harness gives
-    // them to the postgres user.
-    for f in std::fs::read_dir(dir).expect("certs").flatten() {
-        use std::os::unix::fs::PermissionsExt;
-        let key = f.path().extension().is_some_and(|e| e == "key");
-        let mode = if key { 0o600 } else { 0o644 };
-        let _ = std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(mode));
-    }
+    key_modes(dir);
 }
 
 fn free_port() -> u16 {
@@ -115,25 +125,8 @@ fn free_port() -> u16 {
 /// `dir`: `other-client.pem/.key` from another CA, and `expired.pem` (key
 /// `client.key`) from the right CA but valid only in 2020.
 pub fn make_bad_client_certs(dir: &std::path::Path) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
+    let run = |args: &[&str]| openssl(dir, args);
+    let ec = EC_KEY;
     let mut a = vec!["req", "-x509", "-days", "2", "-subj", "/CN=another-ca"];
     a.extend(ec);
     a.extend(["-keyout", "other-ca.key", "-out", "other-ca.pem"]);
@@ -196,12 +189,7 @@ pub fn make_bad_client_certs(dir: &std::path::Path) {
         "-out",
         "expired.pem",
     ]);
-    for f in std::fs::read_dir(dir).expect("certs").flatten() {
-        use std::os::unix::fs::PermissionsExt;
-        let key = f.path().extension().is_some_and(|e| e == "key");
-        let mode = if key { 0o600 } else { 0o644 };
-        let _ = std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(mode));
-    }
+    key_modes(dir);
 }
 
 impl EtcdServer {
