@@ -351,9 +351,10 @@ impl Dcs {
                 if !too_large(&source) {
                     self.rotate();
                 }
-                if self.transport.client_cert
-                    && etcd_error_text(&source).contains("connection closed")
-                {
+                if self.transport.client_cert && {
+                    let t = etcd_error_text(&source);
+                    t.contains("connection closed") || t.contains("broken pipe")
+                } {
                     return Err(DcsError::Refused {
                         op,
                         endpoint,
