@@ -77,7 +77,8 @@ impl Agent {
             cfg.ttl,
         )
         .with_transport(transport.clone());
-        let pg = Postgres::new(cfg.postgresql.clone(), cfg.name.clone());
+        let mut pg = Postgres::new(cfg.postgresql.clone(), cfg.name.clone());
+        pg.manage_sync_names(sync_initial(&cfg));
         let shared = snapshot::shared(Snapshot::new(&cfg.scope, &cfg.name));
         Agent {
             cfg,
@@ -312,6 +313,7 @@ impl Agent {
                     leader: Some(leader),
                     member: to,
                     scheduled_at: None,
+                    allow_data_loss: false,
                 };
                 self.dcs
                     .put_failover(&req, t)
@@ -365,6 +367,7 @@ impl Agent {
         applied.control = self.cfg.control.clone();
         self.ha = HaConfig::from_config(&applied);
         self.pg = Postgres::new(applied.postgresql.clone(), applied.name.clone());
+        self.pg.manage_sync_names(sync_initial(&applied));
         self.cfg = applied;
         info!(
             "configuration reloaded: timings, tags, watchdog, postgresql settings (at the next start) and log level applied"
@@ -760,6 +763,43 @@ impl Agent {
                 Ok(())
             }
             Action::DeleteFailover => self.dcs.delete_failover(t).await.map_err(|e| e.to_string()),
+            Action::WriteSync {
+                standbys,
+                mod_revision,
+            } => {
+                let state = standbys.to_state(&self.cfg.name);
+                match self.dcs.write_sync(&state, *mod_revision, t).await {
+                    Ok(true) => {
+                        info!(
+                            "sync key: leader {}, synchronous standbys [{}]",
+                            self.cfg.name,
+                            state.sync_standby.as_deref().unwrap_or("")
+                        );
+                        Ok(())
+                    }
+                    Ok(false) => {
+                        Err("the sync key or the leader key changed since it was read".into())
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Action::DeleteSync { mod_revision } => {
+                match self.dcs.delete_sync(*mod_revision, t).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => {
+                        Err("the sync key or the leader key changed since it was read".into())
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Action::SetSyncNames { names } => {
+                self.pg
+                    .set_sync_names(names, t)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                info!("synchronous_standby_names = '{names}'");
+                Ok(())
+            }
             Action::SyncSlots { slots } => self
                 .pg
                 .sync_slots(slots, t)
@@ -1070,6 +1110,7 @@ impl Agent {
             tags: Tags {
                 nofailover: self.cfg.tags.nofailover,
                 noloadbalance: self.cfg.tags.noloadbalance,
+                nosync: self.cfg.tags.nosync,
             },
             version: env!("CARGO_PKG_VERSION").into(),
             epoch: self
@@ -1079,6 +1120,12 @@ impl Agent {
                 .map(|l| l.create_revision),
             streaming: l.streaming,
             pause: self.node.paused,
+            // The probe that gave this position ran after this read.
+            leaderless_rev: self
+                .last_view
+                .as_ref()
+                .filter(|v| v.leader.is_none())
+                .map(|v| v.revision),
         }
     }
 
@@ -1241,6 +1288,13 @@ const WATCHDOG_FD_NAME: &str = "watchdog";
 
 /// Whether the unit asks for the armed watchdog to be kept in systemd's
 /// file descriptor store (it also needs `FileDescriptorStoreMax=`).
+/// What `synchronous_standby_names` every start begins with, when
+/// synchronous mode makes it leasedog's.
+fn sync_initial(cfg: &Config) -> Option<String> {
+    let sync = ha::HaConfig::from_config(cfg).sync;
+    sync.on().then(|| sync.initial_names().render())
+}
+
 fn fd_store_enabled() -> bool {
     std::env::var_os("LEASEDOG_WATCHDOG_FDSTORE").is_some()
 }
@@ -1308,6 +1362,9 @@ fn describe(a: &Action) -> &'static str {
         Action::WriteInitialize { .. } => "writing the initialize key",
         Action::SyncSlots { .. } => "replication slots",
         Action::DeleteFailover => "clearing the switchover request",
+        Action::WriteSync { .. } => "writing the sync key",
+        Action::DeleteSync { .. } => "deleting the sync key",
+        Action::SetSyncNames { .. } => "setting synchronous_standby_names",
     }
 }
 

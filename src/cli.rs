@@ -76,6 +76,11 @@ pub enum Command {
         /// Accepted for patronictl habits.
         #[arg(long)]
         force: bool,
+        /// In synchronous mode: promote a member that is not a synchronous
+        /// standby, accepting that commits acknowledged to clients may be
+        /// lost.
+        #[arg(long)]
+        allow_data_loss: bool,
     },
     /// Timeline switches (promotions), from the history key.
     History {
@@ -271,7 +276,11 @@ fn run(args: Args) -> Result<(), ExitCode> {
         Command::Pause { wait } => set_pause(&args.config, true, false, wait),
         Command::Resume { wait, force } => set_pause(&args.config, false, force, wait),
         Command::Switchover { to, at, force: _ } => switchover(&args.config, to, at),
-        Command::Failover { to, force: _ } => failover(&args.config, &to),
+        Command::Failover {
+            to,
+            force: _,
+            allow_data_loss,
+        } => failover(&args.config, &to, allow_data_loss),
         Command::WatchdogCheck { json } => {
             let cfg = load(&args.config)?;
             let secs = cfg.watchdog_timeout() as u32;
@@ -588,6 +597,7 @@ fn switchover(
             leader: Some(leader.clone()),
             member: to.clone(),
             scheduled_at: at.clone(),
+            allow_data_loss: false,
         };
         dcs.put_failover(&req, t)
             .await
@@ -620,7 +630,7 @@ fn switchover(
     })
 }
 
-fn failover(path: &std::path::Path, to: &str) -> Result<(), ExitCode> {
+fn failover(path: &std::path::Path, to: &str, allow_data_loss: bool) -> Result<(), ExitCode> {
     let cfg = load(path)?;
     let rt = runtime()?;
     rt.block_on(async {
@@ -646,11 +656,24 @@ fn failover(path: &std::path::Path, to: &str) -> Result<(), ExitCode> {
                 "failover refused: {to} is already the leader"
             )));
         }
+        if cfg.synchronous_mode != crate::config::SyncMode::Off && !allow_data_loss {
+            let sync = view.sync.as_ref().filter(|s| s.leader.is_some());
+            let vouched = sync.is_none_or(|s| {
+                s.leader.as_deref() == Some(to) || s.standbys().iter().any(|n| n == to)
+            });
+            if view.sync_unreadable || !vouched {
+                return Err(fail(&format!(
+                    "failover refused: {to} is not a synchronous standby and may lack commits \
+                     that clients saw acknowledged; add --allow-data-loss to promote it anyway"
+                )));
+            }
+        }
         let leader = view.leader.as_ref().map(|l| l.name.clone());
         let req = crate::cluster::FailoverRequest {
             leader,
             member: Some(to.to_string()),
             scheduled_at: None,
+            allow_data_loss,
         };
         dcs.put_failover(&req, t)
             .await

@@ -88,6 +88,8 @@ pub struct Tags {
     pub nofailover: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub noloadbalance: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nosync: bool,
 }
 
 /// The value of `members/{name}`: what one agent publishes about itself.
@@ -122,6 +124,12 @@ pub struct MemberInfo {
     /// This member saw the cluster paused (maintenance mode) in its last cycle.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pause: bool,
+    /// The etcd revision of a read that showed no leader, made before the
+    /// probe whose position this key carries: a position published after
+    /// the leader was gone (a synchronous standby's promotion rule counts
+    /// only those).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaderless_rev: Option<i64>,
 }
 
 /// A member as read from etcd.
@@ -244,6 +252,39 @@ pub struct DynamicConfig {
     pub other: BTreeMap<String, serde_json::Value>,
 }
 
+/// The value of the `sync` key (Patroni's layout): the leader that wrote it,
+/// the synchronous standbys (comma-separated), and how many of them a
+/// candidate must see before it promotes (absent: one).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SyncState {
+    #[serde(default)]
+    pub leader: Option<String>,
+    #[serde(default)]
+    pub sync_standby: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<u64>,
+    /// The key's mod_revision (not in the value).
+    #[serde(skip)]
+    pub mod_revision: i64,
+}
+
+impl SyncState {
+    pub fn standbys(&self) -> Vec<String> {
+        self.sync_standby
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+    /// At least one, at most the number of standbys.
+    pub fn quorum(&self) -> usize {
+        let n = self.standbys().len().max(1);
+        (self.quorum.unwrap_or(1) as usize).clamp(1, n)
+    }
+}
+
 /// The value of the `failover` key: a switchover or failover request.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FailoverRequest {
@@ -253,6 +294,10 @@ pub struct FailoverRequest {
     pub member: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduled_at: Option<String>,
+    /// A failover an operator forced onto a member that may lack
+    /// acknowledged commits (synchronous mode); not in Patroni's layout.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_data_loss: bool,
 }
 
 /// One consistent read of the cluster prefix.
@@ -265,6 +310,11 @@ pub struct ClusterView {
     pub config: DynamicConfig,
     pub failover: Option<FailoverRequest>,
     pub status: Option<Status>,
+    /// The `sync` key, when present and readable.
+    pub sync: Option<SyncState>,
+    /// The `sync` key is present but could not be read: unknown, never
+    /// taken for absent.
+    pub sync_unreadable: bool,
     /// etcd revision of the read.
     pub revision: i64,
 }
@@ -318,6 +368,7 @@ pub enum KeyParse {
     Config(DynamicConfig),
     Failover(FailoverRequest),
     Status(Status),
+    Sync(SyncState),
     /// A key leasedog does not use (history, sync, ...): ignored.
     Ignored,
 }
@@ -367,6 +418,9 @@ pub fn parse_key(rel_key: &str, value: &[u8]) -> Result<KeyParse, String> {
         "status" => serde_json::from_str(text)
             .map(KeyParse::Status)
             .map_err(|e| format!("key status: bad JSON: {e}")),
+        "sync" => serde_json::from_str(text)
+            .map(KeyParse::Sync)
+            .map_err(|e| format!("key sync: bad JSON: {e}")),
         _ => Ok(KeyParse::Ignored),
     }
 }
@@ -430,6 +484,8 @@ pub struct LocalPostgres {
     /// Primary: its physical replication slots and their restart LSNs, as
     /// this cycle's probe saw them (None when not known).
     pub slots: Option<BTreeMap<String, Lsn>>,
+    /// Primary: `synchronous_standby_names` in force (None when not read).
+    pub sync_names: Option<String>,
 }
 
 /// One replication connection as the primary sees it.
@@ -630,11 +686,13 @@ mod tests {
                 tags: Tags {
                     nofailover: true,
                     noloadbalance: true,
+                    nosync: true,
                 },
                 version: "0.1.0".into(),
                 epoch: Some(9),
                 streaming: true,
                 pause: true,
+                leaderless_rev: Some(12),
             },
         ] {
             let json = serde_json::to_string(&info).unwrap();

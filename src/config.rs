@@ -21,6 +21,18 @@ pub enum WatchdogMode {
     Required,
 }
 
+/// Patroni's `synchronous_mode`: off, on (`FIRST n (...)`: every listed
+/// standby confirms each commit) or quorum (`ANY n (...)`). `true` and
+/// `false` are read as on and off, as Patroni does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    #[default]
+    Off,
+    On,
+    Quorum,
+}
+
 /// Which watchdog implementation to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -251,6 +263,8 @@ impl std::fmt::Debug for ApiAuthentication {
 pub struct TagsConfig {
     pub nofailover: bool,
     pub noloadbalance: bool,
+    /// Never chosen as a synchronous standby.
+    pub nosync: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -298,6 +312,15 @@ pub struct Config {
     pub retry_timeout: u64,
     /// Bytes a replica may lag behind the last leader position and still be promoted.
     pub maximum_lag_on_failover: u64,
+    /// Synchronous replication (Patroni's names).
+    pub synchronous_mode: SyncMode,
+    /// With no eligible standby, commits wait (`synchronous_standby_names
+    /// = '*'`) rather than go asynchronous.
+    pub synchronous_mode_strict: bool,
+    /// How many standbys confirm each commit.
+    pub synchronous_node_count: u64,
+    /// Bytes a standby may lag and still be chosen as synchronous; -1: no limit.
+    pub maximum_lag_on_syncnode: i64,
     pub watchdog: WatchdogConfig,
     pub postgresql: PostgresqlConfig,
     pub restapi: RestApiConfig,
@@ -320,6 +343,10 @@ impl Default for Config {
             loop_wait: 10,
             retry_timeout: 10,
             maximum_lag_on_failover: 1 << 20,
+            synchronous_mode: SyncMode::Off,
+            synchronous_mode_strict: false,
+            synchronous_node_count: 1,
+            maximum_lag_on_syncnode: -1,
             watchdog: WatchdogConfig::default(),
             postgresql: PostgresqlConfig::default(),
             restapi: RestApiConfig::default(),
@@ -649,6 +676,10 @@ const ENV_KEYS: &[&str] = &[
     "loop_wait",
     "retry_timeout",
     "maximum_lag_on_failover",
+    "synchronous_mode",
+    "synchronous_mode_strict",
+    "synchronous_node_count",
+    "maximum_lag_on_syncnode",
     "watchdog.mode",
     "watchdog.device",
     "watchdog.driver",
@@ -674,6 +705,7 @@ const ENV_KEYS: &[&str] = &[
     "restapi.authentication.password",
     "tags.nofailover",
     "tags.noloadbalance",
+    "tags.nosync",
     "log.level",
     "control.socket",
 ];
@@ -821,6 +853,10 @@ fn normalize(v: &mut serde_yaml::Value) {
             "loop_wait",
             "retry_timeout",
             "maximum_lag_on_failover",
+            "synchronous_mode",
+            "synchronous_mode_strict",
+            "synchronous_node_count",
+            "maximum_lag_on_syncnode",
         ] {
             if get_path(v, k).is_none()
                 && let Some(x) = get_path(&boot, &format!("dcs.{k}"))
@@ -828,6 +864,11 @@ fn normalize(v: &mut serde_yaml::Value) {
                 set_path(v, k, x.clone());
             }
         }
+    }
+    // synchronous_mode: true/false as Patroni writes it.
+    if let Some(Value::Bool(b)) = get_path(v, "synchronous_mode").cloned() {
+        let word = if b { "on" } else { "off" };
+        set_path(v, "synchronous_mode", Value::String(word.into()));
     }
     // Parameters may be numbers or booleans.
     if let Some(Value::Mapping(m)) = v
@@ -1188,6 +1229,24 @@ pub fn validate(cfg: &Config) -> Vec<ConfigError> {
                 ),
             );
         }
+    }
+    if !(1..=64).contains(&cfg.synchronous_node_count) {
+        bad(
+            "synchronous_node_count",
+            format!(
+                "expected a number of standbys in 1..=64, found {}",
+                cfg.synchronous_node_count
+            ),
+        );
+    }
+    if cfg.maximum_lag_on_syncnode < -1 || cfg.maximum_lag_on_syncnode == 0 {
+        bad(
+            "maximum_lag_on_syncnode",
+            format!(
+                "expected -1 (no limit) or a number of bytes above 0, found {}",
+                cfg.maximum_lag_on_syncnode
+            ),
+        );
     }
     if in_range && cfg.loop_wait + 2 * cfg.retry_timeout > cfg.ttl {
         bad(

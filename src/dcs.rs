@@ -528,6 +528,9 @@ impl Dcs {
         let mut config_unreadable = oversize
             .iter()
             .any(|k| k.strip_prefix(&self.prefix) == Some("config"));
+        view.sync_unreadable = oversize
+            .iter()
+            .any(|k| k.strip_prefix(&self.prefix) == Some("sync"));
         for kv in &kvs {
             let Ok(key) = std::str::from_utf8(kv.key()) else {
                 skipped.push("a key that is not UTF-8".to_string());
@@ -549,6 +552,7 @@ impl Dcs {
                     kv.value().len()
                 ));
                 config_unreadable |= rel == "config";
+                view.sync_unreadable |= rel == "sync";
                 if rel == "leader" {
                     view.leader = Some(unreadable_leader());
                 }
@@ -577,9 +581,14 @@ impl Dcs {
                     s.mod_revision = kv.mod_revision();
                     view.status = Some(s)
                 }
+                Ok(KeyParse::Sync(mut st)) => {
+                    st.mod_revision = kv.mod_revision();
+                    view.sync = Some(st)
+                }
                 Ok(KeyParse::Ignored) => {}
                 Err(e) => {
                     config_unreadable |= rel == "config";
+                    view.sync_unreadable |= rel == "sync";
                     if rel == "leader" {
                         view.leader = Some(unreadable_leader());
                     }
@@ -1067,6 +1076,53 @@ impl Dcs {
         })
         .await
         .map(|_| ())
+    }
+
+    /// Writes the `sync` key (no lease, as Patroni's), if the leader key
+    /// is still ours and the `sync` key is still at `mod_revision` (absent
+    /// for None). False when either changed.
+    pub async fn write_sync(
+        &mut self,
+        state: &crate::cluster::SyncState,
+        mod_revision: Option<i64>,
+        timeout: Duration,
+    ) -> Result<bool, DcsError> {
+        let lease = self.own_lease()?;
+        let leader = self.key("leader");
+        let sync = self.key("sync");
+        let json = serde_json::to_string(state).unwrap_or_default();
+        let same = match mod_revision {
+            Some(r) => Compare::mod_revision(sync.clone(), CompareOp::Equal, r),
+            None => Compare::create_revision(sync.clone(), CompareOp::Equal, 0),
+        };
+        let txn = Txn::new()
+            .when([
+                Compare::value(leader.clone(), CompareOp::Equal, self.name.clone()),
+                Compare::lease(leader, CompareOp::Equal, lease),
+                same,
+            ])
+            .and_then([TxnOp::put(sync, json, None)]);
+        self.txn("sync key", txn, timeout).await
+    }
+
+    /// Deletes the `sync` key if the leader key is ours and the `sync` key
+    /// is still at `mod_revision`.
+    pub async fn delete_sync(
+        &mut self,
+        mod_revision: i64,
+        timeout: Duration,
+    ) -> Result<bool, DcsError> {
+        let lease = self.own_lease()?;
+        let leader = self.key("leader");
+        let sync = self.key("sync");
+        let txn = Txn::new()
+            .when([
+                Compare::value(leader.clone(), CompareOp::Equal, self.name.clone()),
+                Compare::lease(leader, CompareOp::Equal, lease),
+                Compare::mod_revision(sync.clone(), CompareOp::Equal, mod_revision),
+            ])
+            .and_then([TxnOp::delete(sync, None)]);
+        self.txn("sync key delete", txn, timeout).await
     }
 
     /// Writes the `failover` key (no lease).

@@ -13,6 +13,7 @@ use crate::cluster::{
     slot_name,
 };
 use crate::config::{Config, WatchdogMode};
+use crate::sync::{InForce, KeySet, Names, Step, SyncConfig};
 
 /// The fixed part of the slack the feed rule keeps between the watchdog
 /// deadline and the lease expiry: driver rounding and scheduling, in ms.
@@ -43,6 +44,8 @@ pub struct HaConfig {
     pub watchdog_mode: WatchdogMode,
     /// `postgresql.use_slots`: member replication slots.
     pub use_slots: bool,
+    /// `synchronous_mode` and its companions.
+    pub sync: SyncConfig,
 }
 
 impl HaConfig {
@@ -57,6 +60,13 @@ impl HaConfig {
             nofailover: c.tags.nofailover,
             watchdog_mode: c.watchdog.mode,
             use_slots: c.postgresql.use_slots,
+            sync: SyncConfig {
+                mode: c.synchronous_mode,
+                strict: c.synchronous_mode_strict,
+                node_count: c.synchronous_node_count as usize,
+                max_lag: u64::try_from(c.maximum_lag_on_syncnode).ok(),
+                nosync: c.tags.nosync,
+            },
         }
     }
 
@@ -148,6 +158,9 @@ pub struct NodeState {
     /// followed: anyone who can write etcd can forge that key, and the
     /// leader's own agent rewrites it within a cycle.
     pub streaming_from: Option<(i64, String)>,
+    /// Leader: `synchronous_standby_names` in force and who caught up
+    /// since it took effect (the sync rules' memory).
+    pub sync_in_force: InForce,
 }
 
 impl NodeState {
@@ -282,6 +295,7 @@ impl NodeState {
         if self.lease_deadline(cfg).is_some_and(|d| now >= d) {
             self.leader_confirmed = false;
         }
+        self.sync_in_force.observe(local);
         self.unknown_since = if local.unknown {
             self.unknown_since.or(Some(now))
         } else {
@@ -571,6 +585,22 @@ pub enum Action {
     },
     /// Delete the `failover` key: the request is done or refused.
     DeleteFailover,
+    /// Txn: write the `sync` key naming us as leader with these standbys,
+    /// if it is still at the revision read (`None`: absent).
+    WriteSync {
+        standbys: KeySet,
+        mod_revision: Option<i64>,
+    },
+    /// Txn: delete the `sync` key (synchronous mode is off), if it is still
+    /// at the revision read.
+    DeleteSync {
+        mod_revision: i64,
+    },
+    /// Set `synchronous_standby_names` on our primary and reload; succeeds
+    /// once the server reports the new value.
+    SetSyncNames {
+        names: String,
+    },
 }
 
 impl Action {
@@ -806,6 +836,27 @@ pub fn decide(i: Input<'_>) -> Decision {
 }
 
 impl Plan<'_> {
+    /// Synchronous mode, before PostgreSQL becomes writable (a promotion, a
+    /// start as primary, which begins with `sync::SyncConfig::initial_names`):
+    /// the `sync` key must name us and no standby, so that nobody promotes
+    /// on the strength of a key that does not describe this primary.
+    fn sync_key_before_writable(&mut self, view: &ClusterView) {
+        let cfg = self.i.cfg;
+        if !cfg.sync.on() {
+            return;
+        }
+        let ready = !view.sync_unreadable
+            && view.sync.as_ref().is_some_and(|s| {
+                s.leader.as_deref() == Some(cfg.name.as_str()) && s.standbys().is_empty()
+            });
+        if !ready {
+            self.push(Action::WriteSync {
+                standbys: KeySet::empty(),
+                mod_revision: view.sync.as_ref().map(|s| s.mod_revision),
+            });
+        }
+    }
+
     /// Before taking the key with the intent to promote: a node that cannot
     /// arm in required mode must not take it.
     fn fence_for_acquire(&mut self) {
@@ -995,7 +1046,19 @@ fn decide_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
                 p.push(Action::DeleteFailover);
                 return p.done("switchover done: I am the new leader");
             }
-            match switchover_target(cfg, view, local, req.member.as_deref()) {
+            // An operator's failover that accepts losing commits picks its
+            // member without the synchronous rule.
+            let unsynced;
+            let rules = if req.allow_data_loss {
+                unsynced = HaConfig {
+                    sync: SyncConfig::default(),
+                    ..cfg.clone()
+                };
+                &unsynced
+            } else {
+                cfg
+            };
+            match switchover_target(rules, view, local, req.member.as_deref()) {
                 Ok(target) => {
                     // Stop cleanly (replicas receive the shutdown
                     // checkpoint), make sure the candidate has it, then let
@@ -1034,12 +1097,23 @@ fn decide_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
             });
             return p.done("bootstrap: primary running, recording the cluster's system identifier");
         }
+        if cfg.sync.on() {
+            return sync_step(p, view);
+        }
+        if let Some(s) = &view.sync {
+            // Synchronous mode is off: a key left from when it was on would
+            // hold back a later failover once it is turned on again.
+            p.push(Action::DeleteSync {
+                mod_revision: s.mod_revision,
+            });
+        }
         return p.done("no action: I am the leader with the lease");
     }
 
     if local.running {
         // A replica that won the key: fence, then promote.
         p.fence();
+        p.sync_key_before_writable(view);
         p.push(Action::Promote);
         p.recheck_in(0);
         return p.done("promoting: I hold the leader key");
@@ -1064,6 +1138,7 @@ fn decide_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
             was_primary: true, ..
         } => {
             p.fence();
+            p.sync_key_before_writable(view);
             p.push(Action::StartPrimary);
             p.recheck_in(0);
             p.done("starting PostgreSQL as primary: I hold the leader key")
@@ -1081,12 +1156,72 @@ fn decide_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
     }
 }
 
+/// A writable leader in synchronous mode: one step of `sync::plan`.
+fn sync_step(mut p: Plan<'_>, view: &ClusterView) -> Decision {
+    let (cfg, local, node) = (p.i.cfg, p.i.local, p.i.node);
+    let soon = cfg.loop_wait_ms.min(1000);
+    let list = |names: &std::collections::BTreeSet<String>| {
+        names.iter().cloned().collect::<Vec<_>>().join(", ")
+    };
+    match crate::sync::plan(&cfg.sync, &cfg.name, view, local, &node.sync_in_force) {
+        Step::WriteKey(k) => {
+            let what = if k.names.is_empty() {
+                "naming no synchronous standby in the sync key".to_string()
+            } else {
+                format!(
+                    "naming {} in the sync key (quorum {})",
+                    list(&k.names),
+                    k.quorum
+                )
+            };
+            p.push(Action::WriteSync {
+                standbys: k,
+                mod_revision: view.sync.as_ref().map(|s| s.mod_revision),
+            });
+            p.recheck_in(soon);
+            p.done(format!("synchronous replication: {what}"))
+        }
+        Step::SetNames(n) => {
+            let what = match &n {
+                Names::Off => {
+                    "no eligible synchronous standby: replicating asynchronously (synchronous_mode_strict is off)".to_string()
+                }
+                Names::AnyOne => {
+                    "no eligible synchronous standby: commits wait for any standby (synchronous_mode_strict)".to_string()
+                }
+                other => format!("PostgreSQL now waits for {}", other.render()),
+            };
+            p.push(Action::SetSyncNames { names: n.render() });
+            p.recheck_in(soon);
+            p.done(format!("synchronous replication: {what}"))
+        }
+        Step::Hold(Some(why)) => {
+            p.recheck_in(soon);
+            p.done(format!("synchronous replication: {why}"))
+        }
+        Step::Hold(None) => {
+            let names = node.sync_in_force.names.clone().unwrap_or(Names::Off);
+            let what = match &names {
+                Names::Off => "asynchronous: no eligible synchronous standby".to_string(),
+                Names::AnyOne => {
+                    "no eligible synchronous standby: commits wait (synchronous_mode_strict)"
+                        .to_string()
+                }
+                Names::Set { names, .. } => format!("synchronous standby {}", list(names)),
+                Names::Unknown(s) => format!("synchronous_standby_names is {s:?}"),
+            };
+            p.done(format!("no action: I am the leader with the lease; {what}"))
+        }
+    }
+}
+
 /// Whether a member can take over in a planned switchover: running,
 /// streaming, not nofailover, within maximum_lag_on_failover of the leader.
 /// The leader's live view of its replication connections, when it has one,
 /// is preferred to the members' published positions.
 pub fn switchover_candidate_ok(
     cfg: &HaConfig,
+    view: &ClusterView,
     m: &Member,
     leader: &LocalPostgres,
 ) -> Result<(), String> {
@@ -1101,6 +1236,21 @@ pub fn switchover_candidate_ok(
     }
     if m.info.state != "running" || m.info.role != Role::Replica {
         return Err(format!("{} is not a running replica", m.name));
+    }
+    if cfg.sync.on() {
+        // Synchronous mode: only a standby the sync key names holds every
+        // acknowledged commit (and the new leader's key will name only it).
+        let named = !view.sync_unreadable
+            && view
+                .sync
+                .as_ref()
+                .is_some_and(|s| s.standbys().iter().any(|n| n == &m.name));
+        if !named {
+            return Err(format!(
+                "{} is not a synchronous standby (synchronous_mode is on)",
+                m.name
+            ));
+        }
     }
     let live = leader.replication.iter().find(|r| r.name == m.name);
     let (streaming, lsn) = match live {
@@ -1135,12 +1285,12 @@ pub fn switchover_target(
             let m = view
                 .member(n)
                 .ok_or_else(|| format!("no member named {n}"))?;
-            switchover_candidate_ok(cfg, m, top).map(|_| n.to_string())
+            switchover_candidate_ok(cfg, view, m, top).map(|_| n.to_string())
         }
         None => view
             .members
             .iter()
-            .filter(|m| m.name != cfg.name && switchover_candidate_ok(cfg, m, top).is_ok())
+            .filter(|m| m.name != cfg.name && switchover_candidate_ok(cfg, view, m, top).is_ok())
             .max_by(|a, b| a.lsn().cmp(&b.lsn()).then(b.name.cmp(&a.name)))
             .map(|m| m.name.clone())
             .ok_or_else(|| "no healthy replica to hand over to".to_string()),
@@ -1379,6 +1529,29 @@ fn decide_no_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
 
     let my_lsn = local.lsn.unwrap_or_default();
     let my_tl = local.timeline.unwrap_or(0);
+    // Synchronous mode: only the members the sync key names may promote
+    // (`sync::may_take_over`), unless an operator's failover names this
+    // member and accepts losing commits.
+    let request = view.failover.as_ref();
+    let named_me = request.and_then(|f| f.member.as_deref()) == Some(cfg.name.as_str());
+    let handed_over = named_me
+        && request.and_then(|f| f.leader.as_deref()).is_some()
+        && request.and_then(|f| f.leader.as_deref())
+            == view.sync.as_ref().and_then(|s| s.leader.as_deref());
+    let forced = named_me && request.is_some_and(|f| f.allow_data_loss);
+    let vouched = cfg.sync.on()
+        && !view.sync_unreadable
+        && view.sync.as_ref().is_some_and(|s| s.leader.is_some());
+    if !forced
+        && let Err(why) =
+            crate::sync::may_take_over(&cfg.sync, &cfg.name, view, my_lsn, handed_over)
+    {
+        if local.writable() {
+            p.stop_and_disarm();
+        }
+        p.recheck_in(p.i.cfg.loop_wait_ms.min(1000));
+        return p.done(format!("not a candidate: {why}"));
+    }
     if let Some(st) = &view.status {
         if let Some(tl) = st.timeline
             && my_tl < tl
@@ -1387,8 +1560,10 @@ fn decide_no_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
                 "not a candidate: my timeline {my_tl} is behind the cluster's {tl}"
             ));
         }
+        // A member the sync key vouches for holds every acknowledged
+        // commit: what it lacks was never acknowledged.
         let lag = st.optime.saturating_sub(my_lsn.0);
-        if lag > cfg.maximum_lag_on_failover {
+        if lag > cfg.maximum_lag_on_failover && !(vouched || forced) {
             if local.writable() {
                 p.stop_and_disarm();
             }
@@ -1412,8 +1587,6 @@ fn decide_no_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
         p.recheck_in(p.i.cfg.loop_wait_ms.min(1000));
         return p.done(format!("no leader: {target} was asked to take over"));
     }
-    let named_me =
-        view.failover.as_ref().and_then(|f| f.member.as_deref()) == Some(cfg.name.as_str());
     if named_me {
         p.fence_for_acquire();
         p.push(Action::AcquireLeader);
@@ -1434,7 +1607,15 @@ fn decide_no_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
         p.recheck_in(RECHECK_MS);
         return p.done("no leader: publishing my position before the election");
     }
-    if let Some(better) = ahead_of_me(cfg, view, my_lsn, my_tl) {
+    // In synchronous mode only the members the key names compete.
+    let competes = |m: &Member| {
+        !vouched
+            || view.sync.as_ref().is_some_and(|s| {
+                s.leader.as_deref() == Some(m.name.as_str())
+                    || s.standbys().iter().any(|n| n == &m.name)
+            })
+    };
+    if let Some(better) = ahead_of_me(cfg, view, my_lsn, my_tl).filter(|m| competes(m)) {
         let name = better.name.clone();
         if local.writable() {
             p.stop_and_disarm();
@@ -1464,6 +1645,7 @@ mod tests {
             nofailover: false,
             watchdog_mode: mode,
             use_slots: true,
+            sync: Default::default(),
         }
     }
 
@@ -1648,6 +1830,7 @@ mod tests {
             leader: Some("b".into()),
             member: None,
             scheduled_at: None,
+            allow_data_loss: false,
         });
         let mut n = replica_node();
         n.no_leader_since = Some(Millis(10_000));
@@ -2585,6 +2768,7 @@ mod tests {
             leader: Some("b".into()),
             member: Some("a".into()),
             scheduled_at: None,
+            allow_data_loss: false,
         });
         // The leader stops, releases, then disarms.
         let d = run(&c, 11_000, Some(&v), &primary(1000), &leading(true));

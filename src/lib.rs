@@ -15,4 +15,5 @@ pub mod logging;
 pub mod notify;
 pub mod postgres;
 pub mod snapshot;
+pub mod sync;
 pub mod watchdog;

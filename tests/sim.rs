@@ -875,6 +875,7 @@ impl Sim {
                 nofailover: false,
                 watchdog_mode: setup.mode,
                 use_slots: true,
+                sync: Default::default(),
             };
             nodes.push(Node {
                 name: format!("n{i}"),
@@ -2327,6 +2328,7 @@ fn member_info(n: &Node) -> MemberInfo {
         epoch: None,
         streaming: l.streaming,
         pause: n.node.paused,
+        leaderless_rev: None,
     }
 }
 
@@ -2617,6 +2619,7 @@ fn teeth_when_the_feed_slack_is_fixed() {
         nofailover: false,
         watchdog_mode: s.mode,
         use_slots: true,
+        sync: Default::default(),
     };
     cfg.check_drift().unwrap();
     assert!(cfg.feed_slack_ms() > ha::SLACK_FIXED_MS + 2000);

@@ -149,7 +149,14 @@ fn yaml_scalar(v: &serde_yaml::Value) -> String {
 
 /// The text of `leasedog.conf`. `upstream` is set for a replica that
 /// streams; `primary_slot_name` is the member's slot, or empty without one.
-pub fn managed_conf(cfg: &PostgresqlConfig, member: &str, upstream: Option<&Upstream>) -> String {
+/// `sync_names`: synchronous mode's `synchronous_standby_names` (None: the
+/// parameter is the user's).
+pub fn managed_conf(
+    cfg: &PostgresqlConfig,
+    member: &str,
+    upstream: Option<&Upstream>,
+    sync_names: Option<&str>,
+) -> String {
     let (hosts, port) = split_listen(&cfg.listen);
     let hosts = if hosts == "0.0.0.0" {
         "*".to_string()
@@ -188,6 +195,7 @@ pub fn managed_conf(cfg: &PostgresqlConfig, member: &str, upstream: Option<&Upst
             "primary_slot_name",
         ]
         .contains(&k.as_str())
+            || sync_names.is_some() && k == "synchronous_standby_names"
         {
             continue;
         }
@@ -199,6 +207,9 @@ pub fn managed_conf(cfg: &PostgresqlConfig, member: &str, upstream: Option<&Upst
         "unix_socket_directories",
         &cfg.socket_dir.display().to_string(),
     );
+    if let Some(names) = sync_names {
+        set("synchronous_standby_names", names);
+    }
     if let Some(up) = upstream {
         set("primary_conninfo", &up.conninfo(None, &passfile_of(cfg)));
         let slot = if up.with_slot {
@@ -286,7 +297,7 @@ mod tests {
     #[test]
     fn managed_conf_primary_and_replica() {
         let c = cfg();
-        let p = managed_conf(&c, "Node-1", None);
+        let p = managed_conf(&c, "Node-1", None, None);
         assert!(p.contains("port = '6543'\n"), "{p}");
         assert!(
             !p.contains("port = '1'"),
@@ -306,7 +317,7 @@ mod tests {
             ssl: Vec::new(),
             with_slot: true,
         };
-        let r = managed_conf(&c, "Node-1", Some(&up));
+        let r = managed_conf(&c, "Node-1", Some(&up), None);
         assert!(r.contains("primary_slot_name = 'node_1'"), "{r}");
         // Without the slot: empty, also over a slot set in parameters.
         let mut c2 = c.clone();
@@ -318,7 +329,7 @@ mod tests {
             with_slot: false,
             ..up.clone()
         };
-        let r2 = managed_conf(&c2, "Node-1", Some(&slotless));
+        let r2 = managed_conf(&c2, "Node-1", Some(&slotless), None);
         assert!(r2.contains("primary_slot_name = ''\n"), "{r2}");
         assert!(!r2.contains("'x'"), "{r2}");
         assert!(r.contains("recovery_target_timeline = 'latest'"));

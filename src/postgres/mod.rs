@@ -141,6 +141,10 @@ pub struct Postgres {
     /// last seen in recovery is an unknown *replica* (it becomes writable
     /// only by a promotion). None: nothing known.
     seen_in_recovery: Option<bool>,
+    /// Synchronous mode: `synchronous_standby_names` is leasedog's. The
+    /// value every start begins with, and the one in force now.
+    sync_initial: Option<String>,
+    sync_names: Option<String>,
 }
 
 /// What `pg_ctl status` says of the postmaster. Only its exit code 3 (no
@@ -171,6 +175,56 @@ impl Postgres {
             client: None,
             streamed_tli: None,
             seen_in_recovery: None,
+            sync_initial: None,
+            sync_names: None,
+        }
+    }
+
+    /// Synchronous mode: leasedog sets `synchronous_standby_names`, and
+    /// every start begins with `initial` (see `sync::SyncConfig::initial_names`).
+    pub fn manage_sync_names(&mut self, initial: Option<String>) {
+        self.sync_initial = initial.clone();
+        self.sync_names = initial;
+    }
+
+    /// Sets `synchronous_standby_names` on the running primary and reloads;
+    /// succeeds once the server reports the new value.
+    pub async fn set_sync_names(&mut self, names: &str, timeout: Duration) -> Result<(), PgError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.sync_names = Some(names.to_string());
+        self.write_managed(None)?;
+        self.reload(left()).await?;
+        loop {
+            let client = self.client(left()).await?;
+            let got = tokio::time::timeout(
+                left(),
+                client.query_one("SELECT current_setting('synchronous_standby_names')", &[]),
+            )
+            .await;
+            match got {
+                Ok(Ok(row)) => {
+                    let v: String = row
+                        .try_get(0)
+                        .map_err(|e| PgError::Query(error_chain(&e)))?;
+                    if v == names {
+                        return Ok(());
+                    }
+                }
+                Ok(Err(e)) => return Err(PgError::Query(error_chain(&e))),
+                Err(_) => {
+                    self.client = None;
+                    return Err(PgError::Query(
+                        "timed out reading synchronous_standby_names".into(),
+                    ));
+                }
+            }
+            if left() < Duration::from_millis(20) {
+                return Err(PgError::Query(format!(
+                    "the server did not take synchronous_standby_names = '{names}' in time"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -344,6 +398,9 @@ impl Postgres {
             row.try_get(5).map_err(get)?,
             row.try_get(6).map_err(get)?,
         );
+        if !state.in_recovery {
+            state.sync_names = Some(row.try_get(7).map_err(get)?);
+        }
         if state.in_recovery {
             // Once the WAL receiver stops, PostgreSQL only reports the
             // last restartpoint's timeline: remember the newest it streamed.
@@ -434,7 +491,7 @@ impl Postgres {
         let fresh = ctl::EmptyOnDrop::new(self.data());
         ctl::run_captured(cmd, "initdb", timeout).await?;
         fresh.keep();
-        self.write_primary_conf()
+        self.primary_conf_with(self.sync_initial.as_deref())
     }
 
     fn ensure_include_and_hba(&self) -> Result<(), PgError> {
@@ -469,18 +526,31 @@ impl Postgres {
     }
 
     fn write_managed(&self, upstream: Option<&Upstream>) -> Result<(), PgError> {
+        self.managed_with(upstream, self.sync_names.as_deref())
+    }
+
+    fn managed_with(
+        &self,
+        upstream: Option<&Upstream>,
+        sync_names: Option<&str>,
+    ) -> Result<(), PgError> {
         self.ensure_include_and_hba()?;
         if upstream.is_some() {
             self.write_passfile()?;
         }
         let p = self.data().join(conf::MANAGED_FILE);
-        conf::write_atomic(&p, &conf::managed_conf(&self.cfg, &self.member, upstream))
-            .map_err(io(format!("writing {}", p.display())))
+        let text = conf::managed_conf(&self.cfg, &self.member, upstream, sync_names);
+        conf::write_atomic(&p, &text).map_err(io(format!("writing {}", p.display())))
     }
 
     /// Configures a primary start: managed settings, no standby.signal.
-    pub fn write_primary_conf(&self) -> Result<(), PgError> {
-        self.write_managed(None)?;
+    pub fn write_primary_conf(&mut self) -> Result<(), PgError> {
+        self.sync_names = self.sync_initial.clone();
+        self.primary_conf_with(self.sync_names.as_deref())
+    }
+
+    fn primary_conf_with(&self, sync_names: Option<&str>) -> Result<(), PgError> {
+        self.managed_with(None, sync_names)?;
         let s = self.data().join("standby.signal");
         if s.exists() {
             std::fs::remove_file(&s).map_err(io(format!("removing {}", s.display())))?;
@@ -490,7 +560,8 @@ impl Postgres {
 
     /// Configures a read-only start: standby.signal, streaming from
     /// `upstream` when given.
-    pub fn write_standby(&self, upstream: Option<&Upstream>) -> Result<(), PgError> {
+    pub fn write_standby(&mut self, upstream: Option<&Upstream>) -> Result<(), PgError> {
+        self.sync_names = self.sync_initial.clone();
         self.write_managed(upstream)?;
         let s = self.data().join("standby.signal");
         std::fs::write(&s, b"").map_err(io(format!("writing {}", s.display())))

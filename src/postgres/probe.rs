@@ -18,7 +18,8 @@ pub const PROBE_SQL: &str = "SELECT pg_is_in_recovery(),
   COALESCE((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false),
   current_setting('primary_conninfo'),
   (SELECT system_identifier FROM pg_control_system())::text,
-  current_setting('primary_slot_name')";
+  current_setting('primary_slot_name'),
+  current_setting('synchronous_standby_names')";
 
 /// The primary's physical replication slots (not temporary ones) and their
 /// restart LSNs, for the `status` key.
@@ -81,6 +82,7 @@ pub fn from_row(
         replication: Vec::new(),
         slot: (in_recovery && !primary_slot_name.is_empty()).then_some(primary_slot_name),
         slots: None,
+        sync_names: None,
     }
 }
 
