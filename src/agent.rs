@@ -767,7 +767,8 @@ impl Agent {
                 standbys,
                 mod_revision,
             } => {
-                let state = standbys.to_state(&self.cfg.name);
+                let quorum_mode = self.ha.sync.mode == crate::config::SyncMode::Quorum;
+                let state = standbys.to_state(&self.cfg.name, quorum_mode);
                 match self.dcs.write_sync(&state, *mod_revision, t).await {
                     Ok(true) => {
                         info!(

@@ -316,7 +316,7 @@ pub fn list_json(view: &crate::cluster::ClusterView) -> String {
             serde_json::json!({
                 "name": m.name,
                 "host": crate::cluster::conn_host_port(&m.info.conn_url),
-                "role": role_label(leader, m),
+                "role": role_label(view, m),
                 "state": m.info.state,
                 "timeline": m.info.timeline,
                 "lsn": m.info.xlog_location,
@@ -325,12 +325,37 @@ pub fn list_json(view: &crate::cluster::ClusterView) -> String {
             })
         })
         .collect();
-    serde_json::json!({ "leader": leader, "paused": view.paused(), "members": rows }).to_string()
+    let sync = current_sync(view)
+        .map(|s| serde_json::json!({ "standbys": s.standbys(), "quorum": s.quorum() }));
+    serde_json::json!({
+        "leader": leader,
+        "paused": view.paused(),
+        "synchronous": sync,
+        "members": rows
+    })
+    .to_string()
 }
 
-fn role_label(leader: Option<&str>, m: &crate::cluster::Member) -> &'static str {
+/// The `sync` key written by the current leader, if any.
+fn current_sync(view: &crate::cluster::ClusterView) -> Option<&crate::cluster::SyncState> {
+    let leader = view.leader.as_ref()?;
+    view.sync
+        .as_ref()
+        .filter(|s| s.leader.as_deref() == Some(leader.name.as_str()))
+}
+
+fn role_label(view: &crate::cluster::ClusterView, m: &crate::cluster::Member) -> &'static str {
+    let leader = view.leader.as_ref().map(|l| l.name.as_str());
+    let sync = current_sync(view);
     if leader == Some(m.name.as_str()) {
         "Leader"
+    } else if let Some(s) = sync.filter(|s| s.standbys().contains(&m.name)) {
+        // As patronictl: the standbys the sync key names.
+        if s.quorum.is_some() {
+            "Quorum Standby"
+        } else {
+            "Sync Standby"
+        }
     } else if m.info.role == crate::cluster::Role::Replica {
         if m.info.streaming {
             "Replica"
@@ -357,7 +382,6 @@ fn lag_bytes(view: &crate::cluster::ClusterView, m: &crate::cluster::Member) -> 
 
 /// The cluster as a table for people (as `patronictl list`).
 pub fn list_table(scope: &str, view: &crate::cluster::ClusterView) -> String {
-    let leader = view.leader.as_ref().map(|l| l.name.as_str());
     let mut rows = vec![
         ["Member", "Host", "Role", "State", "TL", "Lag in MB"]
             .map(String::from)
@@ -372,7 +396,7 @@ pub fn list_table(scope: &str, view: &crate::cluster::ClusterView) -> String {
         rows.push(vec![
             m.name.clone(),
             crate::cluster::conn_host_port(&m.info.conn_url).unwrap_or_default(),
-            role_label(leader, m).into(),
+            role_label(view, m).into(),
             m.info.state.clone(),
             m.info.timeline.map(|t| t.to_string()).unwrap_or_default(),
             lag,
@@ -409,6 +433,20 @@ pub fn list_table(scope: &str, view: &crate::cluster::ClusterView) -> String {
     out.push_str(&rule);
     if view.paused() {
         out.push_str(" Maintenance mode: on\n");
+    }
+    if let Some(s) = current_sync(view) {
+        if s.standbys().is_empty() {
+            out.push_str(
+                " Synchronous mode: no synchronous standby (asynchronous, or waiting in strict mode)\n",
+            );
+        } else {
+            out.push_str(&format!(
+                " Synchronous mode: {} of {} standby(s) confirm each commit ({})\n",
+                s.standbys().len() + 1 - s.quorum(),
+                s.standbys().len(),
+                s.standbys().join(", ")
+            ));
+        }
     }
     out
 }

@@ -179,12 +179,15 @@ impl KeySet {
         let quorum = if names.is_empty() { 0 } else { s.quorum() };
         KeySet { names, quorum }
     }
-    pub fn to_state(&self, leader: &str) -> SyncState {
+    /// The key's value; `quorum` is written when it is not one, and always
+    /// in quorum mode (`list` shows Quorum Standby from it, as patronictl).
+    pub fn to_state(&self, leader: &str, quorum_mode: bool) -> SyncState {
         SyncState {
             leader: Some(leader.to_string()),
             sync_standby: (!self.names.is_empty())
                 .then(|| self.names.iter().cloned().collect::<Vec<_>>().join(",")),
-            quorum: (!self.names.is_empty() && self.quorum != 1).then_some(self.quorum as u64),
+            quorum: (!self.names.is_empty() && (quorum_mode || self.quorum != 1))
+                .then_some(self.quorum as u64),
             mod_revision: 0,
         }
     }
@@ -199,7 +202,7 @@ impl KeySet {
         }
     }
     /// Safe for commits PostgreSQL acknowledges under `names`.
-    fn covers(&self, names: &Names) -> bool {
+    pub fn covers(&self, names: &Names) -> bool {
         if self.names.is_empty() {
             return true;
         }

@@ -827,7 +827,10 @@ impl Postgres {
             .map(|p| format!(" PASSWORD {}", quote_literal(p)))
             .unwrap_or_default();
         let sql = format!(
-            "DO $$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {lit}) THEN CREATE ROLE {id} WITH REPLICATION LOGIN{pw}; END IF; END$$",
+            // synchronous_commit local for this transaction: in strict
+            // synchronous mode the new primary waits for any standby, and
+            // none can connect before this role exists.
+            "DO $$BEGIN PERFORM set_config('synchronous_commit', 'local', true); IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {lit}) THEN CREATE ROLE {id} WITH REPLICATION LOGIN{pw}; END IF; END$$",
             lit = quote_literal(&r.username),
             id = quote_ident(&r.username),
         );
