@@ -18,7 +18,7 @@
 //! slow handshake ends that connection only ([`HANDSHAKE_TIMEOUT`]).
 
 use crate::cluster::Role;
-use crate::snapshot::{self, Published, Shared, Snapshot};
+use crate::snapshot::{self, Published, Shared, Snapshot, SyncRole};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
@@ -187,6 +187,13 @@ pub fn is_health_check(path: &str) -> bool {
             | "/health"
             | "/liveness"
             | "/readiness"
+            | "/sync"
+            | "/synchronous"
+            | "/quorum"
+            | "/async"
+            | "/asynchronous"
+            | "/read-only-sync"
+            | "/read-only-quorum"
     )
 }
 
@@ -292,6 +299,8 @@ pub fn member_json(s: &Snapshot) -> serde_json::Value {
         "streaming": s.local.streaming,
         "watchdog": { "armed": s.watchdog_armed },
         "tags": { "nofailover": s.nofailover, "noloadbalance": s.noloadbalance },
+        "sync_standby": s.sync_role() == SyncRole::Sync,
+        "quorum_standby": s.sync_role() == SyncRole::Quorum,
         "patroni": { "version": env!("CARGO_PKG_VERSION"), "scope": s.scope, "name": s.name },
         "leasedog": { "version": env!("CARGO_PKG_VERSION"), "summary": s.summary },
     })
@@ -372,6 +381,18 @@ pub fn metrics(s: &Snapshot, now: Instant) -> String {
         s.lag_bytes().unwrap_or(0).to_string(),
     );
     m(
+        "leasedog_sync_standby",
+        "1 when the sync key names this member as a synchronous (or quorum) standby.",
+        b(matches!(s.sync_role(), SyncRole::Sync | SyncRole::Quorum)).to_string(),
+    );
+    m(
+        "leasedog_synchronous_standbys",
+        "Standbys the leader's sync key names (0: asynchronous, or commits waiting in strict mode; -1: no sync key).",
+        s.sync_standbys()
+            .map(|n| n.to_string())
+            .unwrap_or("-1".into()),
+    );
+    m(
         "leasedog_paused",
         "1 in maintenance mode.",
         b(s.paused).to_string(),
@@ -416,6 +437,23 @@ pub fn route(method: &Method, path: &str, query: &str, p: &Published, now: Insta
             json_body(code(replica && !s.noloadbalance && lag_ok), body)
         }
         "/read-only" => json_body(code(primary || replica), body),
+        // Patroni's synchronous checks: a standby the sync key names (an
+        // unreadable key is unknown: 503 everywhere).
+        "/sync" | "/synchronous" => {
+            json_body(code(replica && s.sync_role() == SyncRole::Sync), body)
+        }
+        "/quorum" => json_body(code(replica && s.sync_role() == SyncRole::Quorum), body),
+        "/async" | "/asynchronous" => {
+            json_body(code(replica && s.sync_role() == SyncRole::Async), body)
+        }
+        "/read-only-sync" => json_body(
+            code(primary || replica && s.sync_role() == SyncRole::Sync),
+            body,
+        ),
+        "/read-only-quorum" => json_body(
+            code(primary || replica && s.sync_role() == SyncRole::Quorum),
+            body,
+        ),
         "/health" => json_body(code(running), body),
         "/liveness" => {
             let age = now.duration_since(s.cycle_at);
@@ -778,6 +816,66 @@ mod tests {
         assert_eq!(parse_size("16MB"), Some(16 << 20));
         assert_eq!(parse_size("1024"), Some(1024));
         assert_eq!(parse_size("x"), None);
+    }
+
+    #[test]
+    fn synchronous_checks_follow_the_sync_key() {
+        use crate::cluster::{ClusterView, Leader, SyncState};
+        let with_key = |standbys: &str, quorum: Option<u64>| {
+            let mut s = snap(true, true, false);
+            s.view = Some(ClusterView {
+                leader: Some(Leader {
+                    name: "n0".into(),
+                    lease: 1,
+                    create_revision: 1,
+                    mod_revision: 1,
+                }),
+                sync: Some(SyncState {
+                    leader: Some("n0".into()),
+                    sync_standby: Some(standbys.into()),
+                    quorum,
+                    mod_revision: 2,
+                }),
+                ..Default::default()
+            });
+            s
+        };
+        let sync = with_key("n1,n2", None);
+        let paths = [
+            "/sync",
+            "/synchronous",
+            "/quorum",
+            "/async",
+            "/asynchronous",
+            "/read-only-sync",
+        ];
+        let codes = |s: &Snapshot| paths.map(|p| status(p, s));
+        assert_eq!(codes(&sync), [200, 200, 503, 503, 503, 200]);
+        assert_eq!(
+            codes(&with_key("n1,n2", Some(2))),
+            [503, 503, 200, 503, 503, 503]
+        );
+        assert_eq!(codes(&with_key("n2", None)), [503, 503, 503, 200, 200, 503]);
+        // An unreadable key or etcd is unknown: no check says yes.
+        let mut unknown = sync.clone();
+        unknown.view.as_mut().unwrap().sync_unreadable = true;
+        assert_eq!(codes(&unknown), [503; 6]);
+        let mut blind = sync.clone();
+        blind.view = None;
+        assert_eq!(codes(&blind), [503; 6]);
+        // The primary passes read-only-sync; it is no standby.
+        let primary = snap(true, false, true);
+        assert_eq!(status("/read-only-sync", &primary), 200);
+        assert_eq!(status("/sync", &primary), 503);
+        let m = metrics(&sync, Instant::now());
+        assert!(
+            m.contains("leasedog_sync_standby{scope=\"demo\",name=\"n1\"} 1"),
+            "{m}"
+        );
+        assert!(
+            m.contains("leasedog_synchronous_standbys{scope=\"demo\",name=\"n1\"} 2"),
+            "{m}"
+        );
     }
 
     #[test]

@@ -36,7 +36,55 @@ pub struct Snapshot {
     pub summary: String,
 }
 
+/// This member's part in synchronous replication, from the last cycle's
+/// read of the `sync` key (written by the current leader).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncRole {
+    /// Named by the key, `synchronous_mode: on`.
+    Sync,
+    /// Named by the key, `synchronous_mode: quorum`.
+    Quorum,
+    /// Not named (or no key: asynchronous replication).
+    Async,
+    /// etcd or the key could not be read: unknown.
+    Unknown,
+}
+
 impl Snapshot {
+    pub fn sync_role(&self) -> SyncRole {
+        let Some(v) = &self.view else {
+            return SyncRole::Unknown;
+        };
+        if v.sync_unreadable {
+            return SyncRole::Unknown;
+        }
+        let leader = v.leader.as_ref().map(|l| l.name.as_str());
+        match v
+            .sync
+            .as_ref()
+            .filter(|s| s.leader.as_deref() == leader && leader.is_some())
+        {
+            Some(s) if s.standbys().iter().any(|n| n == &self.name) => {
+                if s.quorum.is_some() {
+                    SyncRole::Quorum
+                } else {
+                    SyncRole::Sync
+                }
+            }
+            _ => SyncRole::Async,
+        }
+    }
+
+    /// Standbys the current leader's key names; None without such a key.
+    pub fn sync_standbys(&self) -> Option<usize> {
+        let v = self.view.as_ref()?;
+        let leader = v.leader.as_ref()?;
+        v.sync
+            .as_ref()
+            .filter(|s| s.leader.as_deref() == Some(leader.name.as_str()))
+            .map(|s| s.standbys().len())
+    }
+
     pub fn new(scope: &str, name: &str) -> Snapshot {
         Snapshot {
             scope: scope.into(),

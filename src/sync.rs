@@ -502,6 +502,226 @@ mod tests {
         }
     }
 
+    use crate::cluster::{Leader, Member, MemberInfo, ReplicaStat};
+
+    fn cfg(mode: SyncMode, strict: bool) -> SyncConfig {
+        SyncConfig {
+            mode,
+            strict,
+            node_count: 1,
+            max_lag: None,
+            nosync: false,
+        }
+    }
+
+    fn replica(name: &str, lsn: u64, leaderless_rev: Option<i64>) -> Member {
+        Member {
+            name: name.into(),
+            info: MemberInfo {
+                state: "running".into(),
+                role: Role::Replica,
+                xlog_location: Some(lsn),
+                streaming: true,
+                leaderless_rev,
+                ..Default::default()
+            },
+            lease: Some(7),
+        }
+    }
+
+    fn view(sync: Option<(&str, &[&str], Option<u64>)>, members: Vec<Member>) -> ClusterView {
+        ClusterView {
+            leader: Some(Leader {
+                name: "p".into(),
+                lease: 7,
+                create_revision: 1,
+                mod_revision: 1,
+            }),
+            members,
+            sync: sync.map(|(l, names, quorum)| SyncState {
+                leader: Some(l.into()),
+                sync_standby: (!names.is_empty()).then(|| names.join(",")),
+                quorum,
+                mod_revision: 50,
+            }),
+            revision: 60,
+            ..Default::default()
+        }
+    }
+
+    /// The primary `p`, streaming to these (name, flush) standbys.
+    fn primary(names: &Names, streams: &[(&str, u64)]) -> LocalPostgres {
+        LocalPostgres {
+            running: true,
+            lsn: Some(Lsn(1000)),
+            replication: streams
+                .iter()
+                .map(|(n, f)| ReplicaStat {
+                    name: n.to_string(),
+                    streaming: true,
+                    flush: Lsn(*f),
+                })
+                .collect(),
+            sync_names: Some(names.render()),
+            data_dir: crate::cluster::DataDir::Initialized {
+                system_id: "1".into(),
+                was_primary: true,
+                crashed: false,
+                timeline: 1,
+                checkpoint: Lsn(0),
+            },
+            ..Default::default()
+        }
+    }
+
+    fn in_force(names: &Names, caught_up: &[&str]) -> InForce {
+        InForce {
+            names: Some(names.clone()),
+            since: Some(Lsn(900)),
+            caught_up: caught_up.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_standby_is_waited_for_under_the_empty_key_and_named_once_caught_up() {
+        let c = cfg(SyncMode::On, false);
+        let a = set(false, 1, &["a"]);
+        let members = || vec![replica("a", 990, None)];
+        // No key yet: the empty key first.
+        let v = view(None, members());
+        let l = primary(&Names::Off, &[("a", 990)]);
+        assert_eq!(
+            plan(&c, "p", &v, &l, &in_force(&Names::Off, &[])),
+            Step::WriteKey(KeySet::empty())
+        );
+        // Under the empty key PostgreSQL may wait for a.
+        let v = view(Some(("p", &[], None)), members());
+        assert_eq!(
+            plan(&c, "p", &v, &l, &in_force(&Names::Off, &[])),
+            Step::SetNames(a.clone())
+        );
+        // Named only once it holds what was acknowledged before.
+        let l = primary(&a, &[("a", 990)]);
+        assert!(matches!(
+            plan(&c, "p", &v, &l, &in_force(&a, &[])),
+            Step::Hold(Some(_))
+        ));
+        assert_eq!(
+            plan(&c, "p", &v, &l, &in_force(&a, &["a"])),
+            Step::WriteKey(key(&["a"], 1))
+        );
+        let v = view(Some(("p", &["a"], None)), members());
+        assert_eq!(
+            plan(&c, "p", &v, &l, &in_force(&a, &["a"])),
+            Step::Hold(None)
+        );
+    }
+
+    #[test]
+    fn a_replaced_standby_leaves_the_key_only_after_the_new_one_caught_up() {
+        let c = cfg(SyncMode::On, false);
+        let (a, b) = (set(false, 1, &["a"]), set(false, 1, &["b"]));
+        let members = vec![replica("a", 500, None), replica("b", 990, None)];
+        // a stopped streaming: the key widens first (both, quorum 2)...
+        let v = view(Some(("p", &["a"], None)), members.clone());
+        let l = primary(&a, &[("b", 990)]);
+        assert_eq!(
+            plan(&c, "p", &v, &l, &in_force(&a, &["a"])),
+            Step::WriteKey(key(&["a", "b"], 2))
+        );
+        // ...then PostgreSQL waits for b...
+        let v = view(Some(("p", &["a", "b"], Some(2))), members.clone());
+        assert_eq!(
+            plan(&c, "p", &v, &l, &in_force(&a, &["a"])),
+            Step::SetNames(b.clone())
+        );
+        // ...and a leaves the key once b holds everything.
+        let l = primary(&b, &[("b", 990)]);
+        assert!(matches!(
+            plan(&c, "p", &v, &l, &in_force(&b, &[])),
+            Step::Hold(Some(_))
+        ));
+        assert_eq!(
+            plan(&c, "p", &v, &l, &in_force(&b, &["b"])),
+            Step::WriteKey(key(&["b"], 1))
+        );
+    }
+
+    #[test]
+    fn with_no_standby_the_key_empties_before_postgresql_stops_waiting() {
+        let a = set(false, 1, &["a"]);
+        let v = view(Some(("p", &["a"], None)), vec![replica("a", 500, None)]);
+        let l = primary(&a, &[]);
+        for strict in [false, true] {
+            let c = cfg(SyncMode::On, strict);
+            assert_eq!(
+                plan(&c, "p", &v, &l, &in_force(&a, &["a"])),
+                Step::WriteKey(KeySet::empty())
+            );
+            let empty = view(Some(("p", &[], None)), vec![]);
+            let want = if strict { Names::AnyOne } else { Names::Off };
+            assert_eq!(
+                plan(&c, "p", &empty, &l, &in_force(&a, &["a"])),
+                Step::SetNames(want)
+            );
+        }
+    }
+
+    #[test]
+    fn quorum_mode_waits_for_any_k_and_the_key_asks_for_the_rest_plus_one() {
+        let mut c = cfg(SyncMode::Quorum, false);
+        c.node_count = 2;
+        let all = set(true, 2, &["a", "b", "c", "d"]);
+        let streams = [("a", 990), ("b", 990), ("c", 990), ("d", 990)];
+        let members = streams.iter().map(|(n, f)| replica(n, *f, None)).collect();
+        let v = view(Some(("p", &[], None)), members);
+        let l = primary(&Names::Off, &streams);
+        assert_eq!(
+            plan(&c, "p", &v, &l, &in_force(&Names::Off, &[])),
+            Step::SetNames(all.clone())
+        );
+        let l = primary(&all, &streams);
+        assert_eq!(
+            plan(&c, "p", &v, &l, &in_force(&all, &["a", "b", "c", "d"])),
+            Step::WriteKey(key(&["a", "b", "c", "d"], 3))
+        );
+    }
+
+    #[test]
+    fn only_named_standbys_that_see_a_quorum_may_take_over() {
+        let c = cfg(SyncMode::On, false);
+        let fresh = Some(61);
+        let v = view(
+            Some(("p", &["a"], None)),
+            vec![replica("a", 900, fresh), replica("b", 990, fresh)],
+        );
+        assert_eq!(may_take_over(&c, "a", &v, Lsn(900), false), Ok(()));
+        assert!(may_take_over(&c, "b", &v, Lsn(990), false).is_err());
+        // Unless the switchover named it, or there is no key at all.
+        let none = view(None, vec![]);
+        assert_eq!(may_take_over(&c, "b", &none, Lsn(0), false), Ok(()));
+        let mut unreadable = v.clone();
+        unreadable.sync_unreadable = true;
+        assert!(may_take_over(&c, "a", &unreadable, Lsn(900), false).is_err());
+        // Quorum 2 of {a, b}: a needs b's position, published after the
+        // leader left, and must not be behind it.
+        let q = |b_rev: Option<i64>, b_lsn: u64| {
+            view(
+                Some(("p", &["a", "b"], Some(2))),
+                vec![replica("a", 900, fresh), replica("b", b_lsn, b_rev)],
+            )
+        };
+        assert!(may_take_over(&c, "a", &q(Some(40), 800), Lsn(900), false).is_err());
+        assert_eq!(
+            may_take_over(&c, "a", &q(fresh, 800), Lsn(900), false),
+            Ok(())
+        );
+        assert!(may_take_over(&c, "a", &q(fresh, 950), Lsn(900), false).is_err());
+        // Synchronous mode off: no rule.
+        let off = cfg(SyncMode::Off, false);
+        assert_eq!(may_take_over(&off, "b", &v, Lsn(0), false), Ok(()));
+    }
+
     #[test]
     fn names_round_trip() {
         for n in [
