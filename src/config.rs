@@ -1670,6 +1670,50 @@ restapi:
     }
 
     #[test]
+    fn synchronous_keys_are_read_as_patroni_writes_them_and_checked() {
+        let c = load_text(&GOOD.replace("ttl: 6", "ttl: 6\nsynchronous_mode: true")).unwrap();
+        assert_eq!(c.synchronous_mode, SyncMode::On);
+        let c = load_text(&GOOD.replace(
+            "ttl: 6",
+            "ttl: 6\nbootstrap:\n  dcs:\n    synchronous_mode: quorum\n    synchronous_node_count: 2",
+        ))
+        .unwrap();
+        assert_eq!(
+            (c.synchronous_mode, c.synchronous_node_count),
+            (SyncMode::Quorum, 2)
+        );
+        for (yaml, key, says) in [
+            (
+                "synchronous_mode: maybe",
+                "synchronous_mode",
+                "expected one of",
+            ),
+            (
+                "synchronous_node_count: 0",
+                "synchronous_node_count",
+                "1..=64",
+            ),
+            (
+                "maximum_lag_on_syncnode: 0",
+                "maximum_lag_on_syncnode",
+                "-1 (no limit)",
+            ),
+            (
+                "synchronous_mode_strict: sometimes",
+                "synchronous_mode_strict",
+                "",
+            ),
+        ] {
+            let errs = load_text(&GOOD.replace("ttl: 6", &format!("ttl: 6\n{yaml}"))).unwrap_err();
+            assert!(
+                errs.iter()
+                    .any(|e| e.key == key && e.message.contains(says)),
+                "{yaml}: {errs:?}"
+            );
+        }
+    }
+
+    #[test]
     fn timing_keys_are_bounded_and_name_the_range() {
         for (from, to, key, range) in [
             ("ttl: 6", "ttl: 18446744073709551615", "ttl", "2..=3600"),
