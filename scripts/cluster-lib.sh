@@ -1,7 +1,8 @@
 # A 3-node leasedog cluster on loopback for the demo and the benchmark:
 # etcd + 3 PostgreSQL 15 + 3 agents run as the postgres user. Source it after
-# setting TTL LOOP_WAIT RETRY_TIMEOUT SAFETY_MARGIN; call cluster_up, and the
-# EXIT trap stops everything by PID.
+# setting TTL LOOP_WAIT RETRY_TIMEOUT SAFETY_MARGIN (and EXTRA_YAML, top-level
+# keys added to every node's file); call cluster_up, and the EXIT trap stops
+# everything by PID.
 BIN_DIR=/usr/lib/postgresql/15/bin
 work=$(mktemp -d /tmp/leasedog-cluster.XXXXXX)
 chmod 755 "$work"
@@ -72,6 +73,7 @@ restapi:
   connect_address: 127.0.0.1:$api
 control:
   socket: $d/leasedog.sock
+${EXTRA_YAML:-}
 YAML
   done
   chown -R postgres:postgres "$work"

@@ -77,8 +77,10 @@ impl Agent {
             cfg.ttl,
         )
         .with_transport(transport.clone());
+        let wake = Arc::new(Notify::new());
         let mut pg = Postgres::new(cfg.postgresql.clone(), cfg.name.clone());
         pg.manage_sync_names(sync_initial(&cfg));
+        pg.wake_on_disconnect(wake.clone());
         let shared = snapshot::shared(Snapshot::new(&cfg.scope, &cfg.name));
         Agent {
             cfg,
@@ -88,7 +90,7 @@ impl Agent {
             watchdog: None,
             node: NodeState::default(),
             started: Instant::now(),
-            wake: Arc::new(Notify::new()),
+            wake,
             last_summary: String::new(),
             last_view: None,
             last_local: LocalPostgres::default(),
@@ -368,6 +370,7 @@ impl Agent {
         self.ha = HaConfig::from_config(&applied);
         self.pg = Postgres::new(applied.postgresql.clone(), applied.name.clone());
         self.pg.manage_sync_names(sync_initial(&applied));
+        self.pg.wake_on_disconnect(self.wake.clone());
         self.cfg = applied;
         info!(
             "configuration reloaded: timings, tags, watchdog, postgresql settings (at the next start) and log level applied"

@@ -312,6 +312,9 @@ pub struct Config {
     pub retry_timeout: u64,
     /// Bytes a replica may lag behind the last leader position and still be promoted.
     pub maximum_lag_on_failover: u64,
+    /// Seconds a leader whose PostgreSQL died may take to start it again in
+    /// place before it gives up the leader key (Patroni's name).
+    pub primary_start_timeout: u64,
     /// Synchronous replication (Patroni's names).
     pub synchronous_mode: SyncMode,
     /// With no eligible standby, commits wait (`synchronous_standby_names
@@ -343,6 +346,7 @@ impl Default for Config {
             loop_wait: 10,
             retry_timeout: 10,
             maximum_lag_on_failover: 1 << 20,
+            primary_start_timeout: 300,
             synchronous_mode: SyncMode::Off,
             synchronous_mode_strict: false,
             synchronous_node_count: 1,
@@ -676,6 +680,7 @@ const ENV_KEYS: &[&str] = &[
     "loop_wait",
     "retry_timeout",
     "maximum_lag_on_failover",
+    "primary_start_timeout",
     "synchronous_mode",
     "synchronous_mode_strict",
     "synchronous_node_count",
@@ -853,6 +858,8 @@ fn normalize(v: &mut serde_yaml::Value) {
             "loop_wait",
             "retry_timeout",
             "maximum_lag_on_failover",
+            "primary_start_timeout",
+            "master_start_timeout",
             "synchronous_mode",
             "synchronous_mode_strict",
             "synchronous_node_count",
@@ -864,6 +871,12 @@ fn normalize(v: &mut serde_yaml::Value) {
                 set_path(v, k, x.clone());
             }
         }
+    }
+    // Patroni's older name.
+    if let Some(x) = remove_path(v, "master_start_timeout")
+        && get_path(v, "primary_start_timeout").is_none()
+    {
+        set_path(v, "primary_start_timeout", x);
     }
     // synchronous_mode: true/false as Patroni writes it.
     if let Some(Value::Bool(b)) = get_path(v, "synchronous_mode").cloned() {
@@ -1229,6 +1242,15 @@ pub fn validate(cfg: &Config) -> Vec<ConfigError> {
                 ),
             );
         }
+    }
+    if cfg.primary_start_timeout > 86_400 {
+        bad(
+            "primary_start_timeout",
+            format!(
+                "expected a number of seconds in 0..=86400, found {}",
+                cfg.primary_start_timeout
+            ),
+        );
     }
     if !(1..=64).contains(&cfg.synchronous_node_count) {
         bad(

@@ -46,6 +46,9 @@ pub struct HaConfig {
     pub use_slots: bool,
     /// `synchronous_mode` and its companions.
     pub sync: SyncConfig,
+    /// `primary_start_timeout`: how long a leader whose PostgreSQL died
+    /// tries to start it in place before it releases the key.
+    pub primary_start_timeout_ms: u64,
 }
 
 impl HaConfig {
@@ -67,6 +70,7 @@ impl HaConfig {
                 max_lag: u64::try_from(c.maximum_lag_on_syncnode).ok(),
                 nosync: c.tags.nosync,
             },
+            primary_start_timeout_ms: c.primary_start_timeout * 1000,
         }
     }
 
@@ -161,6 +165,14 @@ pub struct NodeState {
     /// Leader: `synchronous_standby_names` in force and who caught up
     /// since it took effect (the sync rules' memory).
     pub sync_in_force: InForce,
+    /// Confirmed leader whose PostgreSQL was writable in this term.
+    pub led_writable: bool,
+    /// Since when such a leader's PostgreSQL has been known stopped (it
+    /// died): restarted in place until `primary_start_timeout`.
+    pub primary_down_since: Option<Millis>,
+    /// When this node last gave up its key because its PostgreSQL did not
+    /// start again: it stands aside for a ttl, as after a switchover.
+    pub gave_up_at: Option<Millis>,
 }
 
 impl NodeState {
@@ -296,6 +308,22 @@ impl NodeState {
             self.leader_confirmed = false;
         }
         self.sync_in_force.observe(local);
+        if !self.leader_confirmed {
+            self.led_writable = false;
+        } else if local.writable() {
+            self.led_writable = true;
+        }
+        self.primary_down_since = if self.led_writable && local.known_stopped() {
+            self.primary_down_since.or(Some(now))
+        } else {
+            None
+        };
+        if self
+            .primary_down_since
+            .is_some_and(|t| now.since(t) >= cfg.primary_start_timeout_ms)
+        {
+            self.gave_up_at = Some(now);
+        }
         self.unknown_since = if local.unknown {
             self.unknown_since.or(Some(now))
         } else {
@@ -1015,7 +1043,7 @@ fn status_of(cfg: &HaConfig, view: &ClusterView, local: &LocalPostgres) -> Optio
 
 /// We hold the leader key with our own lease.
 fn decide_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
-    let (cfg, local, node) = (p.i.cfg, p.i.local, p.i.node);
+    let (cfg, local, node, now) = (p.i.cfg, p.i.local, p.i.node, p.i.now);
     p.push(Action::KeepAlive);
     p.push(Action::ConfirmLeader {
         status: status_of(cfg, view, local),
@@ -1108,6 +1136,20 @@ fn decide_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
             });
         }
         return p.done("no action: I am the leader with the lease");
+    }
+
+    if node
+        .primary_down_since
+        .is_some_and(|t| now.since(t) >= cfg.primary_start_timeout_ms)
+    {
+        // Known stopped (not unknown): nothing to fence. The best replica
+        // promotes now rather than after the lease.
+        p.disarm_if_armed();
+        p.push(Action::ReleaseLeader);
+        return p.done(format!(
+            "PostgreSQL died and did not start again within primary_start_timeout ({} s): releasing the leader key",
+            cfg.primary_start_timeout_ms / 1000
+        ));
     }
 
     if local.running {
@@ -1503,6 +1545,18 @@ fn decide_no_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
             .no_leader_since
             .map(|t| p.i.now.since(t))
             .unwrap_or(0);
+    if p.i
+        .node
+        .gave_up_at
+        .is_some_and(|t| p.i.now.since(t) < cfg.ttl_ms)
+        && !local.running
+    {
+        p.disarm_if_armed();
+        p.recheck_in(p.i.cfg.loop_wait_ms.min(1000));
+        return p.done(
+            "no leader: I gave up the key when PostgreSQL did not start again; standing aside for a ttl",
+        );
+    }
     if leaderless_for < cfg.ttl_ms
         && view.failover.as_ref().is_some_and(|f| {
             f.leader.as_deref() == Some(cfg.name.as_str())
@@ -1646,6 +1700,7 @@ mod tests {
             watchdog_mode: mode,
             use_slots: true,
             sync: Default::default(),
+            primary_start_timeout_ms: 300_000,
         }
     }
 
@@ -3016,5 +3071,44 @@ mod tests {
             "{:?}",
             d.actions
         );
+    }
+    #[test]
+    fn a_leader_whose_postgres_died_restarts_it_until_primary_start_timeout() {
+        let mut c = cfg(WatchdogMode::Automatic);
+        c.primary_start_timeout_ms = 5_000;
+        let v = view(leader("b", 9), vec![member("b", Role::Primary, 1000, 1)]);
+        let mut n = leading(true);
+        // Writable in this term, then found stopped (it died).
+        n.observe(&c, Some(&v), &primary(1000), Millis(10_000));
+        assert!(n.led_writable);
+        n.observe(&c, Some(&v), &stopped(true), Millis(10_100));
+        assert_eq!(n.primary_down_since, Some(Millis(10_100)));
+        let d = run(&c, 10_100, Some(&v), &stopped(true), &n);
+        assert!(d.actions.contains(&Action::StartPrimary), "{d:?}");
+        assert!(!d.actions.contains(&Action::ReleaseLeader));
+        // Still down at the timeout: the key goes, the watchdog too (it is
+        // known stopped), and no start.
+        n.observe(&c, Some(&v), &stopped(true), Millis(15_100));
+        let d = run(&c, 15_100, Some(&v), &stopped(true), &n);
+        assert!(d.actions.contains(&Action::ReleaseLeader), "{d:?}");
+        // Released, it stands aside for a ttl rather than start again.
+        let mut after = n.clone();
+        after.on_released();
+        let nobody = view(None, vec![member("a", Role::Replica, 990, 1)]);
+        after.observe(&c, Some(&nobody), &stopped(true), Millis(15_300));
+        let d = run(&c, 15_300, Some(&nobody), &stopped(true), &after);
+        assert!(d.summary.contains("standing aside"), "{d:?}");
+        assert!(!d.actions.contains(&Action::StartReplica { upstream: None }));
+        assert!(d.actions.contains(&Action::DisarmWatchdog));
+        assert!(!d.actions.contains(&Action::StartPrimary));
+        // An unknown state is not "stopped": the clock does not run.
+        let mut u = stopped(true);
+        u.unknown = true;
+        n.observe(&c, Some(&v), &u, Millis(15_200));
+        assert_eq!(n.primary_down_since, None);
+        // A bootstrap's first start (never writable in this term) is no death.
+        let mut fresh = leading(false);
+        fresh.observe(&c, Some(&v), &stopped(true), Millis(10_000));
+        assert_eq!(fresh.primary_down_since, None);
     }
 }

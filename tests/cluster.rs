@@ -709,3 +709,62 @@ fn a_replica_streams_without_its_missing_slot_and_takes_it_once_made() {
     });
     assert_eq!(c.sole_primary(), Some(p));
 }
+
+#[test]
+fn a_crashed_primary_is_restarted_in_place_or_given_up_after_primary_start_timeout() {
+    // Default (primary_start_timeout 300 s): PostgreSQL alone dies on the
+    // leader; the agent notices at once (its probe connection ends) and
+    // starts it again under the same key.
+    let c = Cluster::start(3, Opts::default());
+    let p = c.wait_healthy(BOOT);
+    let leader = c.leader().expect("leader");
+    let t0 = Instant::now();
+    c.kill_postmaster(p);
+    wait_for(
+        "the primary writable again",
+        Duration::from_secs(20),
+        || (c.nodes[p].is_primary() == Some(true)).then_some(()),
+    );
+    eprintln!(
+        "PostgreSQL killed on the leader: writable again in place after {:.2}s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(c.leader(), Some(leader), "restarted in place, no failover");
+    assert_eq!(c.sole_primary(), Some(p));
+    drop(c);
+
+    // primary_start_timeout 0: the leader gives the key up as soon as its
+    // PostgreSQL is known stopped, and a replica promotes without waiting
+    // for the lease; the old primary stands aside, then follows.
+    let opts = Opts {
+        extra: (0..3)
+            .map(|i| (i, "primary_start_timeout: 0\n".to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    let c = Cluster::start(3, opts);
+    let p = c.wait_healthy(BOOT);
+    let t0 = Instant::now();
+    c.kill_postmaster(p);
+    let q = wait_for("a replica promoted", Duration::from_secs(20), || {
+        (0..3).find(|&i| i != p && c.nodes[i].is_primary() == Some(true))
+    });
+    let took = t0.elapsed();
+    eprintln!(
+        "PostgreSQL killed on the leader (primary_start_timeout 0): {} writable after {:.2}s (ttl {})",
+        c.nodes[q].name,
+        took.as_secs_f64(),
+        c.opts.ttl
+    );
+    assert!(
+        took < Duration::from_secs(c.opts.ttl),
+        "the key was released, not left to expire: {took:?}"
+    );
+    assert!(
+        c.nodes[p]
+            .agent_log_text()
+            .contains("did not start again within primary_start_timeout"),
+        "the old leader says why it gave up"
+    );
+    assert_eq!(c.wait_healthy(Duration::from_secs(60)), q);
+}

@@ -876,6 +876,7 @@ impl Sim {
                 watchdog_mode: setup.mode,
                 use_slots: true,
                 sync: Default::default(),
+                primary_start_timeout_ms: 300_000,
             };
             nodes.push(Node {
                 name: format!("n{i}"),
@@ -2620,6 +2621,7 @@ fn teeth_when_the_feed_slack_is_fixed() {
         watchdog_mode: s.mode,
         use_slots: true,
         sync: Default::default(),
+        primary_start_timeout_ms: 300_000,
     };
     cfg.check_drift().unwrap();
     assert!(cfg.feed_slack_ms() > ha::SLACK_FIXED_MS + 2000);

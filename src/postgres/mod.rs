@@ -145,6 +145,9 @@ pub struct Postgres {
     /// value every start begins with, and the one in force now.
     sync_initial: Option<String>,
     sync_names: Option<String>,
+    /// Notified when the probe's connection ends: a PostgreSQL that dies
+    /// (or restarts) wakes the loop at once instead of at its next cycle.
+    wake: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 /// What `pg_ctl status` says of the postmaster. Only its exit code 3 (no
@@ -177,7 +180,13 @@ impl Postgres {
             seen_in_recovery: None,
             sync_initial: None,
             sync_names: None,
+            wake: None,
         }
+    }
+
+    /// The loop's wake-up: notified when the probe's connection ends.
+    pub fn wake_on_disconnect(&mut self, wake: std::sync::Arc<tokio::sync::Notify>) {
+        self.wake = Some(wake);
     }
 
     /// Synchronous mode: leasedog sets `synchronous_standby_names`, and
@@ -271,8 +280,14 @@ impl Postgres {
                 .await
                 .map_err(|_| PgError::Query("connect timed out".into()))?
                 .map_err(|e| PgError::Query(error_chain(&e)))?;
+            let wake = self.wake.clone();
             tokio::spawn(async move {
                 let _ = conn.await;
+                // Also when the agent drops the client itself: one early
+                // cycle, which decides from fresh observations as any.
+                if let Some(w) = wake {
+                    w.notify_one();
+                }
             });
             self.client = Some(client);
         }
