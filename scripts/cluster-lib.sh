@@ -85,6 +85,7 @@ start_agent() {
   setpriv --reuid postgres --regid postgres --init-groups \
     "$work/leasedog" -c "$work/node$1/leasedog.yml" run >>"$work/node$1/agent.log" 2>&1 &
   agent[$1]=$!
+  disown "$!" # no "Killed" line when a benchmark kills it
   pids+=("$!")
 }
 ld() { "$work/leasedog" -c "$work/node1/leasedog.yml" "$@"; }

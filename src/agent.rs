@@ -483,6 +483,11 @@ impl Agent {
         self.update_snapshot(&decision.summary, started);
 
         let mut next = decision.next_cycle;
+        if self.node.stream_wanted_since.is_some_and(|t| t >= now) {
+            // A replica started (or re-pointed) in this cycle: look again
+            // soon, to publish its stream as soon as it runs.
+            next = next.min(self.now().plus(ha::RECHECK_MS));
+        }
         if let Some(ms) = wake_at_schedule {
             next = next.min(now.plus(ms));
         }
@@ -672,6 +677,10 @@ impl Agent {
                 // probes see it as an unknown server in recovery.
                 let t = Duration::from_millis(ha::start_wait_ms(&self.ha, &self.node, self.now()));
                 self.pg.start(t, true).await.map_err(|e| e.to_string())?;
+                if upstream.is_some() {
+                    let now = self.now();
+                    self.node.on_follow_started(now);
+                }
                 match upstream {
                     Some(u) => info!(
                         "PostgreSQL started as a replica of {}{}",
@@ -689,6 +698,8 @@ impl Agent {
                     .write_standby(Some(&up))
                     .map_err(|e| e.to_string())?;
                 self.pg.reload(t).await.map_err(|e| e.to_string())?;
+                let now = self.now();
+                self.node.on_follow_started(now);
                 info!("now following {}{}", upstream.member, slot_said(upstream));
                 Ok(())
             }

@@ -173,6 +173,10 @@ pub struct NodeState {
     /// When this node last gave up its key because its PostgreSQL did not
     /// start again: it stands aside for a ttl, as after a switchover.
     pub gave_up_at: Option<Millis>,
+    /// A replica was started or pointed at its leader then and has not been
+    /// seen streaming since: the loop looks again soon, so that its member
+    /// key says "streaming" within a moment of it, not a loop_wait later.
+    pub stream_wanted_since: Option<Millis>,
 }
 
 impl NodeState {
@@ -307,6 +311,9 @@ impl NodeState {
         if self.lease_deadline(cfg).is_some_and(|d| now >= d) {
             self.leader_confirmed = false;
         }
+        if local.streaming || !local.running {
+            self.stream_wanted_since = None;
+        }
         self.sync_in_force.observe(local);
         if !self.leader_confirmed {
             self.led_writable = false;
@@ -329,6 +336,11 @@ impl NodeState {
         } else {
             None
         };
+    }
+
+    /// PostgreSQL was started as a replica, or pointed at a new upstream.
+    pub fn on_follow_started(&mut self, now: Millis) {
+        self.stream_wanted_since = Some(now);
     }
 
     /// A keep-alive *sent* at `sent` was answered with TTL > 0 for `lease_id`.
@@ -1339,10 +1351,22 @@ pub fn switchover_target(
     }
 }
 
+/// How long after a replica's start (or a new upstream) the loop looks
+/// every [`RECHECK_MS`] for its stream to begin.
+pub const STREAM_WATCH_MS: u64 = 15_000;
+
 /// Someone else leads: follow them.
 fn decide_follower(mut p: Plan<'_>, view: &ClusterView, leader: String) -> Decision {
     let local = p.i.local;
     p.push(Action::KeepAlive);
+    if p.i
+        .node
+        .stream_wanted_since
+        .is_some_and(|t| p.i.now.since(t) < STREAM_WATCH_MS)
+    {
+        // Publish "streaming" as soon as it is true (rejoin time).
+        p.recheck_in(RECHECK_MS);
+    }
     if local.may_be_writable() {
         p.stop_and_disarm();
         p.recheck_in(0);

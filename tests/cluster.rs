@@ -768,3 +768,44 @@ fn a_crashed_primary_is_restarted_in_place_or_given_up_after_primary_start_timeo
     );
     assert_eq!(c.wait_healthy(Duration::from_secs(60)), q);
 }
+
+#[test]
+fn a_restarted_replica_publishes_its_stream_within_moments_at_loop_wait_10() {
+    let opts = Opts {
+        ttl: 30,
+        loop_wait: 10,
+        retry_timeout: 10,
+        safety_margin: 5,
+        ..Default::default()
+    };
+    let mut c = Cluster::start(3, opts);
+    let p = c.wait_healthy(BOOT);
+    c.wait_published_streaming(Duration::from_secs(40));
+    let r = (0..3).find(|&i| i != p).unwrap();
+    let key = format!("/service/{}/members/{}", c.scope, c.nodes[r].name);
+    let published_streaming = |c: &Cluster| {
+        let v = c.etcd.ctl(&["get", "--print-value-only", &key]).ok()?;
+        let m: serde_json::Value = serde_json::from_str(v.trim()).ok()?;
+        (m["state"] == "running" && m["streaming"] == true).then_some(())
+    };
+    c.stop_agent(r, Duration::from_secs(30));
+    wait_for("the member key gone", Duration::from_secs(10), || {
+        published_streaming(&c).is_none().then_some(())
+    });
+    let t0 = Instant::now();
+    c.start_agent(r);
+    wait_for(
+        "the restarted replica published as streaming",
+        Duration::from_secs(30),
+        || published_streaming(&c),
+    );
+    let took = t0.elapsed();
+    eprintln!(
+        "replica restarted (agent and PostgreSQL): streaming and published after {:.2}s (loop_wait 10)",
+        took.as_secs_f64()
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "published {took:?} after the restart: the stream's start waited for a loop_wait"
+    );
+}
