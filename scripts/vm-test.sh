@@ -12,9 +12,11 @@
 #   replica   a replica agent frozen the same way: no reset
 #   graceful  a leader stopped with SIGTERM closes the watchdog with the
 #             magic character: no reset
+#   leader4   as leader, at ttl 4 / loop_wait 1 / retry_timeout 1 /
+#             safety_margin 2 (a 2 s watchdog)
 #   check     `leasedog watchdog-check` in the guest reports driver, timeout
 #
-#   bash scripts/vm-test.sh [leader replica graceful check]
+#   bash scripts/vm-test.sh [leader leader4 replica graceful check]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "vm-test: run as root"; exit 2; }
@@ -23,7 +25,7 @@ for p in qemu-system-x86_64:qemu-system-x86 busybox:busybox-static cpio:cpio; do
   command -v "${p%%:*}" >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${p#*:}" >/dev/null
 done
 cargo build --release --quiet
-scenarios=("${@:-leader replica graceful check}")
+scenarios=("${@:-leader leader4 replica graceful check}")
 scenarios=(${scenarios[*]})
 
 W=$(mktemp -d /tmp/leasedog-vm.XXXXXX)
@@ -85,19 +87,21 @@ pids+=($!)
 ctl() { ETCDCTL_API=3 etcdctl --endpoints "http://127.0.0.1:$ep" --command-timeout=2s "$@"; }
 for _ in $(seq 100); do ctl put /ready 1 >/dev/null 2>&1 && break; sleep 0.1; done
 
-TTL=20 SM=5
-cat >"$R/etc/leasedog.yml" <<YAML
+# /etc/leasedog.yml: ttl 20 / loop_wait 2 / retry_timeout 6 / safety_margin 5;
+# /etc/leasedog4.yml (scenario leader4): the short settings, ttl 4 / 1 / 1 / 2.
+write_guest_config() { # file ttl loop_wait retry_timeout safety_margin
+cat >"$1" <<YAML
 scope: vm
 name: guest
 etcd3:
   hosts: ["10.0.2.2:$ep"]
-ttl: $TTL
-loop_wait: 2
-retry_timeout: 6
+ttl: $2
+loop_wait: $3
+retry_timeout: $4
 watchdog:
   mode: required
   device: /dev/watchdog
-  safety_margin: $SM
+  safety_margin: $5
 postgresql:
   data_dir: /var/lib/pg/data
   bin_dir: /usr/lib/postgresql/15/bin
@@ -112,6 +116,9 @@ restapi:
 control:
   socket: /run/leasedog/leasedog.sock
 YAML
+}
+write_guest_config "$R/etc/leasedog.yml" 20 2 6 5
+write_guest_config "$R/etc/leasedog4.yml" 4 1 1 2
 
 cat >"$R/init" <<'INIT'
 #!/bin/sh
@@ -120,7 +127,8 @@ mkdir -p /dev/shm; mount -t tmpfs shm /dev/shm; mount -t tmpfs tmp /tmp; chmod 1
 insmod /watchdog.ko; insmod /i6300esb.ko; insmod /e1000.ko
 ip link set lo up; ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2
-mode=$(sed 's/.*ldmode=\([a-z]*\).*/\1/' /proc/cmdline)
+mode=$(sed 's/.*ldmode=\([a-z0-9]*\).*/\1/' /proc/cmdline)
+cfg=/etc/leasedog.yml; [ "$mode" = leader4 ] && cfg=/etc/leasedog4.yml
 chown postgres:postgres /dev/watchdog /dev/watchdog0 /var/run/postgresql /run/leasedog
 chown -R postgres:postgres /var/lib/pg; chmod 700 /var/lib/pg/data
 echo "GUEST mode=$mode"
@@ -129,7 +137,7 @@ if [ "$mode" = check ]; then
   echo "GUEST check-exit=$?"
   poweroff -f
 fi
-su -s /bin/sh -c 'exec /bin/leasedog -c /etc/leasedog.yml run' postgres &
+su -s /bin/sh -c "exec /bin/leasedog -c $cfg run" postgres &
 agent=$!
 if [ "$mode" = replica ]; then
   sleep 8
@@ -171,12 +179,13 @@ fail() { echo "vm-test FAILED: $*"; echo "--- console:"; tail -30 "$W"/console-*
 for mode in "${scenarios[@]}"; do
   ctl del --prefix /service/vm/ >/dev/null
   case $mode in
-    leader)
-      run_vm leader 300
+    leader|leader4)
+      run_vm "$mode" 300
       # Host view: when the guest's key appears, and when it goes.
       until [ "$(ctl get --print-value-only /service/vm/leader)" = guest ]; do
         kill -0 "$q" 2>/dev/null || fail "QEMU exited before the guest led"; sleep 0.2; done
-      until grep -q "GUEST FROZEN" "$W/console-leader.log"; do sleep 0.1; done
+      until grep -q "GUEST FROZEN" "$W/console-$mode.log"; do
+        kill -0 "$q" 2>/dev/null || fail "QEMU exited before the agent was frozen"; sleep 0.1; done
       frozen=$(date +%s.%N)
       while [ "$(ctl get --print-value-only /service/vm/leader)" = guest ]; do sleep 0.05; done
       gone=$(date +%s.%N)
@@ -184,10 +193,11 @@ for mode in "${scenarios[@]}"; do
       reset=$(awk '$2=="WATCHDOG" {print $1; exit}' "$W/qmp.log")
       [ -n "$reset" ] || fail "no watchdog reset (QMP: $(cat "$W/qmp.log"))"
       grep -q '"reset"' "$W/qmp.log" || fail "watchdog action was not reset"
-      python3 - "$frozen" "$reset" "$gone" <<'PY' || fail "the reset did not come before the lease expiry"
+      python3 - "$frozen" "$reset" "$gone" "$mode" <<'PY' || fail "the reset did not come before the lease expiry"
 import sys
-frozen, reset, gone = map(float, sys.argv[1:])
-print(f"leader: agent frozen; watchdog reset {reset-frozen:.2f}s later; lease expired on the host's etcd "
+frozen, reset, gone = map(float, sys.argv[1:4])
+settings = {"leader": "ttl 20, watchdog 15 s", "leader4": "ttl 4, watchdog 2 s"}[sys.argv[4]]
+print(f"{sys.argv[4]} ({settings}): agent frozen; watchdog reset {reset-frozen:.2f}s later; lease expired on the host's etcd "
       f"{gone-frozen:.2f}s later; margin {gone-reset:.2f}s")
 sys.exit(0 if reset < gone else 1)
 PY

@@ -261,7 +261,25 @@ fn a_bootstrap_slower_than_the_ttl_keeps_the_key() {
 
 #[test]
 fn hung_leader_is_fenced_before_its_lease_expires() {
-    let mut c = Cluster::start(3, Opts::default());
+    hung_leader_is_fenced(Opts::default());
+}
+
+/// The short settings the fence is for: ttl 4, loop_wait 1, retry_timeout
+/// 1, safety_margin 2 (a 2 s watchdog).
+#[test]
+fn hung_leader_is_fenced_before_its_lease_expires_at_ttl_4() {
+    hung_leader_is_fenced(Opts {
+        ttl: 4,
+        loop_wait: 1,
+        retry_timeout: 1,
+        safety_margin: 2,
+        ..Default::default()
+    });
+}
+
+fn hung_leader_is_fenced(opts: Opts) {
+    let timeout_ms: u64 = (opts.ttl - opts.safety_margin) * 1000;
+    let mut c = Cluster::start(3, opts);
     let p = c.wait_healthy(BOOT);
     // A client writes through the hang, the reset and the rejoin.
     let writer = Writer::start(&c, p);
@@ -279,7 +297,6 @@ fn hung_leader_is_fenced_before_its_lease_expires() {
     c.freeze_agent(p);
     // The emulated hardware: the node is reset `timeout` after the last
     // keepalive. The harness plays the watchdog and kills the postmaster then.
-    let timeout_ms: u64 = 4000;
     std::thread::sleep(Duration::from_millis(300)); // let a write in flight land in the file
     let last_feed = c.nodes[p]
         .watchdog_events()
@@ -316,7 +333,8 @@ fn hung_leader_is_fenced_before_its_lease_expires() {
     }
     let (reset, gone) = (reset_done_at.unwrap(), key_gone_at.expect("lease expired"));
     eprintln!(
-        "agent frozen at {frozen_at}, last feed {last_feed}, emulated reset {reset}, lease gone {gone}: margin {} ms",
+        "ttl {}: agent frozen at {frozen_at}, last feed {last_feed}, emulated reset {reset}, lease gone {gone}: margin {} ms",
+        c.opts.ttl,
         gone as i64 - reset as i64
     );
     // No keepalive after the freeze.
