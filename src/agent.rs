@@ -660,6 +660,12 @@ impl Agent {
             }
             Action::StartPrimary => {
                 self.pg.write_primary_conf().map_err(|e| e.to_string())?;
+                // Bounded so the loop is back in time to renew and feed; a
+                // longer start (crash recovery) goes on and is seen as
+                // starting until primary_start_timeout.
+                let now = self.now();
+                self.node.on_primary_start(now);
+                let t = Duration::from_millis(ha::start_wait_ms(&self.ha, &self.node, now));
                 self.pg.start(t, false).await.map_err(|e| e.to_string())?;
                 info!("PostgreSQL started as primary");
                 self.callback(Event::Start, "primary");

@@ -177,6 +177,11 @@ pub struct NodeState {
     /// seen streaming since: the loop looks again soon, so that its member
     /// key says "streaming" within a moment of it, not a loop_wait later.
     pub stream_wanted_since: Option<Millis>,
+    /// A leader started its PostgreSQL as primary then (a crash recovery
+    /// may take long): while it starts (not answering, unknown) the leader
+    /// holds the key and the fence until `primary_start_timeout`, not only
+    /// a ttl.
+    pub primary_start_at: Option<Millis>,
 }
 
 impl NodeState {
@@ -314,13 +319,18 @@ impl NodeState {
         if local.streaming || !local.running {
             self.stream_wanted_since = None;
         }
+        if local.running || !self.leader_confirmed {
+            self.primary_start_at = None;
+        }
         self.sync_in_force.observe(local);
         if !self.leader_confirmed {
             self.led_writable = false;
         } else if local.writable() {
             self.led_writable = true;
         }
-        self.primary_down_since = if self.led_writable && local.known_stopped() {
+        // Stopped or starting (not answering) both count: a start that
+        // keeps failing must not reset the clock.
+        self.primary_down_since = if self.led_writable && !local.running {
             self.primary_down_since.or(Some(now))
         } else {
             None
@@ -336,6 +346,11 @@ impl NodeState {
         } else {
             None
         };
+    }
+
+    /// The leader is starting PostgreSQL as primary.
+    pub fn on_primary_start(&mut self, now: Millis) {
+        self.primary_start_at = Some(now);
     }
 
     /// PostgreSQL was started as a replica, or pointed at a new upstream.
@@ -431,13 +446,16 @@ pub fn io_timeout_ms(cfg: &HaConfig, node: &NodeState, now: Millis) -> u64 {
     t
 }
 
-/// How long starting PostgreSQL read-only may hold the loop: half a ttl
-/// (the member key, bound to the lease, must be published meanwhile), at
-/// least a second, and for a leader no longer than its I/O timeout.
+/// How long starting PostgreSQL may hold the loop: half a ttl (the member
+/// key, bound to the lease, must be published meanwhile), at least a
+/// second; for a leader, half of what is left before its stop deadline, so
+/// that it comes back in time to renew and feed (at ttl 4 that is about
+/// half a second: a slower start goes on in the background, seen as
+/// starting until `primary_start_timeout`).
 pub fn start_wait_ms(cfg: &HaConfig, node: &NodeState, now: Millis) -> u64 {
     let t = (cfg.ttl_ms / 2).max(1000);
     if node.leader_confirmed {
-        t.min(io_timeout_ms(cfg, node, now))
+        t.min(io_timeout_ms(cfg, node, now) / 2).max(100)
     } else {
         t
     }
@@ -928,9 +946,13 @@ fn decide_unknown(mut p: Plan<'_>, ours: bool) -> Decision {
         if local.may_be_writable() {
             p.fence();
         }
-        if node
-            .unknown_since
-            .is_some_and(|t| now.since(t) >= cfg.ttl_ms)
+        let starting = node
+            .primary_start_at
+            .is_some_and(|t| now.since(t) < cfg.primary_start_timeout_ms);
+        if !starting
+            && node
+                .unknown_since
+                .is_some_and(|t| now.since(t) >= cfg.ttl_ms)
         {
             p.push(Action::StopPostgres);
             p.recheck_in(soon);
@@ -939,6 +961,11 @@ fn decide_unknown(mut p: Plan<'_>, ours: bool) -> Decision {
             );
         }
         p.recheck_in(soon);
+        if starting {
+            return p.done(
+                "PostgreSQL is starting as primary: holding the leader key and the fence until it answers (primary_start_timeout)",
+            );
+        }
         return p.done("PostgreSQL does not answer: holding the leader key and the fence until its state is known");
     }
     if local.may_be_writable() {
@@ -3125,14 +3152,53 @@ mod tests {
         assert!(!d.actions.contains(&Action::StartReplica { upstream: None }));
         assert!(d.actions.contains(&Action::DisarmWatchdog));
         assert!(!d.actions.contains(&Action::StartPrimary));
-        // An unknown state is not "stopped": the clock does not run.
+        // Starting (unknown) counts too: the clock runs on...
         let mut u = stopped(true);
         u.unknown = true;
         n.observe(&c, Some(&v), &u, Millis(15_200));
+        assert_eq!(n.primary_down_since, Some(Millis(10_100)));
+        // ...but only a known stopped PostgreSQL lets the key go: an
+        // unknown one is held and fenced (decide_unknown).
+        let d = run(&c, 15_200, Some(&v), &u, &n);
+        assert!(!d.actions.contains(&Action::ReleaseLeader), "{d:?}");
+        n.observe(&c, Some(&v), &primary(1000), Millis(15_300));
         assert_eq!(n.primary_down_since, None);
         // A bootstrap's first start (never writable in this term) is no death.
         let mut fresh = leading(false);
         fresh.observe(&c, Some(&v), &stopped(true), Millis(10_000));
         assert_eq!(fresh.primary_down_since, None);
+    }
+    #[test]
+    fn a_leader_starting_its_primary_holds_past_a_ttl_until_primary_start_timeout() {
+        let mut c = cfg(WatchdogMode::Automatic);
+        c.primary_start_timeout_ms = 60_000;
+        let v = view(leader("b", 9), vec![member("b", Role::Primary, 1000, 1)]);
+        let mut starting = stopped(true);
+        starting.unknown = true;
+        let mut n = leading(true);
+        n.on_primary_start(Millis(10_000));
+        n.unknown_since = Some(Millis(10_000));
+        let renewed_at = |n: &mut NodeState, t: u64| {
+            n.last_renewal = Some(Millis(t));
+            n.last_confirmed = Some(Millis(t));
+            n.watchdog_deadline = Some(Millis(t + 4000));
+        };
+        // Past a ttl (6 s) of no answer, but within the start's window.
+        renewed_at(&mut n, 16_900);
+        let d = run(&c, 17_000, Some(&v), &starting, &n);
+        assert!(!d.actions.contains(&Action::StopPostgres), "{d:?}");
+        assert!(
+            d.actions.contains(&Action::FeedWatchdog),
+            "fenced meanwhile: {d:?}"
+        );
+        // Past primary_start_timeout it is stopped like any silent server.
+        renewed_at(&mut n, 70_400);
+        let d = run(&c, 70_500, Some(&v), &starting, &n);
+        assert!(d.actions.contains(&Action::StopPostgres), "{d:?}");
+        // Without a start of ours, a ttl of silence stops it.
+        n.primary_start_at = None;
+        renewed_at(&mut n, 16_900);
+        let d = run(&c, 17_000, Some(&v), &starting, &n);
+        assert!(d.actions.contains(&Action::StopPostgres), "{d:?}");
     }
 }
