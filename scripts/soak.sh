@@ -2,8 +2,9 @@
 # Soak: the 3-node loopback cluster at short settings (default ttl 4 /
 # loop_wait 1 / retry_timeout 1 / safety_margin 2: watchdog timeout 2 s) for
 # DURATION seconds (default 3600) under a light writer, then prints the
-# leader changes (spurious failovers), every watchdog deadline missed, and
-# the histogram of the time between feeds (testing watchdog logs).
+# leader changes (spurious failovers), the leader's fence stops, every
+# watchdog deadline missed, and the histogram of the time between feeds
+# (testing watchdog logs).
 #
 #   bash scripts/soak.sh                       # one hour
 #   DURATION=600 bash scripts/soak.sh
@@ -34,7 +35,8 @@ while [ $SECONDS -lt $end ]; do
   fi
   sleep 1
 done
-echo "leader changes: $changes; writes: $writes ok, $failed failed"
+stops=$(cat "$work"/node*/agent.log | grep -c "stopping PostgreSQL before the lease expires" || true)
+echo "leader changes: $changes; writes: $writes ok, $failed failed; fence stops (lease not renewed in time): $stops"
 python3 - "$((TTL - SAFETY_MARGIN))" "$work"/node*/watchdog.log <<'PY'
 import sys
 timeout_ms, files = int(sys.argv[1]) * 1000, sys.argv[2:]

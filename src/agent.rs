@@ -155,6 +155,12 @@ impl Agent {
         self.node.past_stop_deadline(&self.ha, self.now()) && self.last_local.may_be_writable()
     }
 
+    /// A read or probe of the cycle: for a leader, half of what is left
+    /// before its stop deadline (`ha::observe_timeout_ms`).
+    fn observe_timeout(&self) -> Duration {
+        Duration::from_millis(ha::observe_timeout_ms(&self.ha, &self.node, self.now()))
+    }
+
     fn io_timeout(&self) -> Duration {
         Duration::from_millis(ha::io_timeout_ms(&self.ha, &self.node, self.now()))
     }
@@ -386,7 +392,7 @@ impl Agent {
     /// One HA cycle. Returns when the next one should run at the latest.
     async fn cycle(&mut self) -> Millis {
         let started = Instant::now();
-        let t = self.io_timeout();
+        let t = self.observe_timeout();
         let view = if self.fence_pending() {
             // Rule W needs only the probe: no read spends the stop budget.
             debug!("past the stop deadline: no etcd read before the stop");
@@ -452,7 +458,7 @@ impl Agent {
                 }
             }
         }
-        let t = self.io_timeout();
+        let t = self.observe_timeout();
         let local = self.pg.probe(t).await;
         let now = self.now();
         self.node.observe(&self.ha, view.as_ref(), &local, now);
@@ -482,7 +488,8 @@ impl Agent {
         }
         self.update_snapshot(&decision.summary, started);
 
-        let mut next = decision.next_cycle;
+        // The deadlines as this cycle's renewal and feed left them.
+        let mut next = ha::next_wake(&self.ha, &self.node, &decision, self.now());
         if self.node.stream_wanted_since.is_some_and(|t| t >= now) {
             // A replica started (or re-pointed) in this cycle: look again
             // soon, to publish its stream as soon as it runs.

@@ -85,6 +85,20 @@ impl HaConfig {
         (self.retry_timeout_ms / 2).max(1000)
     }
 
+    /// How long before its stop deadline a leader's cycle begins: half the
+    /// window between a feed (or renewal) and the stop deadline, at most
+    /// retry_timeout. At ttl 4 / safety_margin 2 the window is 1 s, so the
+    /// leader cycles every half second; at 30/10/10/5 it is 20 s and
+    /// loop_wait comes first.
+    pub fn cycle_lead_ms(&self) -> u64 {
+        let fence_ms = if self.watchdog_mode == WatchdogMode::Off {
+            self.ttl_ms
+        } else {
+            (self.watchdog_timeout_secs() as u64 * 1000).min(self.ttl_ms)
+        };
+        (fence_ms.saturating_sub(self.stop_budget_ms()) / 2).min(self.retry_timeout_ms)
+    }
+
     /// The slack of the feed rule: a fixed part plus a part that scales with
     /// the watchdog timeout, because hardware that runs `WATCHDOG_RATE_PCT`
     /// long overshoots a 25 s timeout by 0.75 s but a 4 s one by 0.12 s.
@@ -685,8 +699,38 @@ pub struct Decision {
     pub actions: Vec<Action>,
     /// One line for the log: why.
     pub summary: String,
-    /// When the next cycle should run at the latest.
+    /// When the next cycle should run at the latest, by the deadlines as
+    /// they were before this cycle's actions.
     pub next_cycle: Millis,
+    /// The same without the stop-deadline cap: once the actions ran (a
+    /// renewal and a feed move the deadlines), [`next_wake`] caps it again.
+    pub next_if_renewed: Millis,
+}
+
+/// When the loop runs next, once this cycle's actions ran (`node` as they
+/// left it): for a confirmed leader no later than `cycle_lead_ms` before
+/// its stop deadline, so that the next cycle's read, probe and renewal fit
+/// before it; otherwise as decided.
+pub fn next_wake(cfg: &HaConfig, node: &NodeState, d: &Decision, now: Millis) -> Millis {
+    match node.must_stop_at(cfg).filter(|_| node.leader_confirmed) {
+        Some(stop) => d
+            .next_if_renewed
+            .min(stop.minus(cfg.cycle_lead_ms()))
+            .max(now),
+        None => d.next_cycle,
+    }
+}
+
+/// The time a confirmed leader gives one read or probe: half of what is
+/// left before its stop deadline (at most retry_timeout), so that a slow
+/// etcd or PostgreSQL leaves room for the renewal and the feed.
+pub fn observe_timeout_ms(cfg: &HaConfig, node: &NodeState, now: Millis) -> u64 {
+    let t = io_timeout_ms(cfg, node, now);
+    if node.leader_confirmed {
+        (t / 2).max(100).min(t)
+    } else {
+        t
+    }
 }
 
 /// Everything [`decide`] looks at.
@@ -704,11 +748,13 @@ struct Plan<'a> {
     i: Input<'a>,
     actions: Vec<Action>,
     next_cycle: Millis,
+    next_if_renewed: Millis,
 }
 
 impl<'a> Plan<'a> {
     fn new(i: Input<'a>) -> Plan<'a> {
-        let mut next = i.now.plus(i.cfg.loop_wait_ms);
+        let wake = i.now.plus(i.cfg.loop_wait_ms);
+        let mut next = wake;
         if i.node.leader_confirmed
             && let Some(stop) = i.node.must_stop_at(i.cfg)
         {
@@ -718,6 +764,7 @@ impl<'a> Plan<'a> {
             i,
             actions: Vec::new(),
             next_cycle: next,
+            next_if_renewed: wake,
         }
     }
     fn push(&mut self, a: Action) -> &mut Self {
@@ -726,6 +773,7 @@ impl<'a> Plan<'a> {
     }
     fn recheck_in(&mut self, ms: u64) -> &mut Self {
         self.next_cycle = self.next_cycle.min(self.i.now.plus(ms));
+        self.next_if_renewed = self.next_if_renewed.min(self.i.now.plus(ms));
         self
     }
     fn done(self, summary: impl Into<String>) -> Decision {
@@ -733,6 +781,7 @@ impl<'a> Plan<'a> {
             actions: self.actions,
             summary: summary.into(),
             next_cycle: self.next_cycle,
+            next_if_renewed: self.next_if_renewed,
         }
     }
     /// Arm if not armed, else feed: the fence for a node that is or is about

@@ -563,6 +563,8 @@ struct Node {
     /// What the outstanding request is for.
     pending: Option<Pending>,
     next_cycle: u64,
+    /// The last decision's `next_if_renewed` (the node's local clock).
+    wake_if_renewed: Millis,
     sent_local: Millis,
     last_ok: bool,
     /// True time at which the outstanding request times out.
@@ -901,6 +903,7 @@ impl Sim {
                 queue: VecDeque::new(),
                 pending: None,
                 next_cycle: 0,
+                wake_if_renewed: Millis(0),
                 sent_local: Millis(0),
                 last_ok: true,
                 deadline: 0,
@@ -1092,7 +1095,13 @@ impl Sim {
         n.seqno += 1;
         let seqno = n.seqno;
         let now_local = n.local(self.now);
-        let timeout_local = ha::io_timeout_ms(&n.cfg, &n.node, now_local);
+        // The cycle's read gets the agent's observe timeout (half of what a
+        // leader has left); every other request the I/O timeout.
+        let timeout_local = if matches!(why, Pending::Read) {
+            ha::observe_timeout_ms(&n.cfg, &n.node, now_local)
+        } else {
+            ha::io_timeout_ms(&n.cfg, &n.node, now_local)
+        };
         let timeout = n.to_true(timeout_local);
         n.agent = Agent::Waiting { seqno };
         n.pending = Some(why);
@@ -1745,6 +1754,7 @@ impl Sim {
         }
         let n = &mut self.nodes[i];
         n.next_cycle = self.now + n.to_true(d.next_cycle.since(now));
+        n.wake_if_renewed = d.next_if_renewed;
         n.last_ok = true;
         self.next_action(i)
     }
@@ -2143,7 +2153,17 @@ impl Sim {
             self.at(next, Ev::Cycle(i));
             return;
         }
-        let mut next = n.next_cycle;
+        // The agent's twin (`ha::next_wake`): the deadlines as the actions
+        // left them.
+        let local_now = n.local(self.now);
+        let d = ha::Decision {
+            actions: Vec::new(),
+            summary: String::new(),
+            next_cycle: n.local(n.next_cycle),
+            next_if_renewed: n.wake_if_renewed,
+        };
+        let wake = ha::next_wake(&n.cfg, &n.node, &d, local_now);
+        let mut next = self.now + n.to_true(wake.since(local_now));
         if !ok {
             next = next.min(self.now + n.to_true(n.cfg.loop_wait_ms.min(1000)));
         }
@@ -2289,7 +2309,8 @@ fn stale_pause_twin(i: Input<'_>) -> ha::Decision {
                     });
                 }
             }
-            let mut next = i.now.plus(i.cfg.loop_wait_ms);
+            let wake = i.now.plus(i.cfg.loop_wait_ms);
+            let mut next = wake;
             if node.leader_confirmed
                 && let Some(stop) = node.must_stop_at(i.cfg)
             {
@@ -2299,6 +2320,7 @@ fn stale_pause_twin(i: Input<'_>) -> ha::Decision {
                 actions,
                 summary: "(stale pause) etcd read failed, paused at the last read".into(),
                 next_cycle: next,
+                next_if_renewed: wake,
             };
         }
     };

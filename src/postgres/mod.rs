@@ -592,7 +592,11 @@ impl Postgres {
         self.seen_in_recovery = standby.then_some(true);
         let data = self.data_str();
         let log = self.log();
-        let status_time = (timeout / 10).max(Duration::from_millis(500));
+        // Everything within `timeout`: a leader's start is bounded so that
+        // it is back in time to renew and feed (`ha::start_wait_ms`).
+        let deadline = tokio::time::Instant::now() + timeout;
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        let status_time = (timeout / 10).max(Duration::from_millis(500).min(timeout / 2));
         let status = self.postmaster_status(status_time).await;
         if let Postmaster::Unknown(why) = status {
             // Starting a second postmaster beside one we cannot see is
@@ -603,9 +607,12 @@ impl Postgres {
         }
         if status == Postmaster::Running {
             // Already up (still starting?): wait for it rather than fail.
-            let end = tokio::time::Instant::now() + timeout;
-            while tokio::time::Instant::now() < end {
-                if self.query_state(Duration::from_millis(500)).await.is_ok() {
+            while !left().is_zero() {
+                if self
+                    .query_state(Duration::from_millis(500).min(left()))
+                    .await
+                    .is_ok()
+                {
                     return Ok(());
                 }
                 self.client = None;
@@ -616,12 +623,14 @@ impl Postgres {
                 after: timeout,
             });
         }
-        let t = secs(timeout);
+        // pg_ctl's own -t counts whole seconds; it is killed at our
+        // deadline (the postmaster, in its own session, starts on).
+        let t = secs(left());
         ctl::run_pg_ctl(
             self.bin(),
             &["start", "-w", "-s", "-t", &t, "-D", &data],
             &log,
-            timeout + Duration::from_secs(1),
+            left().max(Duration::from_millis(100)),
         )
         .await
         .map_err(|e| match e {
