@@ -228,6 +228,12 @@ pub struct Dcs {
     /// Keys asked for per page of a prefix read: halved when a page is too
     /// large for gRPC, grown again when pages come back small.
     page_limit: usize,
+    /// The `status` value our last leader confirmation wrote, and the
+    /// revision that wrote it.
+    status_written: Option<(String, i64)>,
+    /// From the last prefix read: the `status` key's mod_revision and the
+    /// leader key's create_revision.
+    status_seen: Option<(Option<i64>, Option<i64>)>,
 }
 
 /// Less time than this left after a failed attempt: no next endpoint.
@@ -278,6 +284,8 @@ impl Dcs {
             last_good_config: None,
             skipped_reported: None,
             page_limit: MAX_PAGE_KEYS,
+            status_written: None,
+            status_seen: None,
         }
     }
 
@@ -455,6 +463,7 @@ impl Dcs {
 
     /// `read` on the current endpoint.
     async fn read_on(&mut self, timeout: Duration) -> Result<ClusterView, DcsError> {
+        self.status_seen = None;
         let deadline = tokio::time::Instant::now() + timeout;
         let prefix = self.prefix.clone();
         let end = prefix_end(prefix.as_bytes());
@@ -590,6 +599,10 @@ impl Dcs {
         if config_unreadable && let Some(c) = &self.last_good_config {
             view.config = c.clone();
         }
+        self.status_seen = Some((
+            view.status.as_ref().map(|s| s.mod_revision),
+            view.leader.as_ref().map(|l| l.create_revision),
+        ));
         if !skipped.is_empty()
             && self
                 .skipped_reported
@@ -815,7 +828,9 @@ impl Dcs {
     }
 
     /// The leader key still holds our name and our lease; on success also
-    /// writes `status`.
+    /// writes `status`, unless it is unchanged (see [`Dcs::status_unchanged`]):
+    /// the comparison alone is a read-only txn, which etcd answers without a
+    /// raft write, and the watchers get no event.
     pub async fn confirm_leader(
         &mut self,
         status: Option<&Status>,
@@ -824,9 +839,10 @@ impl Dcs {
         let lease = self.own_lease()?;
         let leader = self.key("leader");
         let mut ops = Vec::new();
-        if let Some(s) = status {
-            let json = serde_json::to_string(s).unwrap_or_default();
-            ops.push(TxnOp::put(self.key("status"), json, None));
+        let json = status.map(|s| serde_json::to_string(s).unwrap_or_default());
+        let write = json.filter(|j| !self.status_unchanged(j));
+        if let Some(j) = &write {
+            ops.push(TxnOp::put(self.key("status"), j.clone(), None));
         }
         let txn = Txn::new()
             .when([
@@ -834,7 +850,36 @@ impl Dcs {
                 Compare::lease(leader, CompareOp::Equal, lease),
             ])
             .and_then(ops);
-        self.txn("leader confirmation", txn, timeout).await
+        // Until this txn is known applied, what `status` holds is not known.
+        let written = write.is_some();
+        if written {
+            self.status_written = None;
+        }
+        let resp = self
+            .call("leader confirmation", timeout, |mut c| async move {
+                c.txn(txn).await
+            })
+            .await?;
+        if let (Some(j), true) = (write, resp.succeeded()) {
+            let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            self.status_written = (revision > 0).then_some((j, revision));
+        }
+        Ok(resp.succeeded())
+    }
+
+    /// `json` is what our last confirmation wrote to `status`, and the last
+    /// prefix read (this cycle's) found the key still at that write's
+    /// revision (nobody changed or deleted it since) and written after the
+    /// leader key was created (in this term: `ha::stream_slot` trusts only
+    /// such a status).
+    fn status_unchanged(&self, json: &str) -> bool {
+        let Some((written, revision)) = &self.status_written else {
+            return false;
+        };
+        let Some((Some(seen), Some(leader_created))) = self.status_seen else {
+            return false;
+        };
+        written == json && seen == *revision && *revision > leader_created
     }
 
     /// Creates the leader key bound to our lease, if nobody holds it.
