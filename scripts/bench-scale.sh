@@ -40,24 +40,27 @@ counts() {
     "$(etcd_metric grpc_server_started_total 'grpc_method="Watch"')" \
     "$(etcd_metric grpc_server_started_total 'grpc_method="LeaseKeepAlive"')" \
     "$(etcd_metric grpc_server_handled_total 'grpc_code="Unavailable"')" \
-    "$(cpu_ticks "$etcd_pid") $(cpu_ticks "${all_agents[@]}")"
+    "$(cpu_ticks "$etcd_pid") $(cpu_ticks "${all_agents[@]}")" \
+    "$(etcd_metric etcd_server_proposals_committed_total)"
 }
-read -r m0 w0 k0 u0 e0 a0 < <(counts)
+read -r m0 w0 k0 u0 e0 a0 p0 < <(counts)
 t0=$(now)
 sleep "$IDLE_SECS"
-read -r m1 w1 k1 u1 e1 a1 < <(counts)
+read -r m1 w1 k1 u1 e1 a1 p1 < <(counts)
 t1=$(now)
-python3 - "$CLUSTERS" "$members" "$t0" "$t1" "$tick" "$m0" "$m1" "$e0" "$e1" "$a0" "$a1" <<'PY'
+python3 - "$CLUSTERS" "$members" "$t0" "$t1" "$tick" "$m0" "$m1" "$e0" "$e1" "$a0" "$a1" "$p0" "$p1" <<'PY'
 import sys
 n, members = int(sys.argv[1]), int(sys.argv[2])
 t0, t1, tick = float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
-m0, m1, e0, e1, a0, a1 = map(int, sys.argv[6:12])
+m0, m1, e0, e1, a0, a1, p0, p1 = map(int, sys.argv[6:14])
 mins = (t1 - t0) / 60
 msgs = (m1 - m0) / mins
+writes = (p1 - p0) / mins
 etcd_cpu = (e1 - e0) / tick / mins  # CPU seconds per minute
 agent_cpu = (a1 - a0) / tick / mins
 print(f"{n} cluster(s), {members} members, idle {t1 - t0:.0f} s:")
 print(f"  etcd gRPC messages per minute: {msgs:.0f} ({msgs / members:.1f} per member)")
+print(f"  etcd writes (raft proposals) per minute: {writes:.0f} ({writes / members:.1f} per member)")
 print(f"  etcd CPU: {etcd_cpu * 1000:.0f} ms per minute ({etcd_cpu * 1000 / members:.1f} per member)")
 print(f"  agent CPU: {agent_cpu * 1000:.0f} ms per minute ({agent_cpu * 1000 / members:.1f} per member)")
 PY

@@ -6,7 +6,8 @@
 BIN_DIR=/usr/lib/postgresql/15/bin
 work=$(mktemp -d /tmp/leasedog-cluster.XXXXXX)
 chmod 755 "$work"
-cp target/release/leasedog "$work/leasedog"
+# LEASEDOG_BIN: another build to run (a before/after comparison).
+cp "${LEASEDOG_BIN:-target/release/leasedog}" "$work/leasedog"
 pids=()
 
 cluster_down() {
@@ -148,7 +149,7 @@ extra_cluster_up() {
 # whose labels contain FILTER (e.g. 'grpc_method="Watch"').
 etcd_metric() {
   curl -s "http://127.0.0.1:$etcd_port/metrics" |
-    awk -v m="$1{" -v f="${2:-}" 'index($1, m) == 1 && index($1, f) {s += $2} END {printf "%d\n", s}'
+    awk -v m="$1" -v f="${2:-}" '($1 == m || index($1, m "{") == 1) && index($1, f) {s += $2} END {printf "%d\n", s}'
 }
 # CPU ticks (user + system) of processes.
 cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
