@@ -829,8 +829,16 @@ impl Dcs {
 
     /// The leader key still holds our name and our lease; on success also
     /// writes `status`, unless it is unchanged (see [`Dcs::status_unchanged`]):
-    /// the comparison alone is a read-only txn, which etcd answers without a
-    /// raft write, and the watchers get no event.
+    /// then the txn only reads, which etcd answers without a raft write, and
+    /// the watchers get no event.
+    ///
+    /// A txn with no write is answered by the etcd member we reach from its
+    /// own state, unless one of its reads is linearizable (etcd 3.4
+    /// `isTxnSerializable` holds for a txn with no operation at all): a
+    /// member cut off from its quorum could then confirm a key that is gone.
+    /// So a confirmation that writes nothing reads the leader key, which
+    /// makes etcd wait for its raft leader's commit index first (ReadIndex),
+    /// as the write did.
     pub async fn confirm_leader(
         &mut self,
         status: Option<&Status>,
@@ -841,8 +849,10 @@ impl Dcs {
         let mut ops = Vec::new();
         let json = status.map(|s| serde_json::to_string(s).unwrap_or_default());
         let write = json.filter(|j| !self.status_unchanged(j));
-        if let Some(j) = &write {
-            ops.push(TxnOp::put(self.key("status"), j.clone(), None));
+        match &write {
+            Some(j) => ops.push(TxnOp::put(self.key("status"), j.clone(), None)),
+            // Linearizable (GetOptions' default): see above.
+            None => ops.push(TxnOp::get(leader.clone(), None)),
         }
         let txn = Txn::new()
             .when([
@@ -851,8 +861,7 @@ impl Dcs {
             ])
             .and_then(ops);
         // Until this txn is known applied, what `status` holds is not known.
-        let written = write.is_some();
-        if written {
+        if write.is_some() {
             self.status_written = None;
         }
         let resp = self
@@ -1198,6 +1207,12 @@ impl Dcs {
     }
 }
 
+/// A watch silent this long is asked for its progress (etcd 3.4+).
+const WATCH_SILENCE: Duration = Duration::from_secs(60);
+
+/// A watch that does not answer a progress request within this is made again.
+const PROBE_WAIT: Duration = Duration::from_secs(10);
+
 /// Stops the watch task when dropped.
 pub struct WatchHandle(tokio::task::JoinHandle<()>);
 
@@ -1210,12 +1225,24 @@ impl Drop for WatchHandle {
 /// Watches the cluster prefix and wakes the loop (`notify`) when the leader,
 /// config, failover or initialize key changes.
 /// It only wakes: it never decides anything. The watch is recreated after
-/// errors, rotating endpoints, with a short backoff.
+/// errors, rotating endpoints, with a short backoff, and after a silence of
+/// [`WATCH_SILENCE`] only if etcd does not answer a progress request.
 pub fn spawn_watch(
     endpoints: Vec<String>,
     prefix: String,
     notify: Arc<Notify>,
     transport: Transport,
+) -> WatchHandle {
+    spawn_watch_with_silence(endpoints, prefix, notify, transport, WATCH_SILENCE)
+}
+
+/// [`spawn_watch`] with another silence before a progress request (tests).
+pub fn spawn_watch_with_silence(
+    endpoints: Vec<String>,
+    prefix: String,
+    notify: Arc<Notify>,
+    transport: Transport,
+    silence: Duration,
 ) -> WatchHandle {
     WatchHandle(tokio::spawn(async move {
         let mut i = 0usize;
@@ -1225,6 +1252,7 @@ pub fn spawn_watch(
                 .cloned()
                 .unwrap_or_default();
             i += 1;
+            let mut silent_since_probe = false;
             let stream = tokio::time::timeout(Duration::from_secs(5), async {
                 let mut c =
                     Client::connect([endpoint.as_str()], Some(connect_options(&transport))).await?;
@@ -1234,10 +1262,22 @@ pub fn spawn_watch(
             .await;
             match stream {
                 Ok(Ok(mut s)) => loop {
-                    // HTTP/2 keep-alive detects a dead connection; the outer
-                    // timeout bounds a silent one, after which we re-watch.
-                    match tokio::time::timeout(Duration::from_secs(60), s.message()).await {
+                    // HTTP/2 keep-alive detects a dead connection. A silent
+                    // one (an idle cluster writes nothing for minutes) is
+                    // asked for its progress, which etcd answers on the same
+                    // stream; only a stream that does not answer is made
+                    // again (re-made streams cost etcd: tests/etcd_traffic.rs).
+                    let probing = silent_since_probe;
+                    let wait = if probing { PROBE_WAIT } else { silence };
+                    match tokio::time::timeout(wait, s.message()).await {
+                        Err(_) if !probing => {
+                            if s.request_progress().await.is_err() {
+                                break;
+                            }
+                            silent_since_probe = true;
+                        }
                         Ok(Ok(Some(r))) => {
+                            silent_since_probe = false;
                             // Member keys change every cycle; waking on them
                             // would make the agents wake each other forever.
                             let wakes = r.events().iter().any(|e| {
