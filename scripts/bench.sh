@@ -2,14 +2,22 @@
 # Benchmark: runs the 3-node loopback cluster and prints, for the timings
 # given, hard-failover time (SIGKILL of agent + postmaster -> new primary
 # writable), graceful-handover time (SIGTERM -> new primary writable), and
-# for one agent over an idle period: RSS, threads, CPU seconds, and the etcd
-# requests per minute of the whole cluster.
+# for one agent over an idle period: RSS, threads, CPU seconds, and what the
+# three idle agents cost etcd: gRPC messages etcd received per minute (calls
+# plus messages on streams: grpc_server_msg_received_total, summed), calls
+# and streams started per minute, and the watch and keep-alive streams
+# started and ended Unavailable in the window (0 when no stream is re-made).
+# CLUSTERS=N: the scale benchmark instead (scripts/bench-scale.sh).
 #
 #   bash scripts/bench.sh                       # ttl 8 / loop_wait 1 / retry 2 / margin 2
 #   TTL=30 LOOP_WAIT=10 RETRY_TIMEOUT=10 SAFETY_MARGIN=5 bash scripts/bench.sh
 #   IDLE_SECS=60 bash scripts/bench.sh          # idle window (default 60)
+#   IDLE_ONLY=1 bash scripts/bench.sh           # the idle figures only
+#   LEASEDOG_BIN=/path/to/leasedog bash scripts/bench.sh  # another build (before/after)
+#   CLUSTERS=4 bash scripts/bench.sh            # = CLUSTERS=4 bash scripts/bench-scale.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+[ -z "${CLUSTERS:-}" ] || exec bash scripts/bench-scale.sh
 [ "$(id -u)" -eq 0 ] || { echo "bench: run as root"; exit 2; }
 bash scripts/setup.sh >/dev/null
 cargo build --release --quiet
@@ -23,19 +31,27 @@ echo "settings: ttl $TTL, loop_wait $LOOP_WAIT, retry_timeout $RETRY_TIMEOUT, sa
 # Idle footprint of one replica's agent and the cluster's etcd traffic.
 p=$(primary); r=$(( p % 3 + 1 ))
 pid=${agent[$r]}
-etcd_requests() { curl -s "http://127.0.0.1:$etcd_port/metrics" | awk '/^grpc_server_started_total/ {s+=$2} END {print s+0}'; }
-cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 tick=$(getconf CLK_TCK)
-c0=$(cpu_ticks "$pid"); e0=$(etcd_requests)
+sleep $((LOOP_WAIT + 1)) # the members' first publications after startup
+etcd_counts() {
+  echo "$(etcd_metric grpc_server_msg_received_total) $(etcd_metric grpc_server_started_total)" \
+    "$(etcd_metric grpc_server_started_total 'grpc_method="Watch"') $(etcd_metric grpc_server_started_total 'grpc_method="LeaseKeepAlive"')" \
+    "$(etcd_metric grpc_server_handled_total 'grpc_code="Unavailable"') $(etcd_metric etcd_server_proposals_committed_total)"
+}
+c0=$(cpu_ticks "$pid"); read -r m0 e0 w0 k0 u0 p0 < <(etcd_counts)
 sleep "$IDLE_SECS"
-c1=$(cpu_ticks "$pid"); e1=$(etcd_requests)
+c1=$(cpu_ticks "$pid"); read -r m1 e1 w1 k1 u1 p1 < <(etcd_counts)
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
 threads=$(awk '/Threads/ {print $2}' "/proc/$pid/status")
 lp=${agent[$p]}
 rss_leader=$(awk '/VmRSS/ {print $2}' "/proc/$lp/status")
 echo "agent RSS: replica $(python3 -c "print(f'{$rss/1024:.1f}')") MiB, leader $(python3 -c "print(f'{$rss_leader/1024:.1f}')") MiB; threads: $threads"
 echo "agent CPU over ${IDLE_SECS}s idle: $(python3 -c "print(f'{($c1-$c0)/$tick:.2f}')") s"
-echo "etcd requests per minute (3 agents): $(python3 -c "print(round(($e1-$e0)*60/$IDLE_SECS))")"
+echo "etcd gRPC messages per minute (3 agents): $(python3 -c "print(round(($m1-$m0)*60/$IDLE_SECS))")"
+echo "etcd calls and streams started per minute (3 agents): $(python3 -c "print(round(($e1-$e0)*60/$IDLE_SECS))")"
+echo "etcd writes (raft proposals) per minute (3 agents): $(python3 -c "print(round(($p1-$p0)*60/$IDLE_SECS))")"
+echo "etcd streams started over ${IDLE_SECS}s idle: Watch $((w1 - w0)), LeaseKeepAlive $((k1 - k0)); ended Unavailable: $((u1 - u0))"
+[ -z "${IDLE_ONLY:-}" ] || exit 0
 
 # Hard failover.
 t0=$(now)

@@ -2,11 +2,13 @@
 # etcd + 3 PostgreSQL 15 + 3 agents run as the postgres user. Source it after
 # setting TTL LOOP_WAIT RETRY_TIMEOUT SAFETY_MARGIN (and EXTRA_YAML, top-level
 # keys added to every node's file); call cluster_up, and the EXIT trap stops
-# everything by PID.
+# everything by PID. More clusters (other scopes) on the same etcd:
+# extra_cluster_up K (the scale benchmark). ETCD_ARGS: extra etcd flags.
 BIN_DIR=/usr/lib/postgresql/15/bin
 work=$(mktemp -d /tmp/leasedog-cluster.XXXXXX)
 chmod 755 "$work"
-cp target/release/leasedog "$work/leasedog"
+# LEASEDOG_BIN: another build to run (a before/after comparison).
+cp "${LEASEDOG_BIN:-target/release/leasedog}" "$work/leasedog"
 pids=()
 
 cluster_down() {
@@ -32,19 +34,21 @@ start_etcd() {
   etcd --name demo --data-dir "$work/etcd" \
     --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
     --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
-    --initial-cluster "demo=http://127.0.0.1:$peer_port" >"$work/etcd.log" 2>&1 &
+    --initial-cluster "demo=http://127.0.0.1:$peer_port" ${ETCD_ARGS:-} >"$work/etcd.log" 2>&1 &
   etcd_pid=$!
   pids+=("$etcd_pid")
 }
 
+# write_configs [DIR SCOPE]: node1..3 under DIR (default $work, scope demo).
 write_configs() {
+  local base=${1:-$work} scope=${2:-demo}
   for i in 1 2 3; do
-    local d="$work/node$i" port api
+    local d="$base/node$i" port api
     mkdir -p "$d/sock"
     port=$(free_port); api=$(free_port)
     echo "$port" >"$d/port"
     cat >"$d/leasedog.yml" <<YAML
-scope: demo
+scope: $scope
 name: node$i
 etcd3:
   hosts: ["127.0.0.1:$etcd_port"]
@@ -76,35 +80,42 @@ control:
 ${EXTRA_YAML:-}
 YAML
   done
-  chown -R postgres:postgres "$work"
+  chown -R postgres:postgres "$base"
 }
 
 declare -A agent
+# Every agent started, of every cluster (PIDs).
+all_agents=()
+# start_agent I [DIR]: node I's agent (DIR: $work).
 start_agent() {
+  local base=${2:-$work}
   # setpriv execs the agent, so $! is the agent's own PID.
   setpriv --reuid postgres --regid postgres --init-groups \
-    "$work/leasedog" -c "$work/node$1/leasedog.yml" run >>"$work/node$1/agent.log" 2>&1 &
-  agent[$1]=$!
+    "$work/leasedog" -c "$base/node$1/leasedog.yml" run >>"$base/node$1/agent.log" 2>&1 &
+  [ "$base" = "$work" ] && agent[$1]=$!
   disown "$!" # no "Killed" line when a benchmark kills it
   pids+=("$!")
+  all_agents+=("$!")
 }
 ld() { "$work/leasedog" -c "$work/node1/leasedog.yml" "$@"; }
-psql_on() { "$BIN_DIR/psql" -X -At -U postgres -d postgres -h "$work/node$1/sock" -p "$(cat "$work/node$1/port")" -c "$2" 2>/dev/null; }
-primary() { for i in 1 2 3; do [ "$(psql_on "$i" 'select pg_is_in_recovery()')" = f ] && { echo "$i"; return 0; }; done; return 1; }
-streaming() { psql_on "$1" "select count(*) from pg_stat_replication where state='streaming' and application_name like 'node%'"; }
+# psql_on I SQL [DIR]
+psql_on() { local base=${3:-$work}; "$BIN_DIR/psql" -X -At -U postgres -d postgres -h "$base/node$1/sock" -p "$(cat "$base/node$1/port")" -c "$2" 2>/dev/null; }
+primary() { for i in 1 2 3; do [ "$(psql_on "$i" 'select pg_is_in_recovery()' "${1:-$work}")" = f ] && { echo "$i"; return 0; }; done; return 1; }
+streaming() { psql_on "$1" "select count(*) from pg_stat_replication where state='streaming' and application_name like 'node%'" "${2:-$work}"; }
 postmaster_of() { head -1 "$work/node$1/data/postmaster.pid"; }
 
+# wait_healthy [DIR [SECONDS]]: one primary, two streaming replicas.
 wait_healthy() {
-  local deadline=$((SECONDS + 120)) p
+  local base=${1:-$work} deadline=$((SECONDS + ${2:-120})) p
   while [ $SECONDS -lt $deadline ]; do
-    if p=$(primary) && [ "$(streaming "$p")" = 2 ]; then
+    if p=$(primary "$base") && [ "$(streaming "$p" "$base")" = 2 ]; then
       local ok=1
-      for i in 1 2 3; do [ "$i" = "$p" ] || [ "$(psql_on "$i" 'select pg_is_in_recovery()')" = t ] || ok=0; done
+      for i in 1 2 3; do [ "$i" = "$p" ] || [ "$(psql_on "$i" 'select pg_is_in_recovery()' "$base")" = t ] || ok=0; done
       [ $ok = 1 ] && return 0
     fi
     sleep 0.2
   done
-  echo "the cluster did not become healthy; logs in $work/node*/agent.log"; KEEP=1; exit 1
+  echo "the cluster did not become healthy; logs in $base/node*/agent.log"; KEEP=1; exit 1
 }
 
 # Waits until a node other than $1 accepts a write; prints its number.
@@ -126,3 +137,22 @@ cluster_up() {
   for i in 1 2 3; do start_agent "$i"; done
   wait_healthy
 }
+
+# extra_cluster_up K: cluster K (scope demoK, under $work/cluster$K) on the
+# same etcd, healthy.
+extra_cluster_up() {
+  local base="$work/cluster$1"
+  mkdir -p "$base"
+  write_configs "$base" "demo$1"
+  for i in 1 2 3; do start_agent "$i" "$base"; done
+  wait_healthy "$base" 300
+}
+
+# etcd_metric NAME [FILTER]: the sum of etcd's counter NAME over the series
+# whose labels contain FILTER (e.g. 'grpc_method="Watch"').
+etcd_metric() {
+  curl -s "http://127.0.0.1:$etcd_port/metrics" |
+    awk -v m="$1" -v f="${2:-}" '($1 == m || index($1, m "{") == 1) && index($1, f) {s += $2} END {printf "%d\n", s}'
+}
+# CPU ticks (user + system) of processes.
+cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }

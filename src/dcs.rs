@@ -228,6 +228,12 @@ pub struct Dcs {
     /// Keys asked for per page of a prefix read: halved when a page is too
     /// large for gRPC, grown again when pages come back small.
     page_limit: usize,
+    /// The `status` value our last leader confirmation wrote, and the
+    /// revision that wrote it.
+    status_written: Option<(String, i64)>,
+    /// From the last prefix read: the `status` key's mod_revision and the
+    /// leader key's create_revision.
+    status_seen: Option<(Option<i64>, Option<i64>)>,
 }
 
 /// Less time than this left after a failed attempt: no next endpoint.
@@ -278,6 +284,8 @@ impl Dcs {
             last_good_config: None,
             skipped_reported: None,
             page_limit: MAX_PAGE_KEYS,
+            status_written: None,
+            status_seen: None,
         }
     }
 
@@ -455,6 +463,7 @@ impl Dcs {
 
     /// `read` on the current endpoint.
     async fn read_on(&mut self, timeout: Duration) -> Result<ClusterView, DcsError> {
+        self.status_seen = None;
         let deadline = tokio::time::Instant::now() + timeout;
         let prefix = self.prefix.clone();
         let end = prefix_end(prefix.as_bytes());
@@ -599,6 +608,10 @@ impl Dcs {
         if config_unreadable && let Some(c) = &self.last_good_config {
             view.config = c.clone();
         }
+        self.status_seen = Some((
+            view.status.as_ref().map(|s| s.mod_revision),
+            view.leader.as_ref().map(|l| l.create_revision),
+        ));
         if !skipped.is_empty()
             && self
                 .skipped_reported
@@ -824,7 +837,17 @@ impl Dcs {
     }
 
     /// The leader key still holds our name and our lease; on success also
-    /// writes `status`.
+    /// writes `status`, unless it is unchanged (see [`Dcs::status_unchanged`]):
+    /// then the txn only reads, which etcd answers without a raft write, and
+    /// the watchers get no event.
+    ///
+    /// A txn with no write is answered by the etcd member we reach from its
+    /// own state, unless one of its reads is linearizable (etcd 3.4
+    /// `isTxnSerializable` holds for a txn with no operation at all): a
+    /// member cut off from its quorum could then confirm a key that is gone.
+    /// So a confirmation that writes nothing reads the leader key, which
+    /// makes etcd wait for its raft leader's commit index first (ReadIndex),
+    /// as the write did.
     pub async fn confirm_leader(
         &mut self,
         status: Option<&Status>,
@@ -833,9 +856,12 @@ impl Dcs {
         let lease = self.own_lease()?;
         let leader = self.key("leader");
         let mut ops = Vec::new();
-        if let Some(s) = status {
-            let json = serde_json::to_string(s).unwrap_or_default();
-            ops.push(TxnOp::put(self.key("status"), json, None));
+        let json = status.map(|s| serde_json::to_string(s).unwrap_or_default());
+        let write = json.filter(|j| !self.status_unchanged(j));
+        match &write {
+            Some(j) => ops.push(TxnOp::put(self.key("status"), j.clone(), None)),
+            // Linearizable (GetOptions' default): see above.
+            None => ops.push(TxnOp::get(leader.clone(), None)),
         }
         let txn = Txn::new()
             .when([
@@ -843,7 +869,35 @@ impl Dcs {
                 Compare::lease(leader, CompareOp::Equal, lease),
             ])
             .and_then(ops);
-        self.txn("leader confirmation", txn, timeout).await
+        // Until this txn is known applied, what `status` holds is not known.
+        if write.is_some() {
+            self.status_written = None;
+        }
+        let resp = self
+            .call("leader confirmation", timeout, |mut c| async move {
+                c.txn(txn).await
+            })
+            .await?;
+        if let (Some(j), true) = (write, resp.succeeded()) {
+            let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            self.status_written = (revision > 0).then_some((j, revision));
+        }
+        Ok(resp.succeeded())
+    }
+
+    /// `json` is what our last confirmation wrote to `status`, and the last
+    /// prefix read (this cycle's) found the key still at that write's
+    /// revision (nobody changed or deleted it since) and written after the
+    /// leader key was created (in this term: `ha::stream_slot` trusts only
+    /// such a status).
+    fn status_unchanged(&self, json: &str) -> bool {
+        let Some((written, revision)) = &self.status_written else {
+            return false;
+        };
+        let Some((Some(seen), Some(leader_created))) = self.status_seen else {
+            return false;
+        };
+        written == json && seen == *revision && *revision > leader_created
     }
 
     /// Creates the leader key bound to our lease, if nobody holds it.
@@ -1209,6 +1263,12 @@ impl Dcs {
     }
 }
 
+/// A watch silent this long is asked for its progress (etcd 3.4+).
+const WATCH_SILENCE: Duration = Duration::from_secs(60);
+
+/// A watch that does not answer a progress request within this is made again.
+const PROBE_WAIT: Duration = Duration::from_secs(10);
+
 /// Stops the watch task when dropped.
 pub struct WatchHandle(tokio::task::JoinHandle<()>);
 
@@ -1221,12 +1281,24 @@ impl Drop for WatchHandle {
 /// Watches the cluster prefix and wakes the loop (`notify`) when the leader,
 /// config, failover or initialize key changes.
 /// It only wakes: it never decides anything. The watch is recreated after
-/// errors, rotating endpoints, with a short backoff.
+/// errors, rotating endpoints, with a short backoff, and after a silence of
+/// [`WATCH_SILENCE`] only if etcd does not answer a progress request.
 pub fn spawn_watch(
     endpoints: Vec<String>,
     prefix: String,
     notify: Arc<Notify>,
     transport: Transport,
+) -> WatchHandle {
+    spawn_watch_with_silence(endpoints, prefix, notify, transport, WATCH_SILENCE)
+}
+
+/// [`spawn_watch`] with another silence before a progress request (tests).
+pub fn spawn_watch_with_silence(
+    endpoints: Vec<String>,
+    prefix: String,
+    notify: Arc<Notify>,
+    transport: Transport,
+    silence: Duration,
 ) -> WatchHandle {
     WatchHandle(tokio::spawn(async move {
         let mut i = 0usize;
@@ -1236,6 +1308,7 @@ pub fn spawn_watch(
                 .cloned()
                 .unwrap_or_default();
             i += 1;
+            let mut silent_since_probe = false;
             let stream = tokio::time::timeout(Duration::from_secs(5), async {
                 let mut c =
                     Client::connect([endpoint.as_str()], Some(connect_options(&transport))).await?;
@@ -1245,10 +1318,22 @@ pub fn spawn_watch(
             .await;
             match stream {
                 Ok(Ok(mut s)) => loop {
-                    // HTTP/2 keep-alive detects a dead connection; the outer
-                    // timeout bounds a silent one, after which we re-watch.
-                    match tokio::time::timeout(Duration::from_secs(60), s.message()).await {
+                    // HTTP/2 keep-alive detects a dead connection. A silent
+                    // one (an idle cluster writes nothing for minutes) is
+                    // asked for its progress, which etcd answers on the same
+                    // stream; only a stream that does not answer is made
+                    // again (re-made streams cost etcd: tests/etcd_traffic.rs).
+                    let probing = silent_since_probe;
+                    let wait = if probing { PROBE_WAIT } else { silence };
+                    match tokio::time::timeout(wait, s.message()).await {
+                        Err(_) if !probing => {
+                            if s.request_progress().await.is_err() {
+                                break;
+                            }
+                            silent_since_probe = true;
+                        }
                         Ok(Ok(Some(r))) => {
+                            silent_since_probe = false;
                             // Member keys change every cycle; waking on them
                             // would make the agents wake each other forever.
                             let wakes = r.events().iter().any(|e| {

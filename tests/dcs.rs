@@ -5,7 +5,7 @@ mod common;
 
 use common::etcd::EtcdServer;
 use leasedog::cluster::{MemberInfo, Role, Status};
-use leasedog::dcs::{Dcs, DcsError, spawn_watch};
+use leasedog::dcs::{Dcs, DcsError, spawn_watch, spawn_watch_with_silence};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -390,4 +390,144 @@ fn an_idle_agent_keeps_its_streams() {
     );
     eprintln!("streams started in 12 s: Watch {watch}, LeaseKeepAlive {keepalive}");
     assert!(watch <= 1 && keepalive <= 1, "streams were re-made");
+}
+
+/// A leader's confirmation writes `status` only when it changed: the same
+/// status again is a comparison alone (no write, no watch event). It is
+/// written again when its value changes, when someone else changed or
+/// deleted the key, and in a new term (a status older than the leader key
+/// does not count for `ha::stream_slot`).
+#[test]
+fn an_unchanged_status_is_not_written_again() {
+    let e = EtcdServer::start();
+    let status = |optime| Status {
+        optime,
+        timeline: Some(1),
+        slots: Some([("b".to_string(), 5)].into()),
+        ..Default::default()
+    };
+    rt().block_on(async {
+        let mut a = dcs(&e, "a", 10);
+        a.keepalive(T).await.unwrap();
+        assert!(a.acquire_leader(T).await.unwrap());
+        let rev = |v: &leasedog::cluster::ClusterView| v.status.as_ref().map(|s| s.mod_revision);
+
+        a.read(T).await.unwrap();
+        assert!(a.confirm_leader(Some(&status(7)), T).await.unwrap());
+        let first = rev(&a.read(T).await.unwrap()).expect("status written");
+        // Same status, a read between: not written again, still confirmed.
+        for _ in 0..3 {
+            assert!(a.confirm_leader(Some(&status(7)), T).await.unwrap());
+            assert_eq!(rev(&a.read(T).await.unwrap()), Some(first));
+        }
+        // A new value is written.
+        assert!(a.confirm_leader(Some(&status(8)), T).await.unwrap());
+        let v = a.read(T).await.unwrap();
+        let second = rev(&v).unwrap();
+        assert!(second > first);
+        assert_eq!(v.status.unwrap().optime, 8);
+
+        // Deleted behind our back: written again after the next read.
+        e.ctl(&["del", "/service/t/status"]).unwrap();
+        assert_eq!(rev(&a.read(T).await.unwrap()), None);
+        assert!(a.confirm_leader(Some(&status(8)), T).await.unwrap());
+        let v = a.read(T).await.unwrap();
+        assert_eq!(v.status.as_ref().map(|s| s.optime), Some(8));
+        let third = rev(&v).unwrap();
+        // Changed behind our back (same value, new revision): written again.
+        let json = e
+            .ctl(&["get", "--print-value-only", "/service/t/status"])
+            .unwrap();
+        e.ctl(&["put", "/service/t/status", json.trim()]).unwrap();
+        let touched = rev(&a.read(T).await.unwrap()).unwrap();
+        assert!(touched > third);
+        assert!(a.confirm_leader(Some(&status(8)), T).await.unwrap());
+        assert!(rev(&a.read(T).await.unwrap()).unwrap() > touched);
+
+        // A new term: the key released and acquired again; the same status
+        // is written after the new leader key.
+        assert!(a.release_leader(T).await.unwrap());
+        assert!(a.acquire_leader(T).await.unwrap());
+        let v = a.read(T).await.unwrap();
+        let created = v.leader.as_ref().unwrap().create_revision;
+        assert!(rev(&v).unwrap() < created);
+        assert!(a.confirm_leader(Some(&status(8)), T).await.unwrap());
+        assert!(rev(&a.read(T).await.unwrap()).unwrap() > created);
+
+        // The key gone: an unchanged status does not make it confirmed.
+        assert!(a.confirm_leader(Some(&status(8)), T).await.unwrap());
+        a.read(T).await.unwrap();
+        e.ctl(&["del", "/service/t/leader"]).unwrap();
+        assert!(!a.confirm_leader(Some(&status(8)), T).await.unwrap());
+        assert!(!a.confirm_leader(None, T).await.unwrap());
+        assert!(a.acquire_leader(T).await.unwrap());
+        a.read(T).await.unwrap();
+
+        // No read since our last write: written (the key was not seen).
+        let after_term = rev(&a.read(T).await.unwrap()).unwrap();
+        assert!(a.confirm_leader(Some(&status(9)), T).await.unwrap());
+        assert!(a.confirm_leader(Some(&status(9)), T).await.unwrap());
+        let v = a.read(T).await.unwrap();
+        assert!(rev(&v).unwrap() >= after_term + 2, "two writes: {v:?}");
+    });
+}
+
+/// Messages etcd received on gRPC `method` (its /metrics).
+fn messages_received(e: &EtcdServer, method: &str) -> u64 {
+    let addr = e.endpoint().trim_start_matches("http://").to_string();
+    let body = common::cluster::http_get(&addr, "/metrics").unwrap_or_default();
+    let text = String::from_utf8_lossy(&body);
+    text.lines()
+        .filter(|l| {
+            l.starts_with("grpc_server_msg_received_total")
+                && l.contains(&format!("grpc_method=\"{method}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// A watch on a cluster that writes nothing (an idle PostgreSQL writes no
+/// WAL for minutes, and its leader then publishes nothing) is not made
+/// again: after a silence it asks etcd for its progress on the same stream,
+/// and still wakes on the next change.
+#[test]
+fn a_silent_watch_is_probed_not_remade() {
+    let e = EtcdServer::start();
+    rt().block_on(async {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let silence = Duration::from_millis(500);
+        let _watch = spawn_watch_with_silence(
+            vec![e.endpoint()],
+            PREFIX.into(),
+            wake.clone(),
+            Default::default(),
+            silence,
+        );
+        // The watch stream is open (its create request arrived) ...
+        let end = Instant::now() + Duration::from_secs(10);
+        while messages_received(&e, "Watch") < 1 {
+            assert!(Instant::now() < end, "the watch was not created");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // ... and, silent, it is probed: progress requests arrive on it.
+        let end = Instant::now() + Duration::from_secs(10);
+        while messages_received(&e, "Watch") < 4 {
+            assert!(
+                Instant::now() < end,
+                "no progress requests on a silent watch"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            streams_started(&e, "Watch"),
+            1,
+            "a silent watch was made again"
+        );
+        // It still wakes the loop.
+        e.ctl(&["put", "/service/t/leader", "x"]).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), wake.notified())
+            .await
+            .expect("the probed watch still wakes on a leader change");
+        assert_eq!(streams_started(&e, "Watch"), 1);
+    });
 }
