@@ -13,6 +13,8 @@
 #   TTL=30 LOOP_WAIT=10 RETRY_TIMEOUT=10 SAFETY_MARGIN=5 bash scripts/bench.sh
 #   IDLE_SECS=60 bash scripts/bench.sh          # idle window (default 60)
 #   IDLE_ONLY=1 bash scripts/bench.sh           # the idle figures only
+#   TTL=4 LOOP_WAIT=1 RETRY_TIMEOUT=1 SAFETY_MARGIN=2 TRIALS=5 bash scripts/bench.sh
+#   EXTRA_YAML="primary_start_timeout: 0" bash scripts/bench.sh
 #   LEASEDOG_BIN=/path/to/leasedog bash scripts/bench.sh  # another build (before/after)
 #   CLUSTERS=4 bash scripts/bench.sh            # = CLUSTERS=4 bash scripts/bench-scale.sh
 set -euo pipefail
@@ -53,13 +55,36 @@ echo "etcd writes (raft proposals) per minute (3 agents): $(python3 -c "print(ro
 echo "etcd streams started over ${IDLE_SECS}s idle: Watch $((w1 - w0)), LeaseKeepAlive $((k1 - k0)); ended Unavailable: $((u1 - u0))"
 [ -z "${IDLE_ONLY:-}" ] || exit 0
 
-# Hard failover.
+# Hard failover, TRIALS times (default 5): each time the primary's agent and
+# postmaster are killed, then brought back before the next trial.
+times=()
+for _ in $(seq "${TRIALS:-5}"); do
+  p=$(primary)
+  sleep $((LOOP_WAIT + 1)) # a settled cluster: members published their positions
+  t0=$(now)
+  kill -KILL "${agent[$p]}" "$(postmaster_of "$p")"
+  new=$(wait_new_primary "$p")
+  t1=$(now)
+  times+=("$(elapsed "$t0" "$t1")")
+  echo "hard failover: node$new writable ${times[-1]} s after SIGKILL of node$p (ttl $TTL)"
+  start_agent "$p"
+  wait_healthy
+done
+echo "hard failover: median $(printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}') s of ${#times[@]} (ttl $TTL)"
+
+# PostgreSQL alone killed on the leader (agent alive): restarted in place
+# (primary_start_timeout, default 300 s), or with PRIMARY_START_TIMEOUT=0
+# in EXTRA_YAML the key released at once: time until a primary is writable.
+p=$(primary)
 t0=$(now)
-kill -KILL "${agent[$p]}" "$(postmaster_of "$p")"
-new=$(wait_new_primary "$p")
+kill -KILL "$(postmaster_of "$p")"
+deadline=$((SECONDS + 120))
+until psql_on_any_primary=$(primary) && psql_on "$psql_on_any_primary" "insert into probe_writes values (3)" >/dev/null 2>&1; do
+  [ $SECONDS -lt $deadline ] || { echo "no writable primary 120 s after PostgreSQL was killed"; exit 1; }
+  sleep 0.02
+done
 t1=$(now)
-echo "hard failover: node$new writable $(elapsed "$t0" "$t1") s after SIGKILL of node$p (ttl $TTL)"
-start_agent "$p"
+echo "PostgreSQL killed on the leader node$p: node$psql_on_any_primary writable $(elapsed "$t0" "$t1") s later"
 wait_healthy
 
 # Graceful handover.
