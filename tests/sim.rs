@@ -357,7 +357,14 @@ impl Etcd {
                     st.mod_revision = kv.modr;
                     v.sync = Some(st)
                 }
-                Err(_) if rel == "sync" => v.sync_unreadable = true,
+                // As `dcs::unreadable_sync`.
+                Err(_) if rel == "sync" => {
+                    v.sync_unreadable = true;
+                    v.sync = Some(leasedog::cluster::SyncState {
+                        mod_revision: kv.modr,
+                        ..Default::default()
+                    });
+                }
                 _ => {}
             }
         }
@@ -3264,4 +3271,17 @@ fn teeth_when_the_key_narrows_before_catch_up() {
         synchronous(3, SyncMode::On, false, 1, Broken::SyncNarrowsEarly),
         2000,
     );
+}
+
+/// Found by the simulator (seed 6): garbage in the `sync` key while a
+/// leader runs. The view carried no revision for an unreadable key, so the
+/// leader's compare-and-swap compared for an absent key and failed every
+/// cycle: the garbage stayed for good (and a leader about to promote never
+/// would). The read now keeps the key's revision (`dcs::unreadable_sync`).
+#[test]
+fn sync_garbage_in_the_key_is_replaced_by_the_leader() {
+    let s = synchronous(3, SyncMode::On, false, 1, Broken::None);
+    if let Err(f) = run_one(&s, 6) {
+        panic!("seed 6: {}", f.1);
+    }
 }
