@@ -1781,17 +1781,19 @@ impl Sim {
                 self.at(self.now + d, Ev::Fault(k));
             }
             Fault::SyncRestore(_, rev)
-                if self.etcd.view().leader.is_some()
+                if self
+                    .etcd
+                    .kv
+                    .get(&format!("{PREFIX}sync"))
+                    .is_some_and(|kv| kv.modr == rev)
                     && self
                         .etcd
-                        .kv
-                        .get(&format!("{PREFIX}sync"))
-                        .is_some_and(|kv| kv.modr == rev) =>
+                        .view()
+                        .leader
+                        .is_some_and(|l| self.nodes.iter().any(|n| n.name == l.name)) =>
             {
                 // A leader is there to replace it: the garbage stays.
-                if self.now + 1000 < self.quiet_from {
-                    self.at(self.now + 1000, Ev::Fault(k));
-                }
+                self.at(self.now + 1000, Ev::Fault(k));
             }
             Fault::SyncRestore(old, rev) => {
                 let k = format!("{PREFIX}sync");
