@@ -190,6 +190,10 @@ enum Mix {
     /// fences it, and it must fire before the lease expires although the
     /// hardware runs up to `WATCHDOG_RATE_PCT` long (defect 7).
     LateFeeds,
+    /// Synchronous standbys come and go while the primary dies: standbys'
+    /// replication connections cut, standbys falling behind, and the
+    /// leader's node reset, its PostgreSQL crashed, or its agent hung.
+    SyncChurn,
 }
 
 /// Synchronous mode for a run (None: asynchronous, as before).
@@ -959,6 +963,9 @@ enum Fault {
         hang_in: u64,
         hang: u64,
     },
+    /// The leader's node is reset (0), its PostgreSQL crashes (1), or its
+    /// agent hangs for a ttl (2) (`Mix::SyncChurn`).
+    LeaderDies(u8),
     /// Synchronous runs: a standby's replication connection is cut for `d`.
     ReplCut(usize, u64),
     /// Synchronous runs: a standby flushes slowly for `d` (it falls behind).
@@ -1128,7 +1135,11 @@ impl Sim {
         }
         // Fault schedule: between 20 s (after bootstrap) and the quiet time.
         let mut faults = Vec::new();
-        let n = rng.range(2, 8);
+        let n = if setup.mix == Mix::SyncChurn {
+            rng.range(6, 14)
+        } else {
+            rng.range(2, 8)
+        };
         for _ in 0..n {
             let at = rng.range(20_000, 70_000);
             let node = rng.range(0, setup.nodes as u64 - 1) as usize;
@@ -1185,6 +1196,13 @@ impl Sim {
                 // (the agent's reads are linearizable: etcd does not do it).
                 (Mix::LoopAlive, Fault::StaleReads(i, d)) => Fault::Partition(i, true, true, d),
                 (Mix::LoopAlive, f) => f,
+                (Mix::SyncChurn, _) => match rng.range(0, 9) {
+                    0..=3 => Fault::ReplCut(node, rng.range(500, long)),
+                    4..=6 => Fault::SlowStandby(node, rng.range(2000, 2 * long)),
+                    7 => Fault::LeaderDies(0),
+                    8 => Fault::LeaderDies(1),
+                    _ => Fault::LeaderDies(2),
+                },
                 (Mix::LateFeeds, _) => {
                     let d = rng.range(1000, long);
                     Fault::SlowLeaderLink {
@@ -1587,6 +1605,7 @@ impl Sim {
             Fault::Term(..) => "SIGTERM graceful stop",
             Fault::SlowLeaderLink { .. } => "slow link to the leader, then its agent hangs",
             Fault::ReplCut(..) => "replication connection cut",
+            Fault::LeaderDies(_) => "the leader dies",
             Fault::SlowStandby(..) => "slow standby",
             Fault::SyncGarbage(..) => "garbage in the sync key",
             Fault::SyncRestore(..) => "garbage in the sync key put right",
@@ -1594,6 +1613,13 @@ impl Sim {
             Fault::SetNamesFails(_, _, false) => "reload fails (setting unchanged)",
             Fault::SetNamesFails(..) => "reload times out (setting changed)",
         }
+    }
+
+    /// Runs another fault now.
+    fn faults_now(&mut self, f: Fault) {
+        self.faults.push((self.now, f));
+        let k = self.faults.len() - 1;
+        self.fault(k);
     }
 
     /// The `sync` key was deleted: see `key_lost`.
@@ -1768,6 +1794,20 @@ impl Sim {
             }
             Fault::Reset(i) => self.reset(i),
             Fault::ReplCut(i, d) => self.nodes[i].repl_cut_until = self.now + d,
+            Fault::LeaderDies(how) => {
+                let leader = self.etcd.view().leader.map(|l| l.name);
+                if let Some(l) = self
+                    .nodes
+                    .iter()
+                    .position(|n| Some(&n.name) == leader.as_ref())
+                {
+                    match how {
+                        0 => self.reset(l),
+                        1 => self.faults_now(Fault::PgCrash(l)),
+                        _ => self.hang(l, self.etcd.ttl_ms),
+                    }
+                }
+            }
             Fault::SlowStandby(i, d) => self.nodes[i].slow_standby_until = self.now + d,
             Fault::SyncGarbage(_) if self.etcd.view().sync_unreadable => {}
             Fault::SyncGarbage(d) => {
@@ -1955,8 +1995,9 @@ impl Sim {
                     if sync {
                         let gap = up.lsn.saturating_sub(n.pg.lsn);
                         let roll = rng.range(0, 99);
+                        // A slow standby (its disk stalls) hardly flushes.
                         let (all, half) = if now < n.slow_standby_until {
-                            (0, 10)
+                            (0, 2)
                         } else {
                             (60, 85)
                         };
@@ -3266,11 +3307,26 @@ fn teeth_when_a_member_the_key_does_not_name_promotes() {
     );
 }
 
+/// Standbys coming and going while leaders die (`Mix::SyncChurn`), with
+/// no defect...
+#[test]
+fn sync_churn_never_loses_an_acknowledged_commit() {
+    sweep(sync_churn(3, SyncMode::On, Broken::None), 100);
+}
+
+fn sync_churn(nodes: usize, mode: SyncMode, broken: Broken) -> Setup {
+    Setup {
+        mix: Mix::SyncChurn,
+        ..synchronous(nodes, mode, false, 1, broken)
+    }
+}
+
+/// ...and with the key narrowed before the standbys it keeps caught up.
 #[test]
 fn teeth_when_the_key_narrows_before_catch_up() {
     finds(
         "lost acknowledged commit",
-        synchronous(3, SyncMode::On, false, 1, Broken::SyncNarrowsEarly),
+        sync_churn(3, SyncMode::On, Broken::SyncNarrowsEarly),
         2000,
     );
 }
