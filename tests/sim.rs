@@ -244,6 +244,8 @@ struct SyncSetup {
     /// `maximum_lag_on_syncnode` in bytes (the simulated primary writes
     /// 200 bytes a tick).
     max_lag: Option<u64>,
+    /// The last node is tagged `nosync`.
+    nosync_last: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -1123,7 +1125,7 @@ impl Sim {
                         strict: y.strict,
                         node_count: y.count,
                         max_lag: y.max_lag,
-                        nosync: false,
+                        nosync: y.nosync_last && i + 1 == setup.nodes,
                     })
                     .unwrap_or_default(),
             };
@@ -1560,9 +1562,21 @@ impl Sim {
                 } else {
                     self.etcd.apply(&name, &op, self.now)
                 };
-                if matches!(op, Op::WriteSync { .. }) && matches!(reply, Reply::Bool(true)) {
+                if let Op::WriteSync { json, .. } = &op
+                    && matches!(reply, Reply::Bool(true))
+                {
                     // A leader wrote the key again: protected from here on.
                     self.key_lost = false;
+                    let tagged = self.nodes.iter().find(|n| n.cfg.sync.nosync);
+                    let st: leasedog::cluster::SyncState = serde_json::from_str(json).unwrap();
+                    if let Some(t) = tagged
+                        && st.standbys().contains(&t.name)
+                    {
+                        return Err(format!(
+                            "{name} named {} (tagged nosync) in the sync key",
+                            t.name
+                        ));
+                    }
                 }
                 if leader_changed {
                     self.watch_fired();
@@ -2963,7 +2977,10 @@ fn member_info(n: &Node) -> MemberInfo {
         role: l.role(),
         xlog_location: l.lsn.map(|x| x.0),
         timeline: l.timeline,
-        tags: Tags::default(),
+        tags: Tags {
+            nosync: n.cfg.sync.nosync,
+            ..Tags::default()
+        },
         version: String::new(),
         epoch: None,
         streaming: l.streaming,
@@ -3060,15 +3077,17 @@ fn sweep(setup: Setup, default: u64) {
             }
         }
     }
+    let sync = setup.sync.map_or(String::new(), |y| {
+        format!(
+            ", {y:?}: {acks} commits acknowledged by standbys, {excused} promotions without commits acknowledged while the sync key was deleted (by design)"
+        )
+    });
     eprintln!(
-        "{} schedules ({} nodes, ttl {}, {:?}, {}) passed in {:.1}s, {promotions} promotions, {handovers} switchover hand-overs checked, {acks} standby acknowledgements, {excused} losses excused (sync key deleted), {} fault kinds: {}",
+        "{} schedules ({} nodes, ttl {}, {:?}) passed in {:.1}s, {promotions} promotions, {handovers} switchover hand-overs checked{sync}, {} fault kinds: {}",
         list.len(),
         setup.nodes,
         setup.ttl,
         setup.mix,
-        setup
-            .sync
-            .map_or("asynchronous".to_string(), |y| format!("{y:?}")),
         started.elapsed().as_secs_f64(),
         kinds.len(),
         kinds.iter().copied().collect::<Vec<_>>().join(", ")
@@ -3315,6 +3334,7 @@ fn synchronous(nodes: usize, mode: SyncMode, strict: bool, count: usize, broken:
             strict,
             count,
             max_lag: None,
+            nosync_last: false,
         }),
         ..fast(nodes, WatchdogMode::Required, broken)
     }
@@ -3332,8 +3352,9 @@ fn sync_on_strict_never_loses_an_acknowledged_commit() {
     sweep(synchronous(3, SyncMode::On, true, 1, Broken::None), 100);
 }
 
-/// Quorum commit, 5 nodes, 2 standbys confirm each commit, standbys more
-/// than 15 ticks behind are dropped (`maximum_lag_on_syncnode`).
+/// Quorum commit, 5 nodes (n4 tagged `nosync`), 2 standbys confirm each
+/// commit, standbys more than 15 ticks behind are dropped
+/// (`maximum_lag_on_syncnode`).
 #[test]
 fn sync_quorum_never_loses_an_acknowledged_commit() {
     sweep(quorum(false, Mix::All), 30);
@@ -3348,6 +3369,7 @@ fn quorum(strict: bool, mix: Mix) -> Setup {
     let mut s = synchronous(5, SyncMode::Quorum, strict, 2, Broken::None);
     s.sync = s.sync.map(|y| SyncSetup {
         max_lag: Some(3000),
+        nosync_last: true,
         ..y
     });
     Setup { mix, ..s }
