@@ -3060,6 +3060,11 @@ fn sweep(setup: Setup, default: u64) {
                 handovers += sim.handovers;
                 acks += sim.sync_acks;
                 excused += sim.excused;
+                if sim.excused > 0 {
+                    eprintln!(
+                        "seed {seed}: a promotion without commits acknowledged while the sync key was deleted (by design; LEASEDOG_SIM_TRACE=1 LEASEDOG_SIM_SEED={seed} shows it)"
+                    );
+                }
                 kinds.extend(sim.kinds.iter().copied());
             }
             Err(failed) => {
