@@ -310,7 +310,9 @@ pub struct ClusterView {
     pub config: DynamicConfig,
     pub failover: Option<FailoverRequest>,
     pub status: Option<Status>,
-    /// The `sync` key, when present and readable.
+    /// The `sync` key, when present and readable; when present and
+    /// unreadable, a placeholder naming no leader with the key's
+    /// mod_revision only (for the leader's compare-and-swap).
     pub sync: Option<SyncState>,
     /// The `sync` key is present but could not be read: unknown, never
     /// taken for absent.

@@ -263,6 +263,19 @@ fn too_large(e: &etcd_client::Error) -> bool {
     matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("message length too large"))
 }
 
+/// A `sync` key that cannot be read: unknown (`sync_unreadable`), and a
+/// placeholder naming no leader that carries its revision, so that the
+/// leader can replace it by compare-and-swap (with no revision, its write
+/// would compare for an absent key and fail for as long as the garbage
+/// stays; a promoting leader would never promote).
+fn unreadable_sync(view: &mut ClusterView, mod_revision: i64) {
+    view.sync_unreadable = true;
+    view.sync = Some(crate::cluster::SyncState {
+        mod_revision,
+        ..Default::default()
+    });
+}
+
 /// Values larger than this are skipped as unreadable: no key leasedog or
 /// Patroni writes comes near it.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
@@ -561,7 +574,9 @@ impl Dcs {
                     kv.value().len()
                 ));
                 config_unreadable |= rel == "config";
-                view.sync_unreadable |= rel == "sync";
+                if rel == "sync" {
+                    unreadable_sync(&mut view, kv.mod_revision());
+                }
                 if rel == "leader" {
                     view.leader = Some(unreadable_leader());
                 }
@@ -597,7 +612,9 @@ impl Dcs {
                 Ok(KeyParse::Ignored) => {}
                 Err(e) => {
                     config_unreadable |= rel == "config";
-                    view.sync_unreadable |= rel == "sync";
+                    if rel == "sync" {
+                        unreadable_sync(&mut view, kv.mod_revision());
+                    }
                     if rel == "leader" {
                         view.leader = Some(unreadable_leader());
                     }

@@ -59,6 +59,33 @@
 //! its agent hanging (`Mix::LateFeeds`, also swept with no defect). An
 //! unbounded stop (defect 8) shows as a reset where a clean stop was due.
 //!
+//! Synchronous mode (`Setup::sync`: `on` or `quorum`, strict or not): the
+//! leader's `WriteSync`/`DeleteSync` are the txns of `dcs.rs` (compare on
+//! the leader key and the `sync` key's revision), an unreadable `sync` key
+//! reads as `dcs` reads it; simulated PostgreSQL has
+//! `synchronous_standby_names` (every start begins with
+//! `SyncConfig::initial_names`, `SetSyncNames` sets it), reports it and its
+//! replication connections in the probe, and applies a reload to the
+//! walsenders up to `RELOAD_DELAY_MAX_MS` after the server reports it (the
+//! earlier setting may release commits meanwhile). Standbys flush all,
+//! part or none of what the primary wrote each tick (a slow standby hardly
+//! flushes, a cut one not at all). Each primary generates commits and
+//! acknowledges one only when its setting's standbys flushed it (`FIRST
+//! k`/`ANY k`: k of the set streaming from it; `*`: any one; `''`: at
+//! once). Every timeline begun gets a unique id (`Pg::uid`), so "holds the
+//! commit" follows the real WAL history, not timeline numbers. The
+//! invariant, checked whenever a node becomes writable (promotion, start
+//! as primary): **its WAL holds every commit acknowledged so far**, except
+//! those acknowledged while the `sync` key was deleted (an etcd wipe, by
+//! hand) and no leader had written it again (`Sim::key_lost`: without the
+//! key no rule can know who holds them). Faults of its own (from a stream
+//! of its own, so that each seed keeps its other faults): replication
+//! connections cut, standbys stalled, garbage in the `sync` key, the key
+//! deleted by hand, `SetSyncNames` failing before or after the reload;
+//! `Mix::SyncChurn` piles standbys coming and going onto dying leaders.
+//! Teeth: `Broken::SyncNamesBeforeKey`, `SyncUnnamedPromotes`,
+//! `SyncNarrowsEarly` each lose an acknowledged commit.
+//!
 //! `LEASEDOG_SIM_SEEDS=N` runs more schedules; `LEASEDOG_SIM_SEED=S` re-runs
 //! one (a failure prints its seed and fault schedule).
 
@@ -66,8 +93,9 @@ use leasedog::cluster::{
     ClusterView, DataDir, KeyParse, Leader, LocalPostgres, Lsn, MemberInfo, Millis, Status, Tags,
     parse_key,
 };
-use leasedog::config::WatchdogMode;
+use leasedog::config::{SyncMode, WatchdogMode};
 use leasedog::ha::{self, Action, HaConfig, Input, NodeState};
+use leasedog::sync::{KeySet, Names, SyncConfig};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
@@ -142,6 +170,29 @@ enum Broken {
     /// confirm but can renew stays primary after its orphan key was
     /// replaced.
     RenewalProvesLeadership,
+    /// Synchronous mode, rule 1 broken: PostgreSQL is told to wait for a
+    /// standby before the `sync` key names it (a widening `WriteSync` is
+    /// replaced by the `SetSyncNames` it precedes).
+    SyncNamesBeforeKey,
+    /// Synchronous mode, the promotion rule broken: in a failover the
+    /// `sync` key is ignored (`may_take_over` skipped), so a member it does
+    /// not name may promote.
+    SyncUnnamedPromotes,
+    /// Synchronous mode, rule 2 broken: the key is narrowed to the setting
+    /// in force without waiting for the members it keeps to catch up.
+    SyncNarrowsEarly,
+}
+
+/// How much later than the server reports a new `synchronous_standby_names`
+/// its walsenders may apply it (`LEASEDOG_SIM_RELOAD_MS` overrides).
+const RELOAD_DELAY_MAX_MS: u64 = 120;
+
+fn reload_delay_max_ms() -> u64 {
+    std::env::var("LEASEDOG_SIM_RELOAD_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(RELOAD_DELAY_MAX_MS)
+        .max(1)
 }
 
 /// What the old stop spent before the shutdown proper (`Broken::UnboundedStop`):
@@ -178,6 +229,23 @@ enum Mix {
     /// fences it, and it must fire before the lease expires although the
     /// hardware runs up to `WATCHDOG_RATE_PCT` long (defect 7).
     LateFeeds,
+    /// Synchronous standbys come and go while the primary dies: standbys'
+    /// replication connections cut, standbys falling behind, and the
+    /// leader's node reset, its PostgreSQL crashed, or its agent hung.
+    SyncChurn,
+}
+
+/// Synchronous mode for a run (None: asynchronous, as before).
+#[derive(Debug, Clone, Copy)]
+struct SyncSetup {
+    mode: SyncMode,
+    strict: bool,
+    count: usize,
+    /// `maximum_lag_on_syncnode` in bytes (the simulated primary writes
+    /// 200 bytes a tick).
+    max_lag: Option<u64>,
+    /// The last node is tagged `nosync`.
+    nosync_last: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -190,6 +258,7 @@ struct Setup {
     mode: WatchdogMode,
     broken: Broken,
     mix: Mix,
+    sync: Option<SyncSetup>,
 }
 
 // ---------------------------------------------------------------- etcd
@@ -225,6 +294,18 @@ enum Op {
     DeleteFailover,
     DeleteMember,
     Revoke(Option<i64>),
+    /// `dcs::write_sync`: the leader key ours (value and lease) and the
+    /// `sync` key at the revision read (None: absent).
+    WriteSync {
+        lease: Option<i64>,
+        rev: Option<i64>,
+        json: String,
+    },
+    /// `dcs::delete_sync`.
+    DeleteSync {
+        lease: Option<i64>,
+        rev: i64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -317,6 +398,18 @@ impl Etcd {
                 Ok(KeyParse::Config(c)) => v.config = c,
                 Ok(KeyParse::Failover(f)) => v.failover = Some(f),
                 Ok(KeyParse::Status(s)) => v.status = Some(s),
+                Ok(KeyParse::Sync(mut st)) => {
+                    st.mod_revision = kv.modr;
+                    v.sync = Some(st)
+                }
+                // As `dcs::unreadable_sync`.
+                Err(_) if rel == "sync" => {
+                    v.sync_unreadable = true;
+                    v.sync = Some(leasedog::cluster::SyncState {
+                        mod_revision: kv.modr,
+                        ..Default::default()
+                    });
+                }
                 _ => {}
             }
         }
@@ -447,6 +540,28 @@ impl Etcd {
                 self.del(&format!("{PREFIX}members/{name}"));
                 (Reply::Done, false)
             }
+            Op::WriteSync { lease, rev, json } => {
+                let k = format!("{PREFIX}sync");
+                let ours = matches!(held(self), Some((v, l, _)) if v == name && Some(l) == *lease);
+                let same = self.kv.get(&k).map(|kv| kv.modr) == *rev;
+                if ours && same {
+                    self.put(&k, json.clone(), 0);
+                    (Reply::Bool(true), false)
+                } else {
+                    (Reply::Bool(false), false)
+                }
+            }
+            Op::DeleteSync { lease, rev } => {
+                let k = format!("{PREFIX}sync");
+                let ours = matches!(held(self), Some((v, l, _)) if v == name && Some(l) == *lease);
+                let same = self.kv.get(&k).map(|kv| kv.modr) == Some(*rev);
+                if ours && same {
+                    self.del(&k);
+                    (Reply::Bool(true), false)
+                } else {
+                    (Reply::Bool(false), false)
+                }
+            }
             Op::Revoke(id) => {
                 let gone = match id {
                     // Expiring it now removes it and its keys.
@@ -482,6 +597,22 @@ struct Pg {
     was_primary: bool,
     crashed: bool,
     streaming: bool,
+    /// The WAL's identity, for the acknowledged-commit invariant: timeline
+    /// numbers can repeat on diverged histories, so every timeline begun
+    /// (initdb, promotion) gets a unique id. `uid` is the current one;
+    /// `line` the earlier ones, each with the LSN where it ended. The WAL
+    /// up to `lsn` is determined by (`line`, `uid`).
+    uid: u64,
+    line: Vec<(u64, u64)>,
+    /// `synchronous_standby_names` as the server reports it (reloaded),
+    /// and as the walsenders apply it: `eff`, plus the earlier settings
+    /// they may still apply until the given instant (a reload reaches the
+    /// walsenders a little later than the session that reads it back).
+    names: Names,
+    eff: Names,
+    prev: Vec<(Names, u64)>,
+    /// As primary: every commit up to here was acknowledged.
+    acked_to: u64,
 }
 
 impl Pg {
@@ -495,7 +626,59 @@ impl Pg {
             was_primary: false,
             crashed: false,
             streaming: false,
+            uid: 0,
+            line: vec![],
+            names: Names::Off,
+            eff: Names::Off,
+            prev: vec![],
+            acked_to: 0,
         }
+    }
+    /// This WAL holds the commit at `lsn` of timeline `uid`.
+    fn holds(&self, uid: u64, lsn: u64) -> bool {
+        self.data
+            && (self.uid == uid && self.lsn >= lsn
+                || self.line.iter().any(|&(u, e)| u == uid && e >= lsn))
+    }
+    /// Takes `up`'s WAL identity up to `lsn` (streamed, cloned, rewound).
+    fn take_line(&mut self, up: &Pg, lsn: u64) {
+        match up.line.iter().position(|&(_, e)| e >= lsn) {
+            Some(k) => {
+                self.uid = up.line[k].0;
+                self.line = up.line[..k].to_vec();
+            }
+            None => {
+                self.uid = up.uid;
+                self.line = up.line.clone();
+            }
+        }
+    }
+    /// Where this WAL and `up`'s part: the last position both hold.
+    fn common_with(&self, up: &Pg) -> u64 {
+        let mine: Vec<(u64, u64)> = self
+            .line
+            .iter()
+            .copied()
+            .chain([(self.uid, self.lsn)])
+            .collect();
+        let theirs: Vec<(u64, u64)> = up.line.iter().copied().chain([(up.uid, up.lsn)]).collect();
+        let mut common = 0;
+        for (a, b) in mine.iter().zip(theirs.iter()) {
+            if a.0 != b.0 {
+                break;
+            }
+            common = a.1.min(b.1);
+            if a.1 != b.1 {
+                break;
+            }
+        }
+        common
+    }
+    /// (Re)started: PostgreSQL begins with the initial setting.
+    fn start_names(&mut self, initial: &Names) {
+        self.names = initial.clone();
+        self.eff = initial.clone();
+        self.prev.clear();
     }
     fn running(&self) -> bool {
         self.state != PgState::Stopped
@@ -504,8 +687,13 @@ impl Pg {
     fn fork_point(up: &Pg, tl: u32) -> Option<u64> {
         up.history.iter().find(|(t, _)| *t == tl).map(|(_, l)| *l)
     }
-    fn can_follow(&self, up: &Pg) -> bool {
+    /// `by_line`: the WAL identities must agree too (synchronous runs,
+    /// where timeline numbers alone could let a diverged WAL stream).
+    fn can_follow(&self, up: &Pg, by_line: bool) -> bool {
         if !self.data || !up.data {
+            return false;
+        }
+        if by_line && !up.holds(self.uid, self.lsn) {
             return false;
         }
         if self.tl == up.tl {
@@ -599,6 +787,14 @@ struct Node {
     term: Option<Term>,
     term_ok: bool,
     term_restart: u64,
+    /// Synchronous runs: until then this standby's replication connection
+    /// is cut (it does not stream), or it streams slowly.
+    repl_cut_until: u64,
+    slow_standby_until: u64,
+    /// Until then `SetSyncNames` fails; `set_fail_changes`: after the
+    /// reload (the setting changed, the read-back timed out).
+    set_fail_until: u64,
+    set_fail_changes: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -715,13 +911,22 @@ impl Node {
                 .iter()
                 .enumerate()
                 .filter(|(_, r)| r.streaming)
-                .filter(|(_, r)| matches!(r.state, PgState::Replica(Some(_))))
+                .filter(|(_, r)| match r.state {
+                    // Synchronous runs: the connections to this server only.
+                    PgState::Replica(Some(u)) => {
+                        !self.cfg.sync.on()
+                            || (pg.state == PgState::Primary && self.name == format!("n{u}"))
+                    }
+                    _ => false,
+                })
                 .map(|(i, r)| leasedog::cluster::ReplicaStat {
                     name: format!("n{i}"),
                     streaming: true,
                     flush: Lsn(r.lsn),
                 })
                 .collect(),
+            sync_names: (self.cfg.sync.on() && pg.state == PgState::Primary)
+                .then(|| pg.names.render()),
             ..Default::default()
         }
     }
@@ -801,6 +1006,26 @@ enum Fault {
         hang_in: u64,
         hang: u64,
     },
+    /// The leader's node is reset (0), its PostgreSQL crashes (1), or its
+    /// agent hangs for a ttl (2) (`Mix::SyncChurn`).
+    LeaderDies(u8),
+    /// Synchronous runs: a standby's replication connection is cut for `d`.
+    ReplCut(usize, u64),
+    /// Synchronous runs: a standby flushes slowly for `d` (it falls behind).
+    SlowStandby(usize, u64),
+    /// Someone writes garbage into the `sync` key, and puts the value back
+    /// `d` later if the garbage is still there (no one promotes while the
+    /// key cannot be read: left there, it would hold a leaderless cluster
+    /// for good, which is the rule, not a fault of the simulation).
+    SyncGarbage(u64),
+    /// The value before the garbage, restored if the key is still at the
+    /// garbage's revision.
+    SyncRestore(Option<String>, i64),
+    /// Someone deletes the `sync` key by hand.
+    SyncDeleted,
+    /// `SetSyncNames` fails for `d` on a node: before the reload (nothing
+    /// changed) or after it (the setting changed, the read-back timed out).
+    SetNamesFails(usize, u64, bool),
 }
 
 /// Where a graceful stop (SIGTERM) is, as `Agent::shutdown` runs it.
@@ -845,6 +1070,24 @@ struct Sim {
     /// The last switchover's hand-over, until the next promotion.
     handover: Option<Handover>,
     handovers: usize,
+    /// Synchronous runs: replication lag and the reload's delay come from
+    /// a stream of their own (the fault schedule stays the seed's).
+    sync_rng: Rng,
+    /// The highest acknowledged commit on each timeline id (by `Pg::uid`):
+    /// (LSN, the primary, when).
+    acked: BTreeMap<u64, (u64, usize, u64)>,
+    next_uid: u64,
+    /// The `sync` key was deleted (an etcd wipe, by hand) and no leader has
+    /// written it since: without it a failover cannot know who holds what
+    /// (no key reads as "synchronous replication never started", as in
+    /// Patroni), so what was acknowledged up to then and meanwhile is not
+    /// protected (`unprotected`, the highest such commit per timeline id).
+    key_lost: bool,
+    unprotected: BTreeMap<u64, u64>,
+    /// Promotions that lost such commits (by design), for the report.
+    excused: usize,
+    /// Commits acknowledged by a standby (not at once), for the report.
+    sync_acks: u64,
 }
 
 /// A primary stopped for a switchover and let the key go to `to`.
@@ -877,8 +1120,17 @@ impl Sim {
                 nofailover: false,
                 watchdog_mode: setup.mode,
                 use_slots: true,
-                sync: Default::default(),
                 primary_start_timeout_ms: 300_000,
+                sync: setup
+                    .sync
+                    .map(|y| SyncConfig {
+                        mode: y.mode,
+                        strict: y.strict,
+                        node_count: y.count,
+                        max_lag: y.max_lag,
+                        nosync: y.nosync_last && i + 1 == setup.nodes,
+                    })
+                    .unwrap_or_default(),
             };
             nodes.push(Node {
                 name: format!("n{i}"),
@@ -922,11 +1174,19 @@ impl Sim {
                 term: None,
                 term_ok: true,
                 term_restart: 0,
+                repl_cut_until: 0,
+                slow_standby_until: 0,
+                set_fail_until: 0,
+                set_fail_changes: false,
             });
         }
         // Fault schedule: between 20 s (after bootstrap) and the quiet time.
         let mut faults = Vec::new();
-        let n = rng.range(2, 8);
+        let n = if setup.mix == Mix::SyncChurn {
+            rng.range(6, 14)
+        } else {
+            rng.range(2, 8)
+        };
         for _ in 0..n {
             let at = rng.range(20_000, 70_000);
             let node = rng.range(0, setup.nodes as u64 - 1) as usize;
@@ -983,6 +1243,13 @@ impl Sim {
                 // (the agent's reads are linearizable: etcd does not do it).
                 (Mix::LoopAlive, Fault::StaleReads(i, d)) => Fault::Partition(i, true, true, d),
                 (Mix::LoopAlive, f) => f,
+                (Mix::SyncChurn, _) => match rng.range(0, 9) {
+                    0..=3 => Fault::ReplCut(node, rng.range(500, long)),
+                    4..=6 => Fault::SlowStandby(node, rng.range(2000, 2 * long)),
+                    7 => Fault::LeaderDies(0),
+                    8 => Fault::LeaderDies(1),
+                    _ => Fault::LeaderDies(2),
+                },
                 (Mix::LateFeeds, _) => {
                     let d = rng.range(1000, long);
                     Fault::SlowLeaderLink {
@@ -994,6 +1261,24 @@ impl Sim {
                 }
             };
             faults.push((at, f));
+        }
+        // Synchronous runs: faults of their own, from their own stream.
+        let mut sync_rng = Rng(seed ^ 0x7379_6e63_6872_6f6e);
+        if setup.sync.is_some() {
+            let long = ttl_ms * 2;
+            for _ in 0..sync_rng.range(1, 4) {
+                let r = &mut sync_rng;
+                let at = r.range(20_000, 70_000);
+                let node = r.range(0, setup.nodes as u64 - 1) as usize;
+                let f = match r.range(0, 6) {
+                    0 | 1 => Fault::ReplCut(node, r.range(500, long)),
+                    2 => Fault::SlowStandby(node, r.range(1000, long)),
+                    3 => Fault::SyncGarbage(r.range(500, long)),
+                    4 => Fault::SyncDeleted,
+                    _ => Fault::SetNamesFails(node, r.range(500, long), r.chance(50)),
+                };
+                faults.push((at, f));
+            }
         }
         faults.sort_by_key(|(t, _)| *t);
         let mut s = Sim {
@@ -1022,6 +1307,13 @@ impl Sim {
             quiet_from: 80_000 + ttl_ms * 2,
             handover: None,
             handovers: 0,
+            sync_rng,
+            acked: BTreeMap::new(),
+            next_uid: 1,
+            key_lost: false,
+            unprotected: BTreeMap::new(),
+            excused: 0,
+            sync_acks: 0,
         };
         for i in 0..s.setup.nodes {
             let start = s.rng.range(0, 300);
@@ -1280,6 +1572,22 @@ impl Sim {
                 } else {
                     self.etcd.apply(&name, &op, self.now)
                 };
+                if let Op::WriteSync { json, .. } = &op
+                    && matches!(reply, Reply::Bool(true))
+                {
+                    // A leader wrote the key again: protected from here on.
+                    self.key_lost = false;
+                    let tagged = self.nodes.iter().find(|n| n.cfg.sync.nosync);
+                    let st: leasedog::cluster::SyncState = serde_json::from_str(json).unwrap();
+                    if let Some(t) = tagged
+                        && st.standbys().contains(&t.name)
+                    {
+                        return Err(format!(
+                            "{name} named {} (tagged nosync) in the sync key",
+                            t.name
+                        ));
+                    }
+                }
                 if leader_changed {
                     self.watch_fired();
                 }
@@ -1362,6 +1670,33 @@ impl Sim {
             Fault::StaleReads(..) => "stale reads from a cut-off etcd member",
             Fault::Term(..) => "SIGTERM graceful stop",
             Fault::SlowLeaderLink { .. } => "slow link to the leader, then its agent hangs",
+            Fault::ReplCut(..) => "replication connection cut",
+            Fault::LeaderDies(_) => "the leader dies",
+            Fault::SlowStandby(..) => "slow standby",
+            Fault::SyncGarbage(..) => "garbage in the sync key",
+            Fault::SyncRestore(..) => "garbage in the sync key put right",
+            Fault::SyncDeleted => "sync key deleted by hand",
+            Fault::SetNamesFails(_, _, false) => "reload fails (setting unchanged)",
+            Fault::SetNamesFails(..) => "reload times out (setting changed)",
+        }
+    }
+
+    /// Runs another fault now.
+    fn faults_now(&mut self, f: Fault) {
+        self.faults.push((self.now, f));
+        let k = self.faults.len() - 1;
+        self.fault(k);
+    }
+
+    /// The `sync` key was deleted: see `key_lost`.
+    fn sync_key_lost(&mut self) {
+        if self.setup.sync.is_none() {
+            return;
+        }
+        self.key_lost = true;
+        for (&uid, &(lsn, _, _)) in &self.acked {
+            let u = self.unprotected.entry(uid).or_insert(0);
+            *u = (*u).max(lsn);
         }
     }
 
@@ -1459,6 +1794,7 @@ impl Sim {
                 for k in keys {
                     self.etcd.del(&k);
                 }
+                self.sync_key_lost();
                 self.watch_fired();
             }
             Fault::UnleasedLeader => {
@@ -1523,6 +1859,69 @@ impl Sim {
                 // etcd keeps its clock: leases keep counting (worst case).
             }
             Fault::Reset(i) => self.reset(i),
+            Fault::ReplCut(i, d) => self.nodes[i].repl_cut_until = self.now + d,
+            Fault::LeaderDies(how) => {
+                let leader = self.etcd.view().leader.map(|l| l.name);
+                if let Some(l) = self
+                    .nodes
+                    .iter()
+                    .position(|n| Some(&n.name) == leader.as_ref())
+                {
+                    match how {
+                        0 => self.reset(l),
+                        1 => self.faults_now(Fault::PgCrash(l)),
+                        _ => self.hang(l, self.etcd.ttl_ms),
+                    }
+                }
+            }
+            Fault::SlowStandby(i, d) => self.nodes[i].slow_standby_until = self.now + d,
+            Fault::SyncGarbage(_) if self.etcd.view().sync_unreadable => {}
+            Fault::SyncGarbage(d) => {
+                let k = format!("{PREFIX}sync");
+                let old = self.etcd.kv.get(&k).map(|kv| kv.value.clone());
+                self.etcd.put(&k, "{\"leader\": ".into(), 0);
+                let rev = self.etcd.rev;
+                self.faults
+                    .push((self.now + d, Fault::SyncRestore(old, rev)));
+                let k = self.faults.len() - 1;
+                self.at(self.now + d, Ev::Fault(k));
+            }
+            Fault::SyncRestore(_, rev)
+                if self
+                    .etcd
+                    .kv
+                    .get(&format!("{PREFIX}sync"))
+                    .is_some_and(|kv| kv.modr == rev)
+                    && self
+                        .etcd
+                        .view()
+                        .leader
+                        .is_some_and(|l| self.nodes.iter().any(|n| n.name == l.name)) =>
+            {
+                // A leader is there to replace it: the garbage stays.
+                self.at(self.now + 1000, Ev::Fault(k));
+            }
+            Fault::SyncRestore(old, rev) => {
+                let k = format!("{PREFIX}sync");
+                if self.etcd.kv.get(&k).is_some_and(|kv| kv.modr == rev) {
+                    match old {
+                        Some(v) => self.etcd.put(&k, v, 0),
+                        None => {
+                            self.etcd.del(&k);
+                            self.sync_key_lost();
+                        }
+                    }
+                }
+            }
+            Fault::SyncDeleted => {
+                if self.etcd.del(&format!("{PREFIX}sync")) {
+                    self.sync_key_lost();
+                }
+            }
+            Fault::SetNamesFails(i, d, changes) => {
+                self.nodes[i].set_fail_until = self.now + d;
+                self.nodes[i].set_fail_changes = changes;
+            }
             Fault::SlowLeaderLink {
                 d,
                 extra,
@@ -1639,18 +2038,42 @@ impl Sim {
     /// Writes on primaries; replicas stream from their upstream,
     /// asynchronously: they receive what it had written before this tick,
     /// so a streaming replica trails its primary by one tick's commits.
+    ///
+    /// Synchronous runs: a standby flushes all of it, part of it or none of
+    /// it each tick (less while slow, nothing while its connection is cut),
+    /// and then each primary acknowledges what its setting allows.
     fn progress(&mut self) {
+        let sync = self.setup.sync.is_some();
+        let now = self.now;
         let snapshot: Vec<Pg> = self.nodes.iter().map(|n| n.pg.clone()).collect();
         for i in 0..self.nodes.len() {
             if self.nodes[i].pg.state == PgState::Primary {
                 self.nodes[i].pg.lsn += 200;
             }
         }
+        let rng = &mut self.sync_rng;
         for (i, n) in self.nodes.iter_mut().enumerate() {
             if let PgState::Replica(Some(u)) = n.pg.state {
                 let up = &snapshot[u];
-                if u != i && up.running() && n.pg.can_follow(up) {
-                    n.pg.lsn = n.pg.lsn.max(up.lsn);
+                let cut = sync && now < n.repl_cut_until;
+                if u != i && up.running() && !cut && n.pg.can_follow(up, sync) {
+                    let mut to = up.lsn;
+                    if sync {
+                        let gap = up.lsn.saturating_sub(n.pg.lsn);
+                        let roll = rng.range(0, 99);
+                        // A slow standby (its disk stalls) hardly flushes.
+                        let (all, half) = if now < n.slow_standby_until {
+                            (0, 2)
+                        } else {
+                            (60, 85)
+                        };
+                        if n.pg.uid == up.uid && roll >= all {
+                            to = n.pg.lsn + if roll < half { gap / 2 } else { 0 };
+                        }
+                        to = to.max(n.pg.lsn);
+                        n.pg.take_line(up, to);
+                    }
+                    n.pg.lsn = n.pg.lsn.max(to);
                     n.pg.tl = up.tl;
                     n.pg.history = up.history.clone();
                     n.pg.streaming = true;
@@ -1661,6 +2084,103 @@ impl Sim {
                 n.pg.streaming = false;
             }
         }
+        if sync {
+            self.acknowledge();
+        }
+    }
+
+    /// Each primary acknowledges the commits its setting lets go: `FIRST k
+    /// (S)`/`ANY k (S)` those that k members of S streaming from it have
+    /// flushed, `'*'` those one streaming standby has, `''` all at once.
+    /// While a reload has not reached the walsenders, the earlier setting
+    /// may still release commits too.
+    fn acknowledge(&mut self) {
+        let now = self.now;
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].pg.state != PgState::Primary {
+                continue;
+            }
+            let flushes: Vec<(String, u64)> = self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(j, n)| {
+                    *j != i && n.pg.state == PgState::Replica(Some(i)) && n.pg.streaming
+                })
+                .map(|(j, n)| (format!("n{j}"), n.pg.lsn))
+                .collect();
+            let pg = &mut self.nodes[i].pg;
+            pg.prev.retain(|(_, until)| *until > now);
+            let pos = |names: &Names| -> Option<u64> {
+                match names {
+                    Names::Off | Names::Unknown(_) => Some(u64::MAX),
+                    Names::AnyOne => flushes.iter().map(|f| f.1).max(),
+                    Names::Set { k, names, .. } => {
+                        let mut f: Vec<u64> = flushes
+                            .iter()
+                            .filter(|f| names.contains(&f.0))
+                            .map(|f| f.1)
+                            .collect();
+                        f.sort_unstable_by(|a, b| b.cmp(a));
+                        f.get(k - 1).copied()
+                    }
+                }
+            };
+            let by_standby = pos(&pg.eff).is_some_and(|p| p != u64::MAX);
+            let released = std::iter::once(&pg.eff)
+                .chain(pg.prev.iter().map(|(n, _)| n))
+                .filter_map(pos)
+                .max()
+                .map(|p| p.min(pg.lsn));
+            if let Some(to) = released.filter(|&to| to > pg.acked_to) {
+                pg.acked_to = to;
+                let uid = pg.uid;
+                let e = self.acked.entry(uid).or_insert((0, i, now));
+                if to > e.0 {
+                    *e = (to, i, now);
+                }
+                if self.key_lost {
+                    let u = self.unprotected.entry(uid).or_insert(0);
+                    *u = (*u).max(to);
+                }
+                if by_standby {
+                    self.sync_acks += 1;
+                }
+            }
+        }
+    }
+
+    /// The acknowledged-commit invariant, when node i becomes writable
+    /// (synchronous runs): its WAL holds every commit acknowledged so far.
+    fn check_acked(&mut self, i: usize, how: &str) -> Outcome {
+        if self.setup.sync.is_none() {
+            return Ok(());
+        }
+        let pg = self.nodes[i].pg.clone();
+        let mut excused = vec![];
+        for (&uid, &(lsn, from, at)) in &self.acked {
+            let unprotected = self.unprotected.get(&uid).copied().unwrap_or(0);
+            if unprotected > 0 && !pg.holds(uid, unprotected.min(lsn)) {
+                // Lost, but acknowledged without a `sync` key to protect it.
+                excused.push(format!(
+                    "n{i} {how} without commits acknowledged while the sync key was deleted (up to LSN {unprotected} of timeline #{uid})"
+                ));
+            }
+            if unprotected >= lsn {
+                continue;
+            }
+            if !pg.holds(uid, lsn) {
+                return Err(format!(
+                    "lost acknowledged commit: n{from} acknowledged LSN {lsn} of timeline #{uid} at {at} ms, and n{i} {how} at timeline {} LSN {} (WAL #{} after {:?}) without it",
+                    pg.tl, pg.lsn, pg.uid, pg.line
+                ));
+            }
+        }
+        self.excused += excused.len().min(1);
+        for e in excused {
+            self.note(e);
+        }
+        Ok(())
     }
 
     fn on_reply(&mut self, i: usize, reply: Option<Reply>) -> Outcome {
@@ -1734,11 +2254,26 @@ impl Sim {
             local: &n.local,
             node: &n.node,
         };
+        let unkeyed;
         let mut d = if broken == Broken::StalePause && n.node.paused {
             stale_pause_twin(input)
+        } else if broken == Broken::SyncUnnamedPromotes
+            && let Some(v) = view.as_ref().filter(|v| v.leader.is_none())
+        {
+            // The election without the sync key: anyone may take over.
+            unkeyed = ClusterView {
+                sync: None,
+                sync_unreadable: false,
+                ..v.clone()
+            };
+            ha::decide(Input {
+                view: Some(&unkeyed),
+                ..input
+            })
         } else {
             ha::decide(input)
         };
+        sync_twin(broken, input, &mut d);
         if broken == Broken::RenewalFailureCancels
             && view.is_none()
             && let Some(k) = d.actions.iter().position(|a| *a == Action::KeepAlive)
@@ -1819,6 +2354,22 @@ impl Sim {
                 ttl: self.nodes[i].cfg.orphan_placeholder_ttl_secs() as u64 * 1000,
             }),
             Action::DeleteFailover => Some(Op::DeleteFailover),
+            Action::WriteSync {
+                standbys,
+                mod_revision,
+            } => Some(Op::WriteSync {
+                lease,
+                rev: *mod_revision,
+                json: serde_json::to_string(&standbys.to_state(
+                    &self.nodes[i].name,
+                    self.nodes[i].cfg.sync.mode == leasedog::config::SyncMode::Quorum,
+                ))
+                .unwrap(),
+            }),
+            Action::DeleteSync { mod_revision } => Some(Op::DeleteSync {
+                lease,
+                rev: *mod_revision,
+            }),
             _ => None,
         };
         if let Some(op) = op {
@@ -1907,6 +2458,7 @@ impl Sim {
                     Action::Clone { .. } => self.rng.range(500, 1500),
                     Action::ConfirmHandover { .. } => self.rng.range(20, 200),
                     Action::Rewind { .. } => self.rng.range(200, 600),
+                    Action::SetSyncNames { .. } => self.sync_rng.range(5, 80),
                     _ => 10,
                 };
                 self.pg_op(i, other, dur);
@@ -1944,6 +2496,7 @@ impl Sim {
                 Some(Reply::Bool(_)),
             ) => true,
             (Action::DeleteFailover, Some(Reply::Done)) => true,
+            (Action::WriteSync { .. } | Action::DeleteSync { .. }, Some(Reply::Bool(won))) => won,
             _ => false,
         }
     }
@@ -1974,29 +2527,39 @@ impl Sim {
                     lsn: 1000,
                     tl: 1,
                     was_primary: true,
+                    uid: self.next_uid,
                     ..Pg::empty()
                 };
+                self.next_uid += 1;
             }
             Action::StartPrimary => {
-                let pg = &mut self.nodes[i].pg;
-                if !pg.data {
+                let initial = self.nodes[i].cfg.sync.initial_names();
+                if !self.nodes[i].pg.data {
                     return Ok(false);
                 }
-                if !pg.running() {
+                if !self.nodes[i].pg.running() {
+                    self.check_acked(i, "started as primary")?;
                     // Another primary: a later promotion is no handover.
                     self.handover = None;
+                    let pg = &mut self.nodes[i].pg;
                     pg.state = PgState::Primary;
                     pg.was_primary = true;
                     pg.crashed = false;
+                    pg.start_names(&initial);
+                    pg.acked_to = pg.lsn;
+                    let name = self.nodes[i].name.clone();
+                    self.note(format!("{name} started as primary"));
                 }
             }
             Action::StartReplica { upstream } => {
                 let u = upstream.as_ref().and_then(|u| self.upstream_of(u));
+                let initial = self.nodes[i].cfg.sync.initial_names();
                 let pg = &mut self.nodes[i].pg;
                 if !pg.data {
                     return Ok(false);
                 }
                 if !pg.running() {
+                    pg.start_names(&initial);
                     pg.state = PgState::Replica(u);
                     pg.was_primary = false;
                     pg.crashed = false;
@@ -2012,6 +2575,10 @@ impl Sim {
             Action::Promote => {
                 let status = self.etcd.view().status;
                 let name = self.nodes[i].name.clone();
+                if let PgState::Replica(_) = self.nodes[i].pg.state {
+                    self.check_acked(i, "promoted")?;
+                }
+                let uid = self.next_uid;
                 let pg = &mut self.nodes[i].pg;
                 if let PgState::Replica(_) = pg.state {
                     if let Some(st) = status
@@ -2037,6 +2604,10 @@ impl Sim {
                     }
                     pg.history.push((pg.tl, pg.lsn));
                     pg.tl += 1;
+                    pg.line.push((pg.uid, pg.lsn));
+                    pg.uid = uid;
+                    pg.acked_to = pg.lsn;
+                    self.next_uid += 1;
                     pg.state = PgState::Primary;
                     pg.was_primary = true;
                     pg.streaming = false;
@@ -2051,13 +2622,17 @@ impl Sim {
                 let clean = matches!(a, Action::StopCleanly)
                     && self.setup.broken != Broken::UncheckedHandover;
                 let me = self.nodes[i].pg.clone();
+                let sync = self.setup.sync.is_some();
                 if clean && me.state == PgState::Primary {
                     for (j, n) in self.nodes.iter_mut().enumerate() {
                         if j != i
                             && n.pg.state == PgState::Replica(Some(i))
                             && n.pg.streaming
-                            && n.pg.can_follow(&me)
+                            && n.pg.can_follow(&me, sync)
                         {
+                            if sync {
+                                n.pg.take_line(&me, me.lsn);
+                            }
                             n.pg.lsn = n.pg.lsn.max(me.lsn);
                         }
                     }
@@ -2106,6 +2681,7 @@ impl Sim {
                     history: src.history.clone(),
                     ..Pg::empty()
                 };
+                pg.take_line(&src, src.lsn);
             }
             Action::Rewind { upstream } => {
                 let Some(src) = up(self, upstream) else {
@@ -2127,8 +2703,42 @@ impl Sim {
                     pg.history = src.history.clone();
                     pg.lsn = pg.lsn.min(src.lsn);
                 }
+                if self.setup.sync.is_some() {
+                    // The WAL that stays is what both hold; from there on it
+                    // is the source's.
+                    pg.lsn = pg.lsn.min(pg.common_with(&src));
+                    let lsn = pg.lsn;
+                    pg.take_line(&src, lsn);
+                }
                 pg.was_primary = false;
                 pg.crashed = false;
+            }
+            Action::SetSyncNames { names } => {
+                let (now, delay) = (self.now, self.sync_rng.range(1, reload_delay_max_ms()));
+                let n = &mut self.nodes[i];
+                if n.pg.state != PgState::Primary {
+                    return Ok(false);
+                }
+                let failing = now < n.set_fail_until;
+                if failing && !n.set_fail_changes {
+                    return Ok(false);
+                }
+                let new = Names::parse(names);
+                if new != n.pg.eff {
+                    let old = std::mem::replace(&mut n.pg.eff, new.clone());
+                    n.pg.prev.push((old, now + delay));
+                }
+                n.pg.names = new;
+                let name = n.name.clone();
+                self.note(format!(
+                    "{name}: synchronous_standby_names = '{names}'{}",
+                    if failing {
+                        " (the read-back times out)"
+                    } else {
+                        ""
+                    }
+                ));
+                return Ok(!failing);
             }
             _ => {}
         }
@@ -2331,6 +2941,54 @@ fn stale_pause_twin(i: Input<'_>) -> ha::Decision {
     d
 }
 
+/// The synchronous rules broken on purpose (`Broken::SyncNamesBeforeKey`,
+/// `SyncNarrowsEarly`): the leader's step as `sync::plan` gives it, altered.
+fn sync_twin(broken: Broken, i: Input<'_>, d: &mut ha::Decision) {
+    if !matches!(
+        broken,
+        Broken::SyncNamesBeforeKey | Broken::SyncNarrowsEarly
+    ) || !i.cfg.sync.on()
+        || !i.local.writable()
+    {
+        return;
+    }
+    let Some(view) = i.view else { return };
+    let Some(current) = i.node.sync_in_force.names.as_ref() else {
+        return;
+    };
+    let name = &i.cfg.name;
+    let cands = leasedog::sync::candidates(&i.cfg.sync, name, view, i.local, Some(current));
+    let want = leasedog::sync::wanted(&i.cfg.sync, &cands);
+    let step = leasedog::sync::plan(&i.cfg.sync, name, view, i.local, &i.node.sync_in_force);
+    match (broken, step) {
+        // A widening of the key: PostgreSQL is told at once instead.
+        (Broken::SyncNamesBeforeKey, leasedog::sync::Step::WriteKey(k))
+            if !k.names.is_empty() && *current != want =>
+        {
+            for a in d.actions.iter_mut() {
+                if matches!(a, Action::WriteSync { .. }) {
+                    *a = Action::SetSyncNames {
+                        names: want.render(),
+                    };
+                }
+            }
+        }
+        // Waiting for catch-up: narrowed at once instead.
+        (Broken::SyncNarrowsEarly, leasedog::sync::Step::Hold(Some(_))) if *current == want => {
+            if let Names::Set { k, names, .. } = current {
+                d.actions.push(Action::WriteSync {
+                    standbys: KeySet {
+                        quorum: names.len() - k + 1,
+                        names: names.clone(),
+                    },
+                    mod_revision: view.sync.as_ref().map(|s| s.mod_revision),
+                });
+            }
+        }
+        _ => {}
+    }
+}
+
 enum Step {
     Wait,
     Next,
@@ -2346,12 +3004,20 @@ fn member_info(n: &Node) -> MemberInfo {
         role: l.role(),
         xlog_location: l.lsn.map(|x| x.0),
         timeline: l.timeline,
-        tags: Tags::default(),
+        tags: Tags {
+            nosync: n.cfg.sync.nosync,
+            ..Tags::default()
+        },
         version: String::new(),
         epoch: None,
         streaming: l.streaming,
         pause: n.node.paused,
-        leaderless_rev: None,
+        // The read before this cycle's probe showed no leader.
+        leaderless_rev: n
+            .view
+            .as_ref()
+            .filter(|v| v.leader.is_none())
+            .map(|v| v.revision),
     }
 }
 
@@ -2372,6 +3038,20 @@ fn run_one(setup: &Setup, seed: u64) -> Result<Sim, Box<(Sim, String)>> {
             (end - quiet_from) / 1000,
             w.iter().map(|&i| &sim.nodes[i].name).collect::<Vec<_>>(),
             leader
+        );
+        return Err(Box::new((sim, msg)));
+    }
+    // Synchronous mode: the leader keeps the sync key (readable, its own).
+    let view = sim.etcd.view();
+    if setup.sync.is_some()
+        && (view.sync_unreadable
+            || view.sync.as_ref().and_then(|s| s.leader.as_deref()) != leader.as_deref())
+    {
+        let msg = format!(
+            "the sync key is not the leader's {} s after the faults: {:?} (unreadable: {})",
+            (end - quiet_from) / 1000,
+            view.sync,
+            view.sync_unreadable
         );
         return Err(Box::new((sim, msg)));
     }
@@ -2397,12 +3077,21 @@ fn sweep(setup: Setup, default: u64) {
     let list = seeds(default);
     let mut promotions = 0;
     let mut handovers = 0;
+    let mut acks = 0;
+    let mut excused = 0;
     let mut kinds = std::collections::BTreeSet::new();
     for &seed in &list {
         match run_one(&setup, seed) {
             Ok(sim) => {
                 promotions += sim.promotions;
                 handovers += sim.handovers;
+                acks += sim.sync_acks;
+                excused += sim.excused;
+                if sim.excused > 0 {
+                    eprintln!(
+                        "seed {seed}: a promotion without commits acknowledged while the sync key was deleted (by design; LEASEDOG_SIM_TRACE=1 LEASEDOG_SIM_SEED={seed} shows it)"
+                    );
+                }
                 kinds.extend(sim.kinds.iter().copied());
             }
             Err(failed) => {
@@ -2420,8 +3109,13 @@ fn sweep(setup: Setup, default: u64) {
             }
         }
     }
+    let sync = setup.sync.map_or(String::new(), |y| {
+        format!(
+            ", {y:?}: {acks} commits acknowledged by standbys, {excused} promotions without commits acknowledged while the sync key was deleted (by design)"
+        )
+    });
     eprintln!(
-        "{} schedules ({} nodes, ttl {}, {:?}) passed in {:.1}s, {promotions} promotions, {handovers} switchover hand-overs checked, {} fault kinds: {}",
+        "{} schedules ({} nodes, ttl {}, {:?}) passed in {:.1}s, {promotions} promotions, {handovers} switchover hand-overs checked{sync}, {} fault kinds: {}",
         list.len(),
         setup.nodes,
         setup.ttl,
@@ -2442,6 +3136,7 @@ fn fast(nodes: usize, mode: WatchdogMode, broken: Broken) -> Setup {
         mode,
         broken,
         mix: Mix::All,
+        sync: None,
     }
 }
 
@@ -2467,6 +3162,7 @@ fn patroni_default_timings() {
             mode: WatchdogMode::Required,
             broken: Broken::None,
             mix: Mix::All,
+            sync: None,
         },
         400,
     );
@@ -2660,4 +3356,114 @@ fn teeth_when_the_stop_budget_is_not_a_bound() {
         fast(3, WatchdogMode::Required, Broken::UnboundedStop),
         200,
     );
+}
+
+// ---------------------------------------------------------------- synchronous mode
+
+fn synchronous(nodes: usize, mode: SyncMode, strict: bool, count: usize, broken: Broken) -> Setup {
+    Setup {
+        sync: Some(SyncSetup {
+            mode,
+            strict,
+            count,
+            max_lag: None,
+            nosync_last: false,
+        }),
+        ..fast(nodes, WatchdogMode::Required, broken)
+    }
+}
+
+/// Synchronous mode: every commit PostgreSQL acknowledged is on every later
+/// primary, under every fault.
+#[test]
+fn sync_on_never_loses_an_acknowledged_commit() {
+    sweep(synchronous(3, SyncMode::On, false, 1, Broken::None), 150);
+}
+
+#[test]
+fn sync_on_strict_never_loses_an_acknowledged_commit() {
+    sweep(synchronous(3, SyncMode::On, true, 1, Broken::None), 100);
+}
+
+/// Quorum commit, 5 nodes (n4 tagged `nosync`), 2 standbys confirm each
+/// commit, standbys more than 15 ticks behind are dropped
+/// (`maximum_lag_on_syncnode`).
+#[test]
+fn sync_quorum_never_loses_an_acknowledged_commit() {
+    sweep(quorum(false, Mix::All), 30);
+}
+
+#[test]
+fn sync_quorum_strict_never_loses_an_acknowledged_commit() {
+    sweep(quorum(true, Mix::All), 20);
+}
+
+fn quorum(strict: bool, mix: Mix) -> Setup {
+    let mut s = synchronous(5, SyncMode::Quorum, strict, 2, Broken::None);
+    s.sync = s.sync.map(|y| SyncSetup {
+        max_lag: Some(3000),
+        nosync_last: true,
+        ..y
+    });
+    Setup { mix, ..s }
+}
+
+#[test]
+fn sync_quorum_churn_never_loses_an_acknowledged_commit() {
+    sweep(quorum(false, Mix::SyncChurn), 30);
+}
+
+#[test]
+fn teeth_when_postgresql_waits_for_a_standby_before_the_key_names_it() {
+    finds(
+        "lost acknowledged commit",
+        sync_churn(3, SyncMode::On, Broken::SyncNamesBeforeKey),
+        2000,
+    );
+}
+
+#[test]
+fn teeth_when_a_member_the_key_does_not_name_promotes() {
+    finds(
+        "lost acknowledged commit",
+        synchronous(3, SyncMode::On, false, 1, Broken::SyncUnnamedPromotes),
+        2000,
+    );
+}
+
+/// Standbys coming and going while leaders die (`Mix::SyncChurn`), with
+/// no defect...
+#[test]
+fn sync_churn_never_loses_an_acknowledged_commit() {
+    sweep(sync_churn(3, SyncMode::On, Broken::None), 100);
+}
+
+fn sync_churn(nodes: usize, mode: SyncMode, broken: Broken) -> Setup {
+    Setup {
+        mix: Mix::SyncChurn,
+        ..synchronous(nodes, mode, false, 1, broken)
+    }
+}
+
+/// ...and with the key narrowed before the standbys it keeps caught up.
+#[test]
+fn teeth_when_the_key_narrows_before_catch_up() {
+    finds(
+        "lost acknowledged commit",
+        sync_churn(3, SyncMode::On, Broken::SyncNarrowsEarly),
+        2000,
+    );
+}
+
+/// Found by the simulator (seed 6): garbage in the `sync` key while a
+/// leader runs. The view carried no revision for an unreadable key, so the
+/// leader's compare-and-swap compared for an absent key and failed every
+/// cycle: the garbage stayed for good (and a leader about to promote never
+/// would). The read now keeps the key's revision (`dcs::unreadable_sync`).
+#[test]
+fn sync_garbage_in_the_key_is_replaced_by_the_leader() {
+    let s = synchronous(3, SyncMode::On, false, 1, Broken::None);
+    if let Err(f) = run_one(&s, 6) {
+        panic!("seed 6: {}", f.1);
+    }
 }

@@ -461,6 +461,18 @@ impl Postgres {
         if !state.in_recovery {
             self.streamed_tli = None;
         }
+        // The managed file says what is in force: a reload that failed (or
+        // timed out) may or may not have applied a new value, and a later
+        // outside reload (an operator's pg_reload_conf) must not apply one
+        // the rules have moved on from.
+        if let Some(in_force) = &state.sync_names
+            && self.sync_names.as_ref().is_some_and(|f| f != in_force)
+        {
+            self.sync_names = Some(in_force.clone());
+            if let Err(e) = self.write_managed(None) {
+                log::warn!("rewriting synchronous_standby_names as in force: {e}");
+            }
+        }
         Ok(state)
     }
 
