@@ -141,6 +141,38 @@ fn run(args: Args) -> Result<(), ExitCode> {
             if !errors.is_empty() || transport.is_err() || api.is_err() {
                 return Err(ExitCode::from(1));
             }
+            // With TLS or an etcd user: one read, so that a certificate etcd
+            // or we refuse (expired, another CA, a host name it does not
+            // name) or a wrong password is found now, not by the agent. An
+            // etcd that does not answer is only a warning: the agent waits
+            // for it (and this runs before every start under systemd).
+            if let Ok(t) = transport
+                && (cfg.etcd3.protocol == "https" || cfg.etcd3.username.is_some())
+            {
+                let rt = runtime()?;
+                let mut dcs = Dcs::new(
+                    cfg.etcd_endpoints(),
+                    cfg.prefix(),
+                    cfg.name.clone(),
+                    cfg.ttl,
+                )
+                .with_transport(t);
+                if let Err(e) = rt.block_on(dcs.read(Duration::from_secs(3))) {
+                    let text = e.to_string();
+                    let lower = text.to_lowercase();
+                    let refused = matches!(e, crate::dcs::DcsError::Refused { .. })
+                        || lower.contains("certificate")
+                        || lower.contains("authentication failed")
+                        || lower.contains("permission denied");
+                    if refused {
+                        eprintln!("error: {}: etcd3: {text}", args.config.display());
+                        return Err(ExitCode::from(1));
+                    }
+                    eprintln!(
+                        "warning: etcd did not answer now (the agent will wait for it): {text}"
+                    );
+                }
+            }
             println!(
                 "{}: ok (member {} of cluster {}, etcd {})",
                 args.config.display(),

@@ -143,17 +143,29 @@ fn a_cluster_over_tls_with_an_rbac_user() {
     );
     // A CA that did not sign etcd's certificate (the client certificate is
     // no CA): the TLS handshake fails, and says so.
+    // check-config finds it too (one read when TLS or a user is set).
     write_bad("ca.pem", "client.pem");
-    let out = c.leasedog_with(&bad).args(["list"]).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    for cmd in ["list", "check-config"] {
+        let out = c.leasedog_with(&bad).arg(cmd).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cmd}");
+        assert!(err.to_lowercase().contains("certificate"), "{cmd}: {err}");
+    }
     write_bad("leasedog-secret", "wrong-secret");
-    let out = c.leasedog_with(&bad).args(["list"]).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(err.contains("authentication failed"), "{err}");
-    assert!(!err.contains("wrong-secret"), "{err}");
+    for cmd in ["list", "check-config"] {
+        let out = c.leasedog_with(&bad).arg(cmd).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cmd}");
+        assert!(err.contains("authentication failed"), "{cmd}: {err}");
+        assert!(!err.contains("wrong-secret"), "{cmd}: {err}");
+    }
+    // The good file passes check-config, etcd answering.
+    let out = c.leasedog(0).arg("check-config").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for n in &c.nodes {
         assert!(
             !n.agent_log_text().contains("leasedog-secret"),
@@ -173,11 +185,16 @@ fn a_cluster_over_tls_with_an_rbac_user() {
             yaml.replace("client.pem", cert).replace("client.key", key),
         )
         .unwrap();
-        let out = c.leasedog_with(&bad).args(["list"]).output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        eprintln!("client certificate from {what}: {}", err.trim());
-        assert!(!out.status.success(), "{what}");
-        assert!(err.to_lowercase().contains("certificate"), "{what}: {err}");
+        for cmd in ["list", "check-config"] {
+            let out = c.leasedog_with(&bad).arg(cmd).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            eprintln!("{cmd}, client certificate from {what}: {}", err.trim());
+            assert!(!out.status.success(), "{cmd}: {what}");
+            assert!(
+                err.to_lowercase().contains("certificate"),
+                "{cmd}: {what}: {err}"
+            );
+        }
     }
 
     // Every auth token revoked (RBAC off and on again): the clients
