@@ -320,9 +320,11 @@ fn a_cluster_over_tls_with_an_rbac_user() {
 
 /// Each agent is given all three members and talks to one at a time. The
 /// raft leader among them is killed (an election), then each member in turn
-/// is hung (SIGSTOP: connections stay open, nothing answers) — so the one
-/// the agents use is hung at some point: every time, the same primary keeps
-/// its key, PostgreSQL is not restarted, and the watchdog is fed on time.
+/// is hung (SIGSTOP: connections stay open, nothing answers), then cut from
+/// the other two by nftables (it answers, but from the minority) — so the
+/// one the agents use is lost at some point: every time, the same primary
+/// keeps its key, PostgreSQL is not restarted, and the watchdog is fed on
+/// time.
 #[test]
 fn losing_one_of_three_etcd_members_causes_no_failover() {
     // An election takes etcd's election timeout (1 s) and a vote, during
@@ -400,6 +402,21 @@ fn losing_one_of_three_etcd_members_causes_no_failover() {
         member(&mut c, i).freeze();
         hold(&c, &format!("m{i} hung"));
         member(&mut c, i).thaw();
+    }
+    // Each member in turn cut from the other two (nftables): it still
+    // answers its clients' connections but, in the minority, serves no
+    // linearizable read and renews no lease; no stale answer moves anyone.
+    for i in 0..3 {
+        let others: Vec<u16> = (0..3)
+            .filter(|&j| j != i)
+            .map(|j| member(&mut c, j).peer_port())
+            .collect();
+        if member(&mut c, i).isolate(&others).is_none() {
+            eprintln!("SKIPPED isolation: needs root");
+            break;
+        }
+        hold(&c, &format!("m{i} isolated"));
+        member(&mut c, i).heal();
     }
     c.wait_healthy(Duration::from_secs(30));
     let acked = writer.stop();

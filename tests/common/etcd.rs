@@ -19,6 +19,14 @@ pub struct EtcdServer {
     tls: Option<std::path::PathBuf>,
     /// `user:password` etcdctl uses once RBAC is on.
     auth: Option<String>,
+    /// The uid this member runs as (members of a cluster started as root
+    /// each get their own, so nftables can tell their packets apart).
+    uid: Option<u32>,
+}
+
+/// The uid of member `i` of a multi-member etcd started as root.
+fn member_uid(i: usize) -> u32 {
+    64_000 + i as u32
 }
 
 /// Runs `openssl args` in `dir`; panics with its stderr when it fails.
@@ -250,6 +258,14 @@ impl EtcdServer {
                     .tempdir()
                     .expect("tempdir");
                 let name = format!("m{i}");
+                // SAFETY: geteuid has no preconditions.
+                let uid = (n > 1 && unsafe { libc::geteuid() } == 0).then(|| member_uid(i));
+                if let Some(u) = uid {
+                    let p = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes())
+                        .expect("path");
+                    // SAFETY: chown(2) on our own temporary directory.
+                    unsafe { libc::chown(p.as_ptr(), u, u) };
+                }
                 let child = spawn(
                     dir.path(),
                     &name,
@@ -257,6 +273,7 @@ impl EtcdServer {
                     client_port,
                     peer_port,
                     tls.as_deref(),
+                    uid,
                 );
                 EtcdServer {
                     child,
@@ -267,6 +284,7 @@ impl EtcdServer {
                     initial_cluster: initial_cluster.clone(),
                     tls: tls.clone(),
                     auth: None,
+                    uid,
                 }
             })
             .collect()
@@ -297,6 +315,54 @@ impl EtcdServer {
         self.auth = Some("root:root-secret".into());
     }
 
+    /// Cuts this member from the other members (nftables on loopback: its
+    /// own packets to their peer ports, by its uid, and anything to its
+    /// peer port are dropped) while clients still reach it: a member in the
+    /// minority of a partition, which cannot serve linearizable reads or
+    /// leases. None when this member has no uid of its own (not root).
+    pub fn isolate(&self, others: &[u16]) -> Option<()> {
+        let uid = self.uid?;
+        let ports = others
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rules = format!(
+            "table inet leasedog_iso_{n} {{\n  chain out {{ type filter hook output priority 0; meta skuid {uid} tcp dport {{ {ports} }} drop; }}\n  chain in {{ type filter hook input priority 0; tcp dport {own} drop; }}\n}}\n",
+            n = self.name,
+            own = self.peer_port
+        );
+        let path = self.dir.path().join("isolate.nft");
+        std::fs::write(&path, rules).expect("write nft rules");
+        let out = Command::new("nft")
+            .arg("-f")
+            .arg(&path)
+            .output()
+            .expect("nft (bash scripts/setup.sh installs nftables)");
+        assert!(
+            out.status.success(),
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(())
+    }
+
+    /// Undoes `isolate`.
+    pub fn heal(&self) {
+        let _ = Command::new("nft")
+            .args([
+                "delete",
+                "table",
+                "inet",
+                &format!("leasedog_iso_{}", self.name),
+            ])
+            .output();
+    }
+
+    pub fn peer_port(&self) -> u16 {
+        self.peer_port
+    }
+
     /// Kills this member (SIGKILL): its clients see connections refused.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -317,6 +383,7 @@ impl EtcdServer {
             self.client_port,
             self.peer_port,
             self.tls.as_deref(),
+            self.uid,
         );
         assert!(
             self.wait_ready(Duration::from_secs(20)),
@@ -430,6 +497,9 @@ impl EtcdServer {
 
 impl Drop for EtcdServer {
     fn drop(&mut self) {
+        if self.uid.is_some() {
+            self.heal();
+        }
         self.thaw();
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -443,6 +513,7 @@ fn spawn(
     client_port: u16,
     peer_port: u16,
     tls: Option<&std::path::Path>,
+    uid: Option<u32>,
 ) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -453,6 +524,10 @@ fn spawn(
     let scheme = if tls.is_some() { "https" } else { "http" };
     let client = format!("{scheme}://127.0.0.1:{client_port}");
     let mut cmd = Command::new("etcd");
+    if let Some(u) = uid {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(u).gid(u);
+    }
     if let Some(d) = tls {
         cmd.arg(format!("--cert-file={}", d.join("server.pem").display()))
             .arg(format!("--key-file={}", d.join("server.key").display()))
