@@ -444,6 +444,21 @@ fn a_synchronous_standby_that_lags_is_replaced() {
     );
     done.expect("the commit completes once another standby confirms it");
     assert!(!replaced.contains(&standby));
+
+    // A failover onto the member the key no longer names is refused unless
+    // the operator accepts losing commits.
+    let out = c
+        .leasedog(p)
+        .args(["failover", "--to", &standby])
+        .output()
+        .expect("cli");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "failover to {standby} was accepted");
+    assert!(
+        err.contains("not a synchronous standby") && err.contains("--allow-data-loss"),
+        "{err}"
+    );
+    assert_eq!(c.sole_primary(), Some(p), "nothing moved");
 }
 
 /// The standbys the key and the setting agree on now, if they do.
