@@ -1108,7 +1108,11 @@ impl Agent {
         if self.published.as_ref() == Some(&current) && !tampered {
             return;
         }
-        let t = self.io_timeout();
+        // For a leader, half of what is left before its stop deadline: the
+        // member key must never spend the time the confirmation and the
+        // feed that follow it need (an etcd member cut from its quorum
+        // answers nothing until the call times out).
+        let t = self.observe_timeout();
         match self.dcs.put_member(&info, t).await {
             Ok(()) => self.published = Some(current),
             Err(e) => self.warn_limited(format!("publishing member key failed: {e}")),
