@@ -940,12 +940,8 @@ impl Postgres {
     }
 }
 
-/// The WAL position a remote standby has received
-/// (`pg_last_wal_receive_lsn()`, as superuser over TCP).
-pub async fn received_lsn(
-    up: &Upstream,
-    timeout: Duration,
-) -> Result<crate::cluster::Lsn, PgError> {
+/// A connection to `up` as its user, on database postgres, plain TCP.
+fn upstream_config(up: &Upstream, timeout: Duration) -> tokio_postgres::Config {
     let mut c = tokio_postgres::Config::new();
     c.host(&up.host)
         .port(up.port)
@@ -956,6 +952,16 @@ pub async fn received_lsn(
     if let Some(p) = &up.password {
         c.password(p);
     }
+    c
+}
+
+/// The WAL position a remote standby has received
+/// (`pg_last_wal_receive_lsn()`, as superuser over TCP).
+pub async fn received_lsn(
+    up: &Upstream,
+    timeout: Duration,
+) -> Result<crate::cluster::Lsn, PgError> {
+    let c = upstream_config(up, timeout);
     let work = async {
         let (client, conn) = c.connect(tokio_postgres::NoTls).await?;
         let task = tokio::spawn(async move {
@@ -984,16 +990,7 @@ pub async fn received_lsn(
 
 /// `CHECKPOINT` on a remote server as the superuser, without TLS.
 async fn checkpoint_upstream_plain(up: &Upstream, timeout: Duration) -> Result<(), PgError> {
-    let mut c = tokio_postgres::Config::new();
-    c.host(&up.host)
-        .port(up.port)
-        .user(&up.user)
-        .dbname("postgres")
-        .application_name("leasedog")
-        .connect_timeout(timeout);
-    if let Some(p) = &up.password {
-        c.password(p);
-    }
+    let c = upstream_config(up, timeout);
     let work = async {
         let (client, conn) = c.connect(tokio_postgres::NoTls).await?;
         let task = tokio::spawn(async move {
