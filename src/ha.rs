@@ -1565,6 +1565,7 @@ fn ahead_of_me<'v>(
     view: &'v ClusterView,
     my_lsn: Lsn,
     my_tl: u32,
+    i_am_primary: bool,
 ) -> Option<&'v Member> {
     view.members.iter().find(|m| {
         m.name != cfg.name
@@ -1573,8 +1574,45 @@ fn ahead_of_me<'v>(
             && m.info.state == "running"
             && m.info.role == Role::Replica
             && m.info.timeline.unwrap_or(0) >= my_tl
-            && (m.lsn() > my_lsn || (m.lsn() == my_lsn && m.name < cfg.name))
+            && (m.lsn() > my_lsn || (m.lsn() == my_lsn && m.name < cfg.name && !i_am_primary))
     })
+}
+
+/// Why a replica must not race although the leader key is gone: the former
+/// primary may still be writable. etcd can lose a lease before its time (a
+/// raft leader that resumes after a hang longer than the lease TTL revokes
+/// the leases it saw expire: etcd#15247, fixed in 3.4.28 and 3.5.11), and
+/// then the key is gone while its holder's fence still runs. Its fence ends
+/// within a ttl of the loss (its loop stops PostgreSQL before its lease
+/// deadline, its watchdog fires before that), so a replica waits a ttl from
+/// the moment it saw the key gone while it sees the old primary alive: its
+/// own WAL receiver still streams, or a member key bound to a live lease
+/// says that member runs as primary on our timeline or a later one (what
+/// Patroni calls "primary is still alive"). The primary takes its key back
+/// meanwhile, or stops and ends the stream.
+fn former_primary_alive(
+    cfg: &HaConfig,
+    view: &ClusterView,
+    local: &LocalPostgres,
+) -> Option<String> {
+    if local.writable() {
+        return None;
+    }
+    if local.running && local.in_recovery && local.streaming {
+        let from = local.following.as_deref().unwrap_or("its upstream");
+        return Some(format!("my WAL receiver still streams from {from}"));
+    }
+    let my_tl = local.timeline.unwrap_or(0);
+    view.members
+        .iter()
+        .find(|m| {
+            m.name != cfg.name
+                && !m.unleased()
+                && m.info.state == "running"
+                && m.info.role == Role::Primary
+                && m.info.timeline.unwrap_or(0) >= my_tl
+        })
+        .map(|m| format!("{} still runs as primary", m.name))
 }
 
 /// Nobody holds the leader key.
@@ -1751,13 +1789,25 @@ fn decide_no_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
     // publish its current position (ours included) before comparing. Bounded:
     // a position that keeps moving (an old primary still streaming) must not
     // hold the election back forever.
+    // A primary that is still writable races at once: nobody holds more
+    // than it does, and every replica waits for it (below).
+    let writable = local.writable();
+    if !writable
+        && leaderless_for < cfg.ttl_ms
+        && let Some(why) = former_primary_alive(cfg, view, local)
+    {
+        p.recheck_in(p.i.cfg.loop_wait_ms.min(1000));
+        return p.done(format!(
+            "no leader, but the former primary may still be writable ({why}): not racing for a ttl"
+        ));
+    }
     let published = view.member(&cfg.name).map(|m| m.lsn());
     let waited =
         p.i.node
             .no_leader_since
             .map(|t| p.i.now.since(t))
             .unwrap_or(0);
-    if published != Some(my_lsn) && waited < 2 * RECHECK_MS {
+    if !writable && published != Some(my_lsn) && waited < 2 * RECHECK_MS {
         p.recheck_in(RECHECK_MS);
         return p.done("no leader: publishing my position before the election");
     }
@@ -1769,7 +1819,7 @@ fn decide_no_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
                     || s.standbys().iter().any(|n| n == &m.name)
             })
     };
-    if let Some(better) = ahead_of_me(cfg, view, my_lsn, my_tl).filter(|m| competes(m)) {
+    if let Some(better) = ahead_of_me(cfg, view, my_lsn, my_tl, writable).filter(|m| competes(m)) {
         let name = better.name.clone();
         if local.writable() {
             p.stop_and_disarm();
@@ -1861,6 +1911,14 @@ mod tests {
             replication: Vec::new(),
             unknown: false,
             ..Default::default()
+        }
+    }
+
+    /// A replica whose primary died: its WAL receiver no longer streams.
+    fn orphan(lsn: u64) -> LocalPostgres {
+        LocalPostgres {
+            streaming: false,
+            ..replica(lsn, "x:1")
         }
     }
 
@@ -2783,14 +2841,14 @@ mod tests {
             ],
             1000,
         );
-        let d = run(&c, 11_000, Some(&v), &replica(1000, "x:1"), &replica_node());
+        let d = run(&c, 11_000, Some(&v), &orphan(1000), &replica_node());
         assert_eq!(d.actions, vec![KeepAlive, AcquireLeader], "{}", d.summary);
         // Required mode arms before the key.
         let d = run(
             &cfg(WatchdogMode::Required),
             11_000,
             Some(&v),
-            &replica(1000, "x:1"),
+            &orphan(1000),
             &replica_node(),
         );
         assert_eq!(
@@ -2806,13 +2864,13 @@ mod tests {
         // Someone ahead.
         let v = election_view(vec![member("c", Role::Replica, 1001, 1)], 1000);
         assert_eq!(
-            run(&c, 11_000, Some(&v), &replica(1000, "x:1"), &n).actions,
+            run(&c, 11_000, Some(&v), &orphan(1000), &n).actions,
             vec![KeepAlive]
         );
         // A tie goes to the smaller name.
         let v = election_view(vec![member("a", Role::Replica, 1000, 1)], 1000);
         assert_eq!(
-            run(&c, 11_000, Some(&v), &replica(1000, "x:1"), &n).actions,
+            run(&c, 11_000, Some(&v), &orphan(1000), &n).actions,
             vec![KeepAlive]
         );
         // ...unless that one is nofailover or not running.
@@ -2823,7 +2881,7 @@ mod tests {
         };
         let v = election_view(vec![a], 1000);
         assert!(
-            run(&c, 11_000, Some(&v), &replica(1000, "x:1"), &n)
+            run(&c, 11_000, Some(&v), &orphan(1000), &n)
                 .actions
                 .contains(&AcquireLeader)
         );
@@ -2832,11 +2890,11 @@ mod tests {
         let mut junk = member("junk", Role::Replica, u64::MAX >> 2, 1);
         junk.lease = Some(0);
         let v = election_view(vec![junk.clone()], 1000);
-        let d = run(&c, 11_000, Some(&v), &replica(1000, "x:1"), &n);
+        let d = run(&c, 11_000, Some(&v), &orphan(1000), &n);
         assert!(d.actions.contains(&AcquireLeader), "{}", d.summary);
         junk.lease = Some(77);
         let v = election_view(vec![junk], 1000);
-        let d = run(&c, 11_000, Some(&v), &replica(1000, "x:1"), &n);
+        let d = run(&c, 11_000, Some(&v), &orphan(1000), &n);
         assert!(!d.actions.contains(&AcquireLeader), "{}", d.summary);
         // Lagging beyond maximum_lag_on_failover.
         let mut v = election_view(vec![], 1000);
@@ -2845,7 +2903,7 @@ mod tests {
             timeline: Some(1),
             ..Default::default()
         });
-        let d = run(&c, 11_000, Some(&v), &replica(1000, "x:1"), &n);
+        let d = run(&c, 11_000, Some(&v), &orphan(1000), &n);
         assert_eq!(d.actions, vec![KeepAlive]);
         assert!(d.summary.contains("maximum_lag_on_failover"));
         // Timeline behind the cluster's.
@@ -2855,29 +2913,80 @@ mod tests {
             timeline: Some(2),
             ..Default::default()
         });
-        let d = run(&c, 11_000, Some(&v), &replica(1000, "x:1"), &n);
+        let d = run(&c, 11_000, Some(&v), &orphan(1000), &n);
         assert_eq!(d.actions, vec![KeepAlive]);
         assert!(d.summary.contains("timeline"));
         // Our published position is stale: publish first, look again soon.
         let v = election_view(vec![], 990);
-        let d = run(&c, 11_000, Some(&v), &replica(1000, "x:1"), &n);
+        let d = run(&c, 11_000, Some(&v), &orphan(1000), &n);
         assert_eq!(d.actions, vec![KeepAlive]);
         assert_eq!(d.next_cycle, Millis(11_000 + RECHECK_MS));
         // ...but not forever: a position that keeps moving does not block.
         let mut waited = n.clone();
         waited.no_leader_since = Some(Millis(11_000 - 2 * RECHECK_MS));
-        let d = run(&c, 11_000, Some(&v), &replica(1000, "x:1"), &waited);
+        let d = run(&c, 11_000, Some(&v), &orphan(1000), &waited);
         assert!(d.actions.contains(&AcquireLeader), "{d:?}");
         // nofailover never takes part.
         let mut c2 = c.clone();
         c2.nofailover = true;
         let v = election_view(vec![], 1000);
         assert_eq!(
-            run(&c2, 11_000, Some(&v), &replica(1000, "x:1"), &n).actions,
+            run(&c2, 11_000, Some(&v), &orphan(1000), &n).actions,
             vec![KeepAlive]
         );
     }
 
+    /// etcd lost the leader's lease early (etcd#15247): the key is gone while
+    /// the old primary's fence still runs. Replicas that see it alive wait a
+    /// ttl; the old primary takes its key back at once, ties included.
+    #[test]
+    fn a_lost_key_goes_back_to_a_primary_that_still_runs() {
+        let c = cfg(WatchdogMode::Automatic);
+        let n = NodeState {
+            no_leader_since: Some(Millis(11_000)),
+            ..replica_node()
+        };
+        let v = election_view(vec![member("c", Role::Replica, 900, 1)], 1000);
+        // Still streaming: not racing, for a ttl from the loss.
+        let d = run(&c, 11_000, Some(&v), &replica(1000, "x:1"), &n);
+        assert_eq!(d.actions, vec![KeepAlive], "{}", d.summary);
+        assert!(d.summary.contains("may still be writable"), "{}", d.summary);
+        let d = run(
+            &c,
+            11_000 + c.ttl_ms - 1,
+            Some(&v),
+            &replica(1000, "x:1"),
+            &n,
+        );
+        assert_eq!(d.actions, vec![KeepAlive], "{}", d.summary);
+        let d = run(&c, 11_000 + c.ttl_ms, Some(&v), &replica(1000, "x:1"), &n);
+        assert!(d.actions.contains(&AcquireLeader), "{}", d.summary);
+        // Not streaming, but a leased member key says a member runs as
+        // primary on our timeline.
+        let v = election_view(vec![member("a", Role::Primary, 900, 1)], 1000);
+        let d = run(&c, 11_500, Some(&v), &orphan(1000), &n);
+        assert_eq!(d.actions, vec![KeepAlive], "{}", d.summary);
+        assert!(
+            d.summary.contains("a still runs as primary"),
+            "{}",
+            d.summary
+        );
+        // ...on an older timeline, or written without a lease: no.
+        let v = election_view(vec![member("a", Role::Primary, 900, 0)], 1000);
+        let d = run(&c, 11_500, Some(&v), &orphan(1000), &n);
+        assert!(d.actions.contains(&AcquireLeader), "{}", d.summary);
+        let mut junk = member("a", Role::Primary, 900, 1);
+        junk.lease = Some(0);
+        let v = election_view(vec![junk], 1000);
+        let d = run(&c, 11_500, Some(&v), &orphan(1000), &n);
+        assert!(d.actions.contains(&AcquireLeader), "{}", d.summary);
+        // The old primary races at once, without a publishing round, and a
+        // replica that published the same position does not beat it.
+        let mut v = election_view(vec![member("a", Role::Replica, 1000, 1)], 900);
+        v.members.retain(|m| m.name != "b");
+        let d = run(&c, 11_000, Some(&v), &primary(1000), &n);
+        assert!(d.actions.contains(&AcquireLeader), "{}", d.summary);
+    }
     #[test]
     fn no_leader_stopped_node_starts_read_only_and_empty_waits() {
         let c = cfg(WatchdogMode::Automatic);

@@ -178,6 +178,11 @@ enum Broken {
     /// `sync` key is ignored (`may_take_over` skipped), so a member it does
     /// not name may promote.
     SyncUnnamedPromotes,
+    /// A replica races as soon as the leader key is gone, although it still
+    /// streams from the former primary or a live member key says that one
+    /// runs as primary: a lease that etcd lost early lets it promote beside
+    /// a primary whose fence still runs.
+    IgnoresLivePrimary,
     /// Synchronous mode, rule 2 broken: the key is narrowed to the setting
     /// in force without waiting for the members it keeps to catch up.
     SyncNarrowsEarly,
@@ -1023,6 +1028,11 @@ enum Fault {
     SyncRestore(Option<String>, i64),
     /// Someone deletes the `sync` key by hand.
     SyncDeleted,
+    /// etcd loses leases before their time: a raft leader that resumes
+    /// after a hang longer than the lease TTL revokes the leases it saw
+    /// expire (etcd#15247, fixed in etcd 3.4.28 and 3.5.11). The leader
+    /// key's lease, and with `true` every lease, is revoked now.
+    EarlyRevoke(bool),
     /// `SetSyncNames` fails for `d` on a node: before the reload (nothing
     /// changed) or after it (the setting changed, the read-back timed out).
     SetNamesFails(usize, u64, bool),
@@ -1279,6 +1289,13 @@ impl Sim {
                 };
                 faults.push((at, f));
             }
+        }
+        // Leases lost early: from a stream of their own, so that each seed
+        // keeps its other faults.
+        let mut revoke_rng = Rng(seed ^ 0x7265_766f_6b65);
+        if setup.mix == Mix::All && revoke_rng.chance(30) {
+            let at = revoke_rng.range(20_000, 70_000);
+            faults.push((at, Fault::EarlyRevoke(revoke_rng.chance(50))));
         }
         faults.sort_by_key(|(t, _)| *t);
         let mut s = Sim {
@@ -1676,8 +1693,33 @@ impl Sim {
             Fault::SyncGarbage(..) => "garbage in the sync key",
             Fault::SyncRestore(..) => "garbage in the sync key put right",
             Fault::SyncDeleted => "sync key deleted by hand",
+            Fault::EarlyRevoke(false) => "the leader's lease revoked early",
+            Fault::EarlyRevoke(true) => "every lease revoked early",
             Fault::SetNamesFails(_, _, false) => "reload fails (setting unchanged)",
             Fault::SetNamesFails(..) => "reload times out (setting changed)",
+        }
+    }
+
+    /// etcd revokes the leader key's lease (and with `all` every lease) now.
+    fn early_revoke(&mut self, all: bool) {
+        self.kinds.insert(Self::kind(&Fault::EarlyRevoke(all)));
+        let leader = self
+            .etcd
+            .kv
+            .get(&format!("{PREFIX}leader"))
+            .map(|k| k.lease);
+        let ids: Vec<i64> = self
+            .etcd
+            .leases
+            .keys()
+            .copied()
+            .filter(|id| all || Some(*id) == leader)
+            .collect();
+        for id in ids {
+            self.etcd.leases.insert(id, 0);
+        }
+        if self.etcd.expire(self.now) {
+            self.watch_fired();
         }
     }
 
@@ -1703,7 +1745,7 @@ impl Sim {
     fn fault(&mut self, k: usize) {
         let f = self.faults[k].1.clone();
         self.note(format!("fault {f:?}"));
-        if !matches!(f, Fault::UnleasedLeader) {
+        if !matches!(f, Fault::UnleasedLeader | Fault::EarlyRevoke(_)) {
             self.kinds.insert(Self::kind(&f));
         }
         match f {
@@ -1911,6 +1953,37 @@ impl Sim {
                             self.sync_key_lost();
                         }
                     }
+                }
+            }
+            Fault::EarlyRevoke(all) => {
+                // Into a healthy moment only: the leader key's holder runs
+                // PostgreSQL as primary and every other member streams from
+                // it. What the agents do against a lease lost early covers
+                // that case (`ha::former_primary_alive`); a lease lost while
+                // the primary starts, or while a member does not stream, can
+                // let a replica promote before the old fence ends (docs:
+                // etcd 3.4.28 / 3.5.11 or later). Waits for one until the
+                // quiet time.
+                let view = self.etcd.view();
+                let holder = view
+                    .leader
+                    .as_ref()
+                    .and_then(|l| self.nodes.iter().position(|n| n.name == l.name));
+                let healthy = holder.is_some_and(|h| {
+                    self.nodes.iter().enumerate().all(|(i, n)| {
+                        if i == h {
+                            n.pg.state == PgState::Primary
+                        } else {
+                            n.pg.state == PgState::Replica(Some(h)) && n.pg.streaming
+                        }
+                    })
+                });
+                if !healthy {
+                    if self.now + 200 < self.quiet_from {
+                        self.at(self.now + 200, Ev::Fault(k));
+                    }
+                } else {
+                    self.early_revoke(all);
                 }
             }
             Fault::SyncDeleted => {
@@ -2257,6 +2330,34 @@ impl Sim {
         let unkeyed;
         let mut d = if broken == Broken::StalePause && n.node.paused {
             stale_pause_twin(input)
+        } else if broken == Broken::IgnoresLivePrimary
+            && !n.local.writable()
+            && let Some(v) = view.as_ref().filter(|v| v.leader.is_none())
+        {
+            // The election as if the former primary were surely gone.
+            unkeyed = ClusterView {
+                members: v
+                    .members
+                    .iter()
+                    .cloned()
+                    .map(|mut m| {
+                        if m.info.role == leasedog::cluster::Role::Primary {
+                            m.lease = Some(0);
+                        }
+                        m
+                    })
+                    .collect(),
+                ..v.clone()
+            };
+            let blind = LocalPostgres {
+                streaming: false,
+                ..n.local.clone()
+            };
+            ha::decide(Input {
+                view: Some(&unkeyed),
+                local: &blind,
+                ..input
+            })
         } else if broken == Broken::SyncUnnamedPromotes
             && let Some(v) = view.as_ref().filter(|v| v.leader.is_none())
         {
@@ -3201,6 +3302,16 @@ fn finds(what: &str, setup: Setup, budget: u64) -> u64 {
         }
     }
     panic!("no {what} found in {budget} seeds with {setup:?}: the checker has no teeth");
+}
+
+/// A replica that races while the former primary still streams to it,
+/// after etcd lost the leader's lease early.
+#[test]
+fn teeth_when_a_live_primary_is_ignored() {
+    finds_split_brain(
+        fast(3, WatchdogMode::Required, Broken::IgnoresLivePrimary),
+        500,
+    );
 }
 
 #[test]
