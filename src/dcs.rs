@@ -214,6 +214,11 @@ pub struct Dcs {
     transport: Transport,
     clients: Vec<Option<Client>>,
     current: usize,
+    /// When each endpoint last timed out: a hung member (SIGSTOP, a stalled
+    /// disk) is passed over by the next rotation for `HUNG_MEMORY`, so that
+    /// a fast failure elsewhere ("no leader" during an election) is retried
+    /// where answers come, not on the member that just cost a timeout.
+    timed_out_at: Vec<Option<tokio::time::Instant>>,
     prefix: String,
     name: String,
     ttl: i64,
@@ -241,6 +246,9 @@ const MIN_RETRY: Duration = Duration::from_millis(100);
 
 /// The pause before another round of the endpoints (all failed fast).
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// How long an endpoint that timed out is passed over by rotations.
+const HUNG_MEMORY: Duration = Duration::from_secs(10);
 
 /// The most keys one page of a prefix read asks for.
 const MAX_PAGE_KEYS: usize = 1024;
@@ -289,6 +297,7 @@ impl Dcs {
             transport: Transport::default(),
             clients: (0..n).map(|_| None).collect(),
             current: 0,
+            timed_out_at: vec![None; n],
             prefix,
             name,
             ttl: ttl_secs as i64,
@@ -329,11 +338,21 @@ impl Dcs {
 
     /// After a failure: the next call goes to the next endpoint, on a fresh
     /// keep-alive stream.
+    /// The next endpoint in turn that has not timed out lately; when all
+    /// have, the one that timed out longest ago (possibly the current one).
     fn rotate(&mut self) {
         self.keeper = None;
-        if self.endpoints.len() > 1 {
+        let n = self.endpoints.len();
+        if n > 1 {
             self.clients[self.current] = None;
-            self.current = (self.current + 1) % self.endpoints.len();
+            let now = tokio::time::Instant::now();
+            let ring = (1..=n).map(|k| (self.current + k) % n);
+            let fresh = ring.clone().find(|&i| {
+                self.timed_out_at[i].is_none_or(|t| now.duration_since(t) >= HUNG_MEMORY)
+            });
+            self.current = fresh
+                .or_else(|| ring.min_by_key(|&i| self.timed_out_at[i]))
+                .unwrap_or((self.current + 1) % n);
         }
     }
 
@@ -366,7 +385,10 @@ impl Dcs {
         })
         .await;
         match res {
-            Ok(Ok(v)) => Ok(v),
+            Ok(Ok(v)) => {
+                self.timed_out_at[self.current] = None;
+                Ok(v)
+            }
             Ok(Err(source)) => {
                 // An answer too large for gRPC says nothing about the endpoint.
                 if !too_large(&source) {
@@ -389,6 +411,7 @@ impl Dcs {
                 })
             }
             Err(_) => {
+                self.timed_out_at[self.current] = Some(tokio::time::Instant::now());
                 self.rotate();
                 Err(DcsError::Timeout { op, endpoint })
             }
@@ -757,6 +780,7 @@ impl Dcs {
                     )));
                 }
                 Ok(Ok(Some((_, ttl)))) if ttl > 0 => {
+                    self.timed_out_at[self.current] = None;
                     return Ok(KeepAlive {
                         lease_id: id,
                         granted_new: false,
@@ -779,6 +803,7 @@ impl Dcs {
                 }
                 Err(_) => {
                     self.keeper = None;
+                    self.timed_out_at[self.current] = Some(tokio::time::Instant::now());
                     self.rotate();
                     return Err(DcsError::Timeout {
                         op: "keep-alive",
@@ -1378,4 +1403,39 @@ pub fn spawn_watch_with_silence(
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A rotation passes over an endpoint that timed out lately, and stays
+    /// on the current one when every other has.
+    #[test]
+    fn rotation_passes_over_a_hung_endpoint() {
+        let mut d = Dcs::new(
+            vec!["a".into(), "b".into(), "c".into()],
+            "/service/x/".into(),
+            "n".into(),
+            10,
+        );
+        let now = tokio::time::Instant::now();
+        d.timed_out_at[1] = Some(now);
+        d.rotate();
+        assert_eq!(d.endpoint(), "c", "b timed out: a goes to c");
+        d.timed_out_at[0] = Some(now);
+        d.rotate();
+        assert_eq!(d.endpoint(), "c", "a and b timed out: c stays");
+        d.timed_out_at[2] = Some(now + Duration::from_millis(1));
+        d.rotate();
+        assert_eq!(d.endpoint(), "a", "all timed out: the oldest timeout first");
+        // Forgotten after HUNG_MEMORY.
+        d.timed_out_at = vec![
+            None,
+            now.checked_sub(HUNG_MEMORY).map(Some).unwrap_or(None),
+            Some(now),
+        ];
+        d.rotate();
+        assert_eq!(d.endpoint(), "b");
+    }
 }

@@ -153,6 +153,68 @@ fn hard_failover_promotes_a_replica_and_the_old_primary_rejoins() {
     assert_eq!(c.nodes[p].is_primary(), Some(false));
 }
 
+/// etcd can lose a lease before its time: a raft leader that resumes after
+/// a hang longer than the lease TTL revokes the leases it saw expire
+/// (etcd#15247, fixed in etcd 3.4.28 and 3.5.11; Debian 12 ships 3.4.23).
+/// The leader key is gone while the primary's fence still runs. Here the
+/// leader's lease is revoked by hand under a writer: the replicas, which
+/// still stream from the primary, do not race; the primary takes its key
+/// back; at no observation do two members accept writes, and PostgreSQL is
+/// not restarted.
+#[test]
+fn a_lease_lost_early_goes_back_to_the_primary() {
+    let c = Cluster::start(3, Opts::default());
+    let p = c.wait_healthy(BOOT);
+    let leader = c.nodes[p].name.clone();
+    let postmaster = c.nodes[p].postmaster_pid();
+    let writer = Writer::start(&c, p);
+    writer.wait_acked_on(p, 0, 5, Duration::from_secs(10));
+    let key = format!("/service/{}/leader", c.scope);
+    let lease_of = |c: &Cluster| -> Option<i64> {
+        let out = c.etcd.ctl(&["get", &key, "-w", "json"]).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        v["kvs"][0]["lease"].as_i64()
+    };
+    let lease = lease_of(&c).expect("the leader key has a lease");
+    c.etcd
+        .ctl(&["lease", "revoke", &format!("{lease:x}")])
+        .unwrap();
+    assert_ne!(lease_of(&c), Some(lease), "the key went with its lease");
+    // Two ttls of observations: never two writable members.
+    let end = Instant::now() + Duration::from_secs(2 * c.opts.ttl);
+    let mut rounds = 0;
+    while Instant::now() < end {
+        let writable: Vec<&str> = c
+            .nodes
+            .iter()
+            .filter(|n| n.is_primary() == Some(true))
+            .map(|n| n.name.as_str())
+            .collect();
+        assert!(writable.len() <= 1, "two writable members: {writable:?}");
+        rounds += 1;
+    }
+    let back = wait_for("the leader key back", Duration::from_secs(10), || {
+        lease_of(&c).filter(|&l| l != lease)
+    });
+    eprintln!(
+        "lease {lease:x} revoked: {rounds} rounds of observations, key back on lease {back:x}"
+    );
+    assert_eq!(
+        c.leader().as_deref(),
+        Some(leader.as_str()),
+        "the primary changed"
+    );
+    assert_eq!(c.sole_primary(), Some(p));
+    assert_eq!(
+        c.nodes[p].postmaster_pid(),
+        postmaster,
+        "PostgreSQL restarted"
+    );
+    assert_eq!(writer.failed(), 0, "a write failed");
+    let (k, _) = *writer.acked().last().unwrap();
+    writer.wait_acked_on(p, k, 5, Duration::from_secs(10));
+}
+
 #[test]
 fn graceful_stop_hands_over_well_before_the_ttl() {
     let mut c = Cluster::start(
