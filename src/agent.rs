@@ -458,6 +458,11 @@ impl Agent {
                 }
             }
         }
+        if let Some(v) = view.as_ref()
+            && !self.fence_pending()
+        {
+            self.apply_cluster_config(v).await;
+        }
         let t = self.observe_timeout();
         let local = self.pg.probe(t).await;
         let now = self.now();
@@ -506,6 +511,42 @@ impl Agent {
             next = self.now();
         }
         next
+    }
+
+    /// The cluster-wide PostgreSQL settings (`postgresql.parameters` of the
+    /// `config` key, `leasedog edit-config`): written and reloaded when they
+    /// changed. A setting that needs a restart shows as `pending_restart`
+    /// in the member key from the next probe on.
+    async fn apply_cluster_config(&mut self, view: &crate::cluster::ClusterView) {
+        let (params, odd) = view.config.pg_parameters();
+        if !odd.is_empty() {
+            self.warn_limited(format!(
+                "config key: postgresql.parameters {} ignored: not a single value",
+                odd.join(", ")
+            ));
+        }
+        let t = self.observe_timeout();
+        let running = self.last_local.running;
+        match self.pg.apply_cluster_parameters(&params, running, t).await {
+            Ok(Some((changed, skipped))) => {
+                for s in skipped {
+                    self.warn_limited(format!("config key: postgresql.parameters.{s}: ignored"));
+                }
+                if !changed.is_empty() {
+                    info!(
+                        "cluster configuration: {} {}",
+                        changed.join(", "),
+                        if running {
+                            "changed (PostgreSQL reloaded)"
+                        } else {
+                            "changed (for the next start)"
+                        }
+                    );
+                }
+            }
+            Ok(None) => {}
+            Err(e) => self.warn_limited(format!("applying the cluster configuration: {e}")),
+        }
     }
 
     /// Runs the actions in order; false when one failed. The first failure
@@ -786,6 +827,12 @@ impl Agent {
                     .map_err(|e| e.to_string())?;
                 if won {
                     info!("cluster initialized with system identifier {system_id}");
+                    let json = self.cfg.initial_dynamic_config().to_string();
+                    match self.dcs.init_config(json, t).await {
+                        Ok(true) => info!("config key written from bootstrap.dcs"),
+                        Ok(false) => {}
+                        Err(e) => warn!("writing the config key: {e}"),
+                    }
                 }
                 Ok(())
             }
@@ -1158,6 +1205,7 @@ impl Agent {
                 .as_ref()
                 .filter(|v| v.leader.is_none())
                 .map(|v| v.revision),
+            pending_restart: l.running && l.pending_restart,
         }
     }
 

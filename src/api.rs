@@ -295,6 +295,7 @@ pub fn member_json(s: &Snapshot) -> serde_json::Value {
         "xlog": xlog,
         "database_system_identifier": s.local.system_id(),
         "pause": s.paused,
+        "pending_restart": s.local.running && s.local.pending_restart,
         "leader": s.leader,
         "streaming": s.local.streaming,
         "watchdog": { "armed": s.watchdog_armed },
@@ -391,6 +392,11 @@ pub fn metrics(s: &Snapshot, now: Instant) -> String {
         s.sync_standbys()
             .map(|n| n.to_string())
             .unwrap_or("-1".into()),
+    );
+    m(
+        "leasedog_pending_restart",
+        "1 when a changed PostgreSQL setting waits for a restart.",
+        b(s.local.running && s.local.pending_restart).to_string(),
     );
     m(
         "leasedog_paused",

@@ -82,6 +82,29 @@ pub enum Command {
         #[arg(long)]
         allow_data_loss: bool,
     },
+    /// Show the cluster-wide configuration (the `config` key) as YAML.
+    ShowConfig,
+    /// Change the cluster-wide configuration: opens $EDITOR on it (or
+    /// applies --set/--pg/--apply), shows the diff, asks, and writes it if
+    /// nobody changed it meanwhile. PostgreSQL settings reach every member
+    /// in its next cycle (reloaded; `list` shows who needs a restart).
+    EditConfig {
+        /// key=value (dotted path, value read as YAML; null removes).
+        #[arg(short = 's', long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// name=value: a PostgreSQL setting (postgresql.parameters.name).
+        #[arg(short = 'p', long = "pg", value_name = "NAME=VALUE")]
+        pg: Vec<String>,
+        /// Merge a YAML file into the configuration ("-" for stdin).
+        #[arg(long, value_name = "FILE")]
+        apply: Option<PathBuf>,
+        /// Write without asking.
+        #[arg(long)]
+        force: bool,
+        /// Do not show the diff.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+    },
     /// Timeline switches (promotions), from the history key.
     History {
         /// Print JSON instead of a table.
@@ -215,6 +238,23 @@ fn run(args: Args) -> Result<(), ExitCode> {
                 }
             }
         }
+        Command::ShowConfig => {
+            let cfg = load(&args.config)?;
+            let rt = runtime()?;
+            let mut dcs = dcs_of(&cfg)?;
+            let (v, _) = rt
+                .block_on(dcs.read_config(timeout_of(&cfg)))
+                .map_err(|e| fail(&format!("cannot read the config key: {e}")))?;
+            print!("{}", crate::dynamic_config::to_yaml(&v));
+            Ok(())
+        }
+        Command::EditConfig {
+            set,
+            pg,
+            apply,
+            force,
+            quiet,
+        } => edit_config(&args.config, &set, &pg, apply.as_deref(), force, quiet),
         Command::List { json } => {
             let cfg = load(&args.config)?;
             let rt = runtime()?;
@@ -354,6 +394,7 @@ pub fn list_json(view: &crate::cluster::ClusterView) -> String {
                 "lsn": m.info.xlog_location,
                 "lag": lag,
                 "tags": m.info.tags,
+                "pending_restart": m.info.pending_restart,
             })
         })
         .collect();
@@ -419,22 +460,31 @@ pub fn list_table(scope: &str, view: &crate::cluster::ClusterView) -> String {
             .map(String::from)
             .to_vec(),
     ];
+    // As patronictl: the column shows only when a member waits for a restart.
+    let pending = view.members.iter().any(|m| m.info.pending_restart);
+    if pending {
+        rows[0].push("Pending restart".into());
+    }
     let mut members: Vec<_> = view.members.iter().collect();
     members.sort_by(|a, b| a.name.cmp(&b.name));
     for m in members {
         let lag = lag_bytes(view, m)
             .map(|b| format!("{:.1}", b as f64 / 1048576.0))
             .unwrap_or_default();
-        rows.push(vec![
+        let mut row = vec![
             m.name.clone(),
             crate::cluster::conn_host_port(&m.info.conn_url).unwrap_or_default(),
             role_label(view, m).into(),
             m.info.state.clone(),
             m.info.timeline.map(|t| t.to_string()).unwrap_or_default(),
             lag,
-        ]);
+        ];
+        if pending {
+            row.push(if m.info.pending_restart { "*" } else { "" }.into());
+        }
+        rows.push(row);
     }
-    let widths: Vec<usize> = (0..6)
+    let widths: Vec<usize> = (0..rows[0].len())
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
     let rule: String = format!(
@@ -615,6 +665,111 @@ fn set_pause(path: &std::path::Path, pause: bool, force: bool, wait: bool) -> Re
         );
         Ok(())
     })
+}
+
+/// edit-config: the edited value is checked before anything is written,
+/// and written only if the key is still what was read (compare-and-swap).
+fn edit_config(
+    path: &std::path::Path,
+    set: &[String],
+    pg: &[String],
+    apply: Option<&std::path::Path>,
+    force: bool,
+    quiet: bool,
+) -> Result<(), ExitCode> {
+    use crate::dynamic_config as dc;
+    use std::io::{BufRead, Read, Write};
+    let cfg = load(path)?;
+    let rt = runtime()?;
+    let mut dcs = dcs_of(&cfg)?;
+    let t = timeout_of(&cfg);
+    let (before, revision) = rt
+        .block_on(dcs.read_config(t))
+        .map_err(|e| fail(&format!("cannot read the config key: {e}")))?;
+    let mut after = before.clone();
+    let scripted = !set.is_empty() || !pg.is_empty() || apply.is_some();
+    if let Some(file) = apply {
+        let text = if file.as_os_str() == "-" {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .map_err(|e| fail(&format!("reading stdin: {e}")))?;
+            s
+        } else {
+            std::fs::read_to_string(file).map_err(|e| fail(&format!("{}: {e}", file.display())))?
+        };
+        let patch = dc::from_yaml(&text).map_err(|e| fail(&format!("{}: {e}", file.display())))?;
+        dc::merge(&mut after, &patch);
+    }
+    for s in set {
+        let (k, v) = dc::parse_assignment(s).map_err(|e| fail(&format!("--set {e}")))?;
+        dc::set_path(&mut after, &k, v);
+    }
+    for s in pg {
+        let (k, v) = dc::parse_assignment(s).map_err(|e| fail(&format!("--pg {e}")))?;
+        dc::set_path(&mut after, &format!("postgresql.parameters.{k}"), v);
+    }
+    if !scripted {
+        let editor = std::env::var("EDITOR")
+            .or_else(|_| std::env::var("VISUAL"))
+            .unwrap_or_else(|_| "vi".into());
+        let dir = std::env::temp_dir();
+        let file = dir.join(format!("leasedog-config-{}.yaml", std::process::id()));
+        std::fs::write(&file, dc::to_yaml(&before))
+            .map_err(|e| fail(&format!("{}: {e}", file.display())))?;
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{editor} \"$1\""))
+            .arg("sh")
+            .arg(&file)
+            .status();
+        let text = std::fs::read_to_string(&file);
+        let _ = std::fs::remove_file(&file);
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(s) => return Err(fail(&format!("{editor} exited with {s}: nothing written"))),
+            Err(e) => return Err(fail(&format!("cannot run {editor}: {e}"))),
+        }
+        let text = text.map_err(|e| fail(&format!("reading the edited file: {e}")))?;
+        after =
+            dc::from_yaml(&text).map_err(|e| fail(&format!("the edited configuration: {e}")))?;
+    }
+    let errors = dc::check(&before, &after);
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("error: config key: {e}");
+        }
+        eprintln!("nothing written");
+        return Err(ExitCode::from(1));
+    }
+    let (y0, y1) = (dc::to_yaml(&before), dc::to_yaml(&after));
+    if before == after {
+        println!("Not changed");
+        return Ok(());
+    }
+    if !quiet {
+        print!("{}", dc::unified_diff(&y0, &y1));
+    }
+    if !force {
+        print!("Apply these changes? [y/N]: ");
+        let _ = std::io::stdout().flush();
+        let mut answer = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut answer);
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            println!("Aborted: nothing written");
+            return Err(ExitCode::from(1));
+        }
+    }
+    match rt.block_on(dcs.write_config_if(&after, revision, t)) {
+        Ok(true) => {
+            println!("Configuration changed");
+            Ok(())
+        }
+        Ok(false) => Err(fail(
+            "the config key changed since it was read (another edit-config, pause or resume): nothing written; run edit-config again",
+        )),
+        Err(e) => Err(fail(&format!("cannot write the config key: {e}"))),
+    }
 }
 
 fn switchover(

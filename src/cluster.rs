@@ -130,6 +130,9 @@ pub struct MemberInfo {
     /// only those).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leaderless_rev: Option<i64>,
+    /// A changed PostgreSQL setting waits for a restart (Patroni's field).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending_restart: bool,
 }
 
 /// A member as read from etcd.
@@ -250,6 +253,38 @@ pub struct DynamicConfig {
     /// Every other field in the key is kept and written back untouched.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
+}
+
+impl DynamicConfig {
+    /// `postgresql.parameters` as PostgreSQL setting text (booleans as
+    /// on/off, numbers as written), sorted by name; empty when the key has
+    /// none. A value that is no scalar (a list, a map) is left out and
+    /// named in the second list.
+    pub fn pg_parameters(&self) -> (BTreeMap<String, String>, Vec<String>) {
+        let mut out = BTreeMap::new();
+        let mut odd = Vec::new();
+        let Some(map) = self
+            .other
+            .get("postgresql")
+            .and_then(|p| p.get("parameters"))
+            .and_then(|p| p.as_object())
+        else {
+            return (out, odd);
+        };
+        for (k, v) in map {
+            let text = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Bool(b) => if *b { "on" } else { "off" }.to_string(),
+                serde_json::Value::Number(n) => n.to_string(),
+                _ => {
+                    odd.push(k.clone());
+                    continue;
+                }
+            };
+            out.insert(k.clone(), text);
+        }
+        (out, odd)
+    }
 }
 
 /// The value of the `sync` key (Patroni's layout): the leader that wrote it,
@@ -488,6 +523,8 @@ pub struct LocalPostgres {
     pub slots: Option<BTreeMap<String, Lsn>>,
     /// Primary: `synchronous_standby_names` in force (None when not read).
     pub sync_names: Option<String>,
+    /// A changed setting waits for a restart (`pg_settings.pending_restart`).
+    pub pending_restart: bool,
 }
 
 /// One replication connection as the primary sees it.
@@ -695,6 +732,7 @@ mod tests {
                 streaming: true,
                 pause: true,
                 leaderless_rev: Some(12),
+                pending_restart: true,
             },
         ] {
             let json = serde_json::to_string(&info).unwrap();

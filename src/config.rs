@@ -330,9 +330,47 @@ pub struct Config {
     pub tags: TagsConfig,
     pub log: LogConfig,
     pub control: ControlConfig,
+    /// `bootstrap.dcs.postgresql.parameters`: the cluster-wide settings the
+    /// member that bootstraps the cluster writes into the `config` key.
+    pub bootstrap_parameters: BTreeMap<String, serde_yaml::Value>,
     /// The file this was read from (not a YAML key).
     #[serde(skip)]
     pub source: PathBuf,
+}
+
+impl Config {
+    /// The `config` key the member that bootstraps the cluster writes, in
+    /// Patroni's JSON shape: the timing and synchronous settings this file
+    /// runs with, `postgresql.use_pg_rewind`/`use_slots`, and
+    /// `bootstrap.dcs.postgresql.parameters`.
+    pub fn initial_dynamic_config(&self) -> serde_json::Value {
+        let sync = match self.synchronous_mode {
+            SyncMode::Off => serde_json::Value::Bool(false),
+            SyncMode::On => serde_json::Value::Bool(true),
+            SyncMode::Quorum => serde_json::Value::String("quorum".into()),
+        };
+        let parameters: serde_json::Map<String, serde_json::Value> = self
+            .bootstrap_parameters
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), serde_json::to_value(v).ok()?)))
+            .collect();
+        serde_json::json!({
+            "ttl": self.ttl,
+            "loop_wait": self.loop_wait,
+            "retry_timeout": self.retry_timeout,
+            "maximum_lag_on_failover": self.maximum_lag_on_failover,
+            "primary_start_timeout": self.primary_start_timeout,
+            "synchronous_mode": sync,
+            "synchronous_mode_strict": self.synchronous_mode_strict,
+            "synchronous_node_count": self.synchronous_node_count,
+            "maximum_lag_on_syncnode": self.maximum_lag_on_syncnode,
+            "postgresql": {
+                "use_pg_rewind": true,
+                "use_slots": self.postgresql.use_slots,
+                "parameters": parameters,
+            },
+        })
+    }
 }
 
 impl Default for Config {
@@ -357,6 +395,7 @@ impl Default for Config {
             tags: TagsConfig::default(),
             log: LogConfig::default(),
             control: ControlConfig::default(),
+            bootstrap_parameters: BTreeMap::new(),
             source: PathBuf::new(),
         }
     }
@@ -853,6 +892,11 @@ fn normalize(v: &mut serde_yaml::Value) {
     }
     // bootstrap.dcs.{ttl,...} when the top-level key is absent
     if let Some(boot) = remove_path(v, "bootstrap") {
+        if get_path(v, "bootstrap_parameters").is_none()
+            && let Some(x) = get_path(&boot, "dcs.postgresql.parameters")
+        {
+            set_path(v, "bootstrap_parameters", x.clone());
+        }
         for k in [
             "ttl",
             "loop_wait",

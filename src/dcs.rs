@@ -1100,6 +1100,65 @@ impl Dcs {
         self.txn("initialize", txn, timeout).await
     }
 
+    /// Writes the `config` key unless it exists (the bootstrap's first
+    /// dynamic configuration; a pause set before stays).
+    pub async fn init_config(&mut self, json: String, timeout: Duration) -> Result<bool, DcsError> {
+        let key = self.key("config");
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, json, None)]);
+        self.txn("config init", txn, timeout).await
+    }
+
+    /// The `config` key's value as JSON (an empty object when absent) and
+    /// its mod_revision (0 when absent), for edit-config. A value that is
+    /// not a JSON object is an error: edit-config never writes over what it
+    /// could not show.
+    pub async fn read_config(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<(serde_json::Value, i64), String> {
+        let key = self.key("config");
+        let resp = self
+            .call("config read", timeout, |mut c| async move {
+                c.get(key, None).await
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(kv) = resp.kvs().first() else {
+            return Ok((serde_json::Value::Object(Default::default()), 0));
+        };
+        let v: serde_json::Value = serde_json::from_slice(kv.value()).map_err(|e| {
+            format!(
+                "the config key holds no JSON ({e}): {}",
+                crate::config::excerpt(&String::from_utf8_lossy(kv.value()))
+            )
+        })?;
+        if !v.is_object() {
+            return Err(format!("the config key holds no JSON object: {v}"));
+        }
+        Ok((v, kv.mod_revision()))
+    }
+
+    /// Writes the `config` key if it is still at `mod_revision` (0: absent).
+    pub async fn write_config_if(
+        &mut self,
+        value: &serde_json::Value,
+        mod_revision: i64,
+        timeout: Duration,
+    ) -> Result<bool, DcsError> {
+        let key = self.key("config");
+        let cmp = if mod_revision == 0 {
+            Compare::create_revision(key.clone(), CompareOp::Equal, 0)
+        } else {
+            Compare::mod_revision(key.clone(), CompareOp::Equal, mod_revision)
+        };
+        let txn = Txn::new()
+            .when([cmp])
+            .and_then([TxnOp::put(key, value.to_string(), None)]);
+        self.txn("config update", txn, timeout).await
+    }
+
     /// Writes the `config` key (no lease).
     pub async fn put_config(
         &mut self,

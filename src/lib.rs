@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod dcs;
+pub mod dynamic_config;
 pub mod ha;
 pub mod instance;
 pub mod logging;

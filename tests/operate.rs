@@ -689,3 +689,122 @@ fn switchover_is_abandoned_when_the_candidate_misses_the_shutdown_checkpoint() {
     });
     assert_eq!(c.wait_healthy(Duration::from_secs(60)), r);
 }
+
+/// The cluster-wide configuration: the bootstrap writes the `config` key
+/// (with `bootstrap.dcs.postgresql.parameters`); `edit-config` changes a
+/// reloadable setting everywhere without a restart, a postmaster setting
+/// shows as pending restart on every member, and bad values are refused
+/// with the key named and nothing written.
+#[test]
+fn edit_config_reaches_every_member_and_refuses_bad_values() {
+    let boot = "bootstrap:\n  dcs:\n    postgresql:\n      parameters:\n        log_min_duration_statement: 250\n";
+    let c = Cluster::start(
+        3,
+        Opts {
+            extra: (0..3).map(|i| (i, boot.to_string())).collect(),
+            ..Opts::default()
+        },
+    );
+    let p = c.wait_healthy(BOOT);
+    let postmasters: Vec<_> = c.nodes.iter().map(|n| n.postmaster_pid()).collect();
+    let setting_everywhere = |name: &str, want: &str| {
+        wait_for(
+            &format!("{name} = {want} on every member"),
+            Duration::from_secs(20),
+            || {
+                c.nodes
+                    .iter()
+                    .all(|n| n.sql(&format!("SHOW {name}")).ok().as_deref() == Some(want))
+                    .then_some(())
+            },
+        )
+    };
+    let (code, out) = cli(&c, 0, &["show-config"]);
+    assert_eq!(code, 0, "{out}");
+    for want in [
+        "ttl: ",
+        "loop_wait: ",
+        "use_pg_rewind: true",
+        "log_min_duration_statement: 250",
+    ] {
+        assert!(out.contains(want), "show-config lacks {want}:\n{out}");
+    }
+    setting_everywhere("log_min_duration_statement", "250ms");
+
+    // A reloadable setting: every member, no restart.
+    let (code, out) = cli(&c, 1, &["edit-config", "--pg", "work_mem=8MB", "--force"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("+    work_mem: 8MB"), "the diff: {out}");
+    setting_everywhere("work_mem", "8MB");
+    // A postmaster setting: pending restart on every member.
+    let (code, out) = cli(
+        &c,
+        2,
+        &[
+            "edit-config",
+            "--pg",
+            "max_files_per_process=900",
+            "--force",
+            "--quiet",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    wait_for(
+        "pending restart everywhere",
+        Duration::from_secs(20),
+        || {
+            let out = c.leasedog(0).args(["list", "--json"]).output().ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let m = v["members"].as_array()?;
+            (m.len() == 3 && m.iter().all(|m| m["pending_restart"] == true)).then_some(())
+        },
+    );
+    let (_, table) = cli(&c, 0, &["list"]);
+    assert!(table.contains("Pending restart"), "{table}");
+    let patroni: serde_json::Value =
+        serde_json::from_str(&http_body(c.nodes[p].api_port, "/patroni")).unwrap();
+    assert_eq!(patroni["pending_restart"], true, "{patroni}");
+    let postmasters_now: Vec<_> = c.nodes.iter().map(|n| n.postmaster_pid()).collect();
+    assert_eq!(postmasters, postmasters_now, "a PostgreSQL restarted");
+    assert_eq!(c.sole_primary(), Some(p));
+
+    // Refused, the key named, nothing written.
+    let before = cli(&c, 0, &["show-config"]).1;
+    for (args, want) in [
+        (
+            vec!["--set", "ttl=5"],
+            "ttl: read from each member's leasedog.yml",
+        ),
+        (
+            vec!["--pg", "port=6000"],
+            "postgresql.parameters.port: set by leasedog",
+        ),
+        (
+            vec!["--set", "pause=maybe"],
+            "pause: expected true or false",
+        ),
+        (vec!["--pg", "bad name=1"], "postgresql.parameters.bad name"),
+    ] {
+        let mut a = vec!["edit-config", "--force"];
+        a.extend(args.iter().copied());
+        let (code, out) = cli(&c, 0, &a);
+        assert_eq!(code, 1, "{args:?} accepted: {out}");
+        assert!(out.contains(want), "{args:?}: {out}");
+        assert!(out.contains("nothing written"), "{out}");
+    }
+    let (code, out) = cli(&c, 0, &["edit-config", "--force", "--pg", "work_mem=8MB"]);
+    assert_eq!((code, out.trim()), (0, "Not changed"));
+    assert_eq!(cli(&c, 0, &["show-config"]).1, before, "the key changed");
+    // --apply merges a file; null removes.
+    let patch = c.nodes[0].dir.join("patch.yaml");
+    std::fs::write(&patch, "postgresql:\n  parameters:\n    work_mem: null\n").unwrap();
+    std::fs::set_permissions(&patch, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let (code, out) = cli(
+        &c,
+        0,
+        &["edit-config", "--force", "--apply", patch.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("-    work_mem: 8MB"), "{out}");
+    setting_everywhere("work_mem", "4MB");
+}

@@ -3119,6 +3119,7 @@ fn member_info(n: &Node) -> MemberInfo {
             .as_ref()
             .filter(|v| v.leader.is_none())
             .map(|v| v.revision),
+        pending_restart: false,
     }
 }
 

@@ -4,12 +4,72 @@
 
 use crate::cluster::slot_name;
 use crate::config::PostgresqlConfig;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The include line appended to postgresql.conf.
 pub const INCLUDE_LINE: &str = "include_if_exists = 'leasedog.conf'";
 /// The managed file's name inside the data directory.
 pub const MANAGED_FILE: &str = "leasedog.conf";
+
+/// The cluster-wide settings (`postgresql.parameters` of the `config` key),
+/// included from `leasedog.conf` before the local file's parameters (as in
+/// Patroni, a member's own file wins) and the settings leasedog owns.
+pub const CLUSTER_FILE: &str = "leasedog-cluster.conf";
+
+/// The include line for [`CLUSTER_FILE`].
+pub const CLUSTER_INCLUDE_LINE: &str = "include_if_exists = 'leasedog-cluster.conf'";
+
+/// Settings the `config` key cannot set: leasedog's own (where this member
+/// listens, what it streams from).
+const OWN_SETTINGS: [&str; 5] = [
+    "port",
+    "listen_addresses",
+    "unix_socket_directories",
+    "primary_conninfo",
+    "primary_slot_name",
+];
+
+/// A name PostgreSQL accepts for a setting (custom ones have a dot).
+pub fn valid_setting_name(k: &str) -> bool {
+    let mut chars = k.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        && k.len() <= 63
+}
+
+/// The text of [`CLUSTER_FILE`], and what was left out (with why): names
+/// PostgreSQL would not parse, values with control characters (a line
+/// break would make the file unreadable and PostgreSQL refuse to start),
+/// and the settings leasedog owns.
+pub fn cluster_conf(
+    params: &BTreeMap<String, String>,
+    sync_managed: bool,
+) -> (String, Vec<String>) {
+    let mut out = String::from(
+        "# Managed by leasedog: postgresql.parameters of the cluster's config key (leasedog edit-config).\n",
+    );
+    let mut skipped = Vec::new();
+    for (k, v) in params {
+        if !valid_setting_name(k) {
+            skipped.push(format!(
+                "{:?}: not a setting name",
+                crate::config::excerpt(k)
+            ));
+        } else if v.chars().any(|c| c.is_control()) {
+            skipped.push(format!("{k}: the value holds a control character"));
+        } else if OWN_SETTINGS.iter().any(|o| o == k)
+            || (sync_managed && k == "synchronous_standby_names")
+        {
+            skipped.push(format!("{k}: set by leasedog"));
+        } else {
+            out.push_str(&format!("{k} = {}\n", quote(v)));
+        }
+    }
+    (out, skipped)
+}
 
 /// Quotes a value for postgresql.conf.
 pub fn quote(v: &str) -> String {
@@ -183,6 +243,9 @@ pub fn managed_conf(
             set(k, v);
         }
     }
+    // The cluster's settings, then this member's own (as in Patroni, the
+    // local file wins), then leasedog's.
+    set("include_if_exists", CLUSTER_FILE);
     for (k, v) in &cfg.parameters {
         // The replication settings are leasedog's: a primary_slot_name
         // left in force while the stream runs without a slot would never

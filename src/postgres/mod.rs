@@ -13,6 +13,7 @@ pub use conf::Upstream;
 
 use crate::cluster::{DataDir, LocalPostgres};
 use crate::config::PostgresqlConfig;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -148,6 +149,10 @@ pub struct Postgres {
     /// Notified when the probe's connection ends: a PostgreSQL that dies
     /// (or restarts) wakes the loop at once instead of at its next cycle.
     wake: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// The cluster-wide settings last written to `leasedog-cluster.conf`
+    /// (and, when the server ran, reloaded). None: not written yet by
+    /// this agent.
+    cluster_params: Option<BTreeMap<String, String>>,
 }
 
 /// What `pg_ctl status` says of the postmaster. Only its exit code 3 (no
@@ -181,12 +186,58 @@ impl Postgres {
             sync_initial: None,
             sync_names: None,
             wake: None,
+            cluster_params: None,
         }
     }
 
     /// The loop's wake-up: notified when the probe's connection ends.
     pub fn wake_on_disconnect(&mut self, wake: std::sync::Arc<tokio::sync::Notify>) {
         self.wake = Some(wake);
+    }
+
+    /// Writes the cluster-wide settings (the `config` key's
+    /// `postgresql.parameters`) to `leasedog-cluster.conf` when they differ
+    /// from what this agent last wrote, and reloads a running server.
+    /// Returns the names set, changed or removed, and what was left out
+    /// (see `conf::cluster_conf`); None when nothing changed or there is no
+    /// data directory yet. A failed reload is an error and is tried again
+    /// next time (the file is written again too).
+    pub async fn apply_cluster_parameters(
+        &mut self,
+        params: &BTreeMap<String, String>,
+        running: bool,
+        timeout: Duration,
+    ) -> Result<Option<(Vec<String>, Vec<String>)>, PgError> {
+        if self.cluster_params.as_ref() == Some(params) || !self.data().join("PG_VERSION").exists()
+        {
+            return Ok(None);
+        }
+        let before = self.cluster_params.take().unwrap_or_default();
+        let changed: Vec<String> = params
+            .iter()
+            .filter(|(k, v)| before.get(*k) != Some(v))
+            .map(|(k, _)| k.clone())
+            .chain(before.keys().filter(|k| !params.contains_key(*k)).cloned())
+            .collect();
+        let (text, skipped) = conf::cluster_conf(params, self.sync_initial.is_some());
+        let path = self.data().join(conf::CLUSTER_FILE);
+        conf::write_atomic(&path, &text).map_err(io(format!("writing {}", path.display())))?;
+        // A data directory from before this file existed: its managed file
+        // is rewritten with the include at the next start; until then the
+        // include goes first (everything after it wins, as it will then).
+        let managed = self.data().join(conf::MANAGED_FILE);
+        if let Ok(m) = std::fs::read_to_string(&managed)
+            && !m.contains(conf::CLUSTER_INCLUDE_LINE)
+        {
+            let text = format!("{}\n{m}", conf::CLUSTER_INCLUDE_LINE);
+            conf::write_atomic(&managed, &text)
+                .map_err(io(format!("writing {}", managed.display())))?;
+        }
+        if running {
+            self.reload(timeout).await?;
+        }
+        self.cluster_params = Some(params.clone());
+        Ok(Some((changed, skipped)))
     }
 
     /// Synchronous mode: leasedog sets `synchronous_standby_names`, and
@@ -416,6 +467,7 @@ impl Postgres {
         if !state.in_recovery {
             state.sync_names = Some(row.try_get(7).map_err(get)?);
         }
+        state.pending_restart = row.try_get(8).map_err(get)?;
         if state.in_recovery {
             // Once the WAL receiver stops, PostgreSQL only reports the
             // last restartpoint's timeline: remember the newest it streamed.

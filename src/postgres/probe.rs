@@ -19,7 +19,8 @@ pub const PROBE_SQL: &str = "SELECT pg_is_in_recovery(),
   current_setting('primary_conninfo'),
   (SELECT system_identifier FROM pg_control_system())::text,
   current_setting('primary_slot_name'),
-  current_setting('synchronous_standby_names')";
+  current_setting('synchronous_standby_names'),
+  EXISTS (SELECT 1 FROM pg_settings WHERE pending_restart)";
 
 /// The primary's physical replication slots (not temporary ones) and their
 /// restart LSNs, for the `status` key.
@@ -80,6 +81,7 @@ pub fn from_row(
             None
         },
         replication: Vec::new(),
+        pending_restart: false,
         slot: (in_recovery && !primary_slot_name.is_empty()).then_some(primary_slot_name),
         slots: None,
         sync_names: None,
