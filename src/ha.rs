@@ -1586,10 +1586,13 @@ fn ahead_of_me<'v>(
 /// within a ttl of the loss (its loop stops PostgreSQL before its lease
 /// deadline, its watchdog fires before that), so a replica waits a ttl from
 /// the moment it saw the key gone while it sees the old primary alive: its
-/// own WAL receiver still streams, or a member key bound to a live lease
+/// own WAL receiver still streams, or a member key bound to a live lease,
+/// published after its member saw the leader key gone (`leaderless_rev`),
 /// says that member runs as primary on our timeline or a later one (what
 /// Patroni calls "primary is still alive"). The primary takes its key back
-/// meanwhile, or stops and ends the stream.
+/// meanwhile, or stops and ends the stream. (A key published before the
+/// loss says nothing: a leader that released its key after its PostgreSQL
+/// died has not yet written "stopped".)
 fn former_primary_alive(
     cfg: &HaConfig,
     view: &ClusterView,
@@ -1610,6 +1613,7 @@ fn former_primary_alive(
                 && !m.unleased()
                 && m.info.state == "running"
                 && m.info.role == Role::Primary
+                && m.info.leaderless_rev.is_some()
                 && m.info.timeline.unwrap_or(0) >= my_tl
         })
         .map(|m| format!("{} still runs as primary", m.name))
@@ -2961,9 +2965,11 @@ mod tests {
         assert_eq!(d.actions, vec![KeepAlive], "{}", d.summary);
         let d = run(&c, 11_000 + c.ttl_ms, Some(&v), &replica(1000, "x:1"), &n);
         assert!(d.actions.contains(&AcquireLeader), "{}", d.summary);
-        // Not streaming, but a leased member key says a member runs as
-        // primary on our timeline.
-        let v = election_view(vec![member("a", Role::Primary, 900, 1)], 1000);
+        // Not streaming, but a leased member key, published since the key
+        // was gone, says a member runs as primary on our timeline.
+        let mut alive = member("a", Role::Primary, 900, 1);
+        alive.info.leaderless_rev = Some(40);
+        let v = election_view(vec![alive.clone()], 1000);
         let d = run(&c, 11_500, Some(&v), &orphan(1000), &n);
         assert_eq!(d.actions, vec![KeepAlive], "{}", d.summary);
         assert!(
@@ -2971,11 +2977,17 @@ mod tests {
             "{}",
             d.summary
         );
-        // ...on an older timeline, or written without a lease: no.
-        let v = election_view(vec![member("a", Role::Primary, 900, 0)], 1000);
+        // ...published before the loss, on an older timeline, or written
+        // without a lease: no.
+        let v = election_view(vec![member("a", Role::Primary, 900, 1)], 1000);
         let d = run(&c, 11_500, Some(&v), &orphan(1000), &n);
         assert!(d.actions.contains(&AcquireLeader), "{}", d.summary);
-        let mut junk = member("a", Role::Primary, 900, 1);
+        let mut old_tl = alive.clone();
+        old_tl.info.timeline = Some(0);
+        let v = election_view(vec![old_tl], 1000);
+        let d = run(&c, 11_500, Some(&v), &orphan(1000), &n);
+        assert!(d.actions.contains(&AcquireLeader), "{}", d.summary);
+        let mut junk = alive;
         junk.lease = Some(0);
         let v = election_view(vec![junk], 1000);
         let d = run(&c, 11_500, Some(&v), &orphan(1000), &n);
