@@ -459,6 +459,38 @@ mod tests {
         assert!(Upstream::from_conn_url("garbage", &creds, "n1").is_none());
     }
 
+    /// The cluster's settings come before the member's own (which win)
+    /// and leasedog's; what the key cannot set is left out and named.
+    #[test]
+    fn cluster_settings_are_included_before_the_members_own() {
+        let text = managed_conf(&cfg(), "n1", None, None);
+        let include = text.find(CLUSTER_INCLUDE_LINE).expect("include");
+        assert!(
+            include < text.find("max_connections = '42'").unwrap(),
+            "{text}"
+        );
+        assert!(include < text.find("listen_addresses").unwrap(), "{text}");
+        let params: BTreeMap<String, String> = [
+            ("work_mem", "8MB"),
+            ("port", "1"),
+            ("bad name", "x"),
+            ("x", "a\nb"),
+            ("synchronous_standby_names", "*"),
+            ("search_path", "it's"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let (text, skipped) = cluster_conf(&params, true);
+        assert!(text.contains("work_mem = '8MB'\n"), "{text}");
+        assert!(text.contains("search_path = 'it''s'\n"), "{text}");
+        assert!(!text.contains("port"), "{text}");
+        assert!(!text.contains("synchronous_standby_names"), "{text}");
+        assert_eq!(skipped.len(), 4, "{skipped:?}");
+        let (text, _) = cluster_conf(&params, false);
+        assert!(text.contains("synchronous_standby_names = '*'"), "{text}");
+    }
+
     #[test]
     fn include_line_is_added_once() {
         let once = with_include("a = 1").unwrap();
