@@ -38,6 +38,10 @@ pub struct Agent {
     started: Instant,
     wake: Arc<Notify>,
     last_summary: String,
+    /// The `restart` request this member carried out (or skipped) last.
+    restarted: Option<String>,
+    /// The last restart wait reported (logged once per change).
+    restart_wait: String,
     /// This cycle's etcd read and probe of PostgreSQL (before any action).
     last_view: Option<ClusterView>,
     last_local: LocalPostgres,
@@ -92,6 +96,8 @@ impl Agent {
             started: Instant::now(),
             wake,
             last_summary: String::new(),
+            restarted: None,
+            restart_wait: String::new(),
             last_view: None,
             last_local: LocalPostgres::default(),
             warned: std::collections::HashMap::new(),
@@ -487,6 +493,7 @@ impl Agent {
         self.last_local = local;
         self.member_key_checked = false;
         let ok = self.act(&decision).await;
+        let restarting = !self.fence_pending() && self.rolling_restart().await;
         let past_deadline = self.fence_pending();
         if !past_deadline {
             self.publish().await;
@@ -505,6 +512,10 @@ impl Agent {
         }
         if !ok {
             next = next.min(now.plus(self.ha.loop_wait_ms.min(1000)));
+        }
+        if restarting {
+            // PostgreSQL was stopped for a restart: the next cycle starts it.
+            next = next.min(self.now().plus(ha::RECHECK_MS));
         }
         if past_deadline {
             // Straight to rule W's stop.
@@ -546,6 +557,87 @@ impl Agent {
             }
             Ok(None) => {}
             Err(e) => self.warn_limited(format!("applying the cluster configuration: {e}")),
+        }
+    }
+
+    /// This member's part in a rolling restart (`restart::step`): true when
+    /// it stopped PostgreSQL for it (the next cycle starts it again).
+    async fn rolling_restart(&mut self) -> bool {
+        let Some(view) = self.last_view.as_ref() else {
+            return false;
+        };
+        let Some(req) = view.restart.clone() else {
+            self.restart_wait.clear();
+            return false;
+        };
+        // What this member published before (a restarted agent).
+        if view
+            .member(&self.cfg.name)
+            .and_then(|m| m.info.restarted.as_deref())
+            == Some(req.id.as_str())
+        {
+            self.restarted = Some(req.id.clone());
+        }
+        let carried_out = self.restarted.as_deref() == Some(req.id.as_str());
+        let l = &self.last_local;
+        let step = crate::restart::step(
+            &req,
+            view,
+            &self.cfg.name,
+            carried_out,
+            l.running && l.pending_restart,
+            l.running,
+        );
+        match step {
+            crate::restart::Step::Idle => false,
+            crate::restart::Step::Skip => {
+                self.restarted = Some(req.id);
+                false
+            }
+            crate::restart::Step::Wait(why) => {
+                if why != self.restart_wait {
+                    info!("restart {}: waiting: {why}", req.id);
+                    self.restart_wait = why;
+                }
+                false
+            }
+            crate::restart::Step::Finish => {
+                let t = self.io_timeout();
+                match self.dcs.delete_restart(req.mod_revision, t).await {
+                    Ok(_) => info!("restart {}: every member restarted", req.id),
+                    Err(e) => self.warn_limited(format!("deleting the restart request: {e}")),
+                }
+                false
+            }
+            crate::restart::Step::Restart => {
+                let leads = self.node.leader_confirmed;
+                info!(
+                    "restart {}: stopping PostgreSQL; it starts again {}",
+                    req.id,
+                    if leads {
+                        "at once, in place, under the leader key"
+                    } else {
+                        "as a replica"
+                    }
+                );
+                let total = if leads {
+                    self.ha.stop_budget_ms()
+                } else {
+                    self.ha.retry_timeout_ms.max(10_000)
+                };
+                match self.pg.stop(Duration::from_millis(total)).await {
+                    Ok(outcome) => {
+                        info!("PostgreSQL stopped for the restart ({outcome:?})");
+                        self.callback(Event::Stop, if leads { "primary" } else { "replica" });
+                        self.restarted = Some(req.id);
+                        true
+                    }
+                    Err(e) => {
+                        self.warn_limited(format!("restart {}: stopping PostgreSQL: {e}", req.id));
+                        false
+                    }
+                }
+            }
         }
     }
 
@@ -1206,6 +1298,7 @@ impl Agent {
                 .filter(|v| v.leader.is_none())
                 .map(|v| v.revision),
             pending_restart: l.running && l.pending_restart,
+            restarted: self.restarted.clone(),
         }
     }
 

@@ -82,6 +82,25 @@ pub enum Command {
         #[arg(long)]
         allow_data_loss: bool,
     },
+    /// Restart PostgreSQL on members, through etcd (works from any node):
+    /// replicas first, one at a time, each once the one before streams
+    /// again; the primary last, in place under its key (no failover).
+    Restart {
+        /// Members to restart (default: all).
+        members: Vec<String>,
+        /// Only members whose settings wait for a restart.
+        #[arg(long)]
+        pending: bool,
+        /// Only the primary, or only the replicas.
+        #[arg(long, value_parser = ["primary", "replica"])]
+        role: Option<String>,
+        /// Wait until every member has restarted.
+        #[arg(long)]
+        wait: bool,
+        /// Accepted for patronictl habits (leasedog never asks).
+        #[arg(long)]
+        force: bool,
+    },
     /// Show the cluster-wide configuration (the `config` key) as YAML.
     ShowConfig,
     /// Change the cluster-wide configuration: opens $EDITOR on it (or
@@ -238,6 +257,13 @@ fn run(args: Args) -> Result<(), ExitCode> {
                 }
             }
         }
+        Command::Restart {
+            members,
+            pending,
+            role,
+            wait,
+            force: _,
+        } => restart(&args.config, members, pending, role, wait),
         Command::ShowConfig => {
             let cfg = load(&args.config)?;
             let rt = runtime()?;
@@ -516,6 +542,20 @@ pub fn list_table(scope: &str, view: &crate::cluster::ClusterView) -> String {
     if view.paused() {
         out.push_str(" Maintenance mode: on\n");
     }
+    if let Some(r) = &view.restart {
+        let done: Vec<&str> = view
+            .members
+            .iter()
+            .filter(|m| m.info.restarted.as_deref() == Some(r.id.as_str()))
+            .map(|m| m.name.as_str())
+            .collect();
+        out.push_str(&format!(
+            " Restart {} in progress{}: done on [{}]\n",
+            r.id,
+            if r.pending { " (pending only)" } else { "" },
+            done.join(", ")
+        ));
+    }
     if let Some(s) = current_sync(view) {
         if s.standbys().is_empty() {
             out.push_str(
@@ -663,6 +703,78 @@ fn set_pause(path: &std::path::Path, pause: bool, force: bool, wait: bool) -> Re
                 "Maintenance mode: off"
             }
         );
+        Ok(())
+    })
+}
+
+/// restart: one request in etcd; the agents carry it out in order.
+fn restart(
+    path: &std::path::Path,
+    members: Vec<String>,
+    pending: bool,
+    role: Option<String>,
+    wait: bool,
+) -> Result<(), ExitCode> {
+    let cfg = load(path)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let t = timeout_of(&cfg);
+        let mut dcs = dcs_of(&cfg)?;
+        let view = dcs
+            .read(t)
+            .await
+            .map_err(|e| fail(&format!("cannot read the cluster from etcd: {e}")))?;
+        if view.paused() {
+            return Err(fail(
+                "maintenance mode is on: resume first (a paused agent starts nothing)",
+            ));
+        }
+        if view.leader.is_none() {
+            return Err(fail("the cluster has no leader"));
+        }
+        if let Some(r) = &view.restart {
+            return Err(fail(&format!(
+                "restart {} is in progress: wait for it (`leasedog list` shows who has restarted)",
+                r.id
+            )));
+        }
+        for m in &members {
+            if view.member(m).is_none() {
+                return Err(fail(&format!("no member named {m}")));
+            }
+        }
+        let id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis().to_string())
+            .unwrap_or_default();
+        let req = crate::cluster::RestartRequest {
+            id: id.clone(),
+            members,
+            pending,
+            role,
+            mod_revision: 0,
+        };
+        match dcs.request_restart(&req, t).await {
+            Ok(true) => {}
+            Ok(false) => return Err(fail("another restart was requested meanwhile")),
+            Err(e) => return Err(fail(&format!("cannot write the restart request: {e}"))),
+        }
+        println!(
+            "Restart {id} requested: replicas first, one at a time, then the primary in place"
+        );
+        if wait {
+            let limit = Duration::from_secs(600);
+            let gone = wait_until(&mut dcs, t, limit, |v| {
+                v.restart.as_ref().is_none_or(|r| r.id != id)
+            })
+            .await;
+            if !gone {
+                return Err(fail(
+                    "not every member restarted within 10 minutes: see `leasedog list`",
+                ));
+            }
+            println!("Restart {id} done");
+        }
         Ok(())
     })
 }

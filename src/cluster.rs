@@ -133,6 +133,10 @@ pub struct MemberInfo {
     /// A changed PostgreSQL setting waits for a restart (Patroni's field).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending_restart: bool,
+    /// The id of the last `restart` request this member carried out (or
+    /// found not meant for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted: Option<String>,
 }
 
 /// A member as read from etcd.
@@ -352,8 +356,29 @@ pub struct ClusterView {
     /// The `sync` key is present but could not be read: unknown, never
     /// taken for absent.
     pub sync_unreadable: bool,
+    /// The `restart` key: a rolling restart in progress (`leasedog restart`).
+    pub restart: Option<RestartRequest>,
     /// etcd revision of the read.
     pub revision: i64,
+}
+
+/// The `restart` key: which members restart PostgreSQL (all when `members`
+/// is empty; only those with a pending restart with `pending`; only the
+/// primary or the replicas with `role`). Replicas go first, one at a time,
+/// then the primary, in place (see `restart::step`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RestartRequest {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
+    /// "primary" or "replica" (None: both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// The key's mod_revision (not in the value).
+    #[serde(skip)]
+    pub mod_revision: i64,
 }
 
 /// Why resuming now could let a replica be promoted beside a primary whose
@@ -406,6 +431,7 @@ pub enum KeyParse {
     Failover(FailoverRequest),
     Status(Status),
     Sync(SyncState),
+    Restart(RestartRequest),
     /// A key leasedog does not use (history, sync, ...): ignored.
     Ignored,
 }
@@ -458,6 +484,9 @@ pub fn parse_key(rel_key: &str, value: &[u8]) -> Result<KeyParse, String> {
         "sync" => serde_json::from_str(text)
             .map(KeyParse::Sync)
             .map_err(|e| format!("key sync: bad JSON: {e}")),
+        "restart" => serde_json::from_str(text)
+            .map(KeyParse::Restart)
+            .map_err(|e| format!("key restart: bad JSON: {e}")),
         _ => Ok(KeyParse::Ignored),
     }
 }
@@ -733,6 +762,7 @@ mod tests {
                 pause: true,
                 leaderless_rev: Some(12),
                 pending_restart: true,
+                restarted: Some("17".into()),
             },
         ] {
             let json = serde_json::to_string(&info).unwrap();

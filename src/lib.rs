@@ -15,6 +15,7 @@ pub mod instance;
 pub mod logging;
 pub mod notify;
 pub mod postgres;
+pub mod restart;
 pub mod snapshot;
 pub mod sync;
 pub mod watchdog;

@@ -768,6 +768,52 @@ fn edit_config_reaches_every_member_and_refuses_bad_values() {
     assert_eq!(postmasters, postmasters_now, "a PostgreSQL restarted");
     assert_eq!(c.sole_primary(), Some(p));
 
+    // A rolling restart of the members with a pending restart, under a
+    // writer: replicas first, the primary in place; no failover, no
+    // acknowledged write lost.
+    let leader = c.leader();
+    let writer = common::cluster::Writer::start(&c, p);
+    writer.wait_acked_on(p, 0, 5, Duration::from_secs(10));
+    let started = Instant::now();
+    let (code, out) = cli(&c, 1, &["restart", "--pending", "--wait"]);
+    assert_eq!(code, 0, "{out}");
+    eprintln!(
+        "restart --pending --wait: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    setting_everywhere("max_files_per_process", "900");
+    wait_for("no pending restart", Duration::from_secs(20), || {
+        let out = c.leasedog(0).args(["list", "--json"]).output().ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let m = v["members"].as_array()?;
+        (m.len() == 3 && m.iter().all(|m| m["pending_restart"] == false)).then_some(())
+    });
+    for (i, n) in c.nodes.iter().enumerate() {
+        assert_ne!(
+            n.postmaster_pid(),
+            postmasters[i],
+            "{} not restarted",
+            n.name
+        );
+    }
+    assert_eq!(c.leader(), leader, "the leader changed");
+    let (k, _) = *writer.acked().last().unwrap();
+    writer.wait_acked_on(p, k, 5, Duration::from_secs(20));
+    let acked = writer.stop();
+    let keys: Vec<String> = acked
+        .iter()
+        .filter(|(_, at)| *at == p)
+        .map(|(k, _)| k.to_string())
+        .collect();
+    let present = c.nodes[p]
+        .sql(&format!(
+            "SELECT count(*) FROM w WHERE k IN ({})",
+            keys.join(",")
+        ))
+        .unwrap();
+    assert_eq!(present, keys.len().to_string(), "acknowledged writes lost");
+    assert_eq!(c.sole_primary(), Some(p));
+
     // Refused, the key named, nothing written.
     let before = cli(&c, 0, &["show-config"]).1;
     for (args, want) in [

@@ -3120,6 +3120,7 @@ fn member_info(n: &Node) -> MemberInfo {
             .filter(|v| v.leader.is_none())
             .map(|v| v.revision),
         pending_restart: false,
+        restarted: None,
     }
 }
 
