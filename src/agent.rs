@@ -40,6 +40,8 @@ pub struct Agent {
     last_summary: String,
     /// The `restart` request this member carried out (or skipped) last.
     restarted: Option<String>,
+    /// The `reinit` request whose data directory emptying this agent did.
+    reinitialized: Option<String>,
     /// The last restart wait reported (logged once per change).
     restart_wait: String,
     /// This cycle's etcd read and probe of PostgreSQL (before any action).
@@ -97,6 +99,7 @@ impl Agent {
             wake,
             last_summary: String::new(),
             restarted: None,
+            reinitialized: None,
             restart_wait: String::new(),
             last_view: None,
             last_local: LocalPostgres::default(),
@@ -473,6 +476,15 @@ impl Agent {
         let local = self.pg.probe(t).await;
         let now = self.now();
         self.node.observe(&self.ha, view.as_ref(), &local, now);
+        if let Some(v) = view.as_ref()
+            && !self.fence_pending()
+            && self.reinit_step(v, &local).await
+        {
+            // The data directory is empty: the next cycle clones it again.
+            self.last_view = view;
+            self.last_local = crate::cluster::LocalPostgres::default();
+            return self.now().plus(ha::RECHECK_MS);
+        }
 
         let now = self.now();
         let decision = ha::decide(Input {
@@ -557,6 +569,84 @@ impl Agent {
             }
             Ok(None) => {}
             Err(e) => self.warn_limited(format!("applying the cluster configuration: {e}")),
+        }
+    }
+
+    /// `leasedog reinit`: a replica named in the `reinit` key stops its
+    /// PostgreSQL and empties its data directory; the HA loop then clones
+    /// it again from the leader. Never on the leader, never while its
+    /// PostgreSQL may be writable or the cluster is paused. True when the
+    /// directory was emptied in this cycle. The member deletes the request
+    /// once it streams again.
+    async fn reinit_step(
+        &mut self,
+        view: &crate::cluster::ClusterView,
+        local: &crate::cluster::LocalPostgres,
+    ) -> bool {
+        let Some(req) = view.reinit.clone().filter(|r| r.member == self.cfg.name) else {
+            return false;
+        };
+        let t = self.io_timeout();
+        if self.reinitialized.as_deref() == Some(req.id.as_str()) {
+            if local.running && local.in_recovery && local.streaming {
+                match self.dcs.delete_request("reinit", req.mod_revision, t).await {
+                    Ok(_) => info!("reinit {}: cloned again and streaming", req.id),
+                    Err(e) => self.warn_limited(format!("deleting the reinit request: {e}")),
+                }
+            }
+            return false;
+        }
+        let leader = view.leader.as_ref().map(|l| l.name.as_str());
+        if leader == Some(self.cfg.name.as_str()) || self.node.leader_confirmed {
+            warn!(
+                "reinit {}: refused: this member is the leader (a reinit rebuilds a replica from the leader)",
+                req.id
+            );
+            if let Err(e) = self.dcs.delete_request("reinit", req.mod_revision, t).await {
+                self.warn_limited(format!("deleting the reinit request: {e}"));
+            }
+            return false;
+        }
+        let wait = if view.paused() {
+            "maintenance mode is on"
+        } else if leader.is_none() {
+            "the cluster has no leader to clone from"
+        } else if local.may_be_writable() {
+            "PostgreSQL here may be writable"
+        } else {
+            ""
+        };
+        if !wait.is_empty() {
+            self.warn_limited(format!("reinit {}: waiting: {wait}", req.id));
+            return false;
+        }
+        if local.running || local.unknown {
+            let total = self.ha.retry_timeout_ms.max(10_000);
+            match self.pg.stop(Duration::from_millis(total)).await {
+                Ok(outcome) => {
+                    info!("reinit {}: PostgreSQL stopped ({outcome:?})", req.id);
+                    self.callback(Event::Stop, "replica");
+                }
+                Err(e) => {
+                    self.warn_limited(format!("reinit {}: stopping PostgreSQL: {e}", req.id));
+                    return false;
+                }
+            }
+        }
+        match self.pg.empty_for_reinit() {
+            Ok(()) => {
+                info!(
+                    "reinit {}: data directory emptied; cloning again from {}",
+                    req.id,
+                    leader.unwrap_or("the leader")
+                );
+                self.reinitialized = Some(req.id);
+                true
+            }
+            Err(e) => {
+                self.warn_limited(format!("reinit {}: {e}", req.id));
+                false
+            }
         }
     }
 

@@ -101,6 +101,18 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Rebuild a replica: its agent stops PostgreSQL, empties the data
+    /// directory and clones it again from the leader (refused on the leader).
+    Reinit {
+        /// The replica to rebuild.
+        member: String,
+        /// Wait until it streams again.
+        #[arg(long)]
+        wait: bool,
+        /// Accepted for patronictl habits (leasedog never asks).
+        #[arg(long)]
+        force: bool,
+    },
     /// Show the cluster-wide configuration (the `config` key) as YAML.
     ShowConfig,
     /// Change the cluster-wide configuration: opens $EDITOR on it (or
@@ -264,6 +276,11 @@ fn run(args: Args) -> Result<(), ExitCode> {
             wait,
             force: _,
         } => restart(&args.config, members, pending, role, wait),
+        Command::Reinit {
+            member,
+            wait,
+            force: _,
+        } => reinit(&args.config, member, wait),
         Command::ShowConfig => {
             let cfg = load(&args.config)?;
             let rt = runtime()?;
@@ -703,6 +720,66 @@ fn set_pause(path: &std::path::Path, pause: bool, force: bool, wait: bool) -> Re
                 "Maintenance mode: off"
             }
         );
+        Ok(())
+    })
+}
+
+/// reinit: one request in etcd, carried out by the member's own agent.
+fn reinit(path: &std::path::Path, member: String, wait: bool) -> Result<(), ExitCode> {
+    let cfg = load(path)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let t = timeout_of(&cfg);
+        let mut dcs = dcs_of(&cfg)?;
+        let view = dcs
+            .read(t)
+            .await
+            .map_err(|e| fail(&format!("cannot read the cluster from etcd: {e}")))?;
+        let Some(leader) = view.leader.as_ref().map(|l| l.name.clone()) else {
+            return Err(fail("the cluster has no leader to clone from"));
+        };
+        if leader == member {
+            return Err(fail(&format!(
+                "{member} is the leader: a reinit rebuilds a replica from the leader (switch over first)"
+            )));
+        }
+        if view.member(&member).is_none() {
+            return Err(fail(&format!(
+                "no member named {member} (its agent must run to carry out a reinit)"
+            )));
+        }
+        if view.paused() {
+            return Err(fail("maintenance mode is on: resume first"));
+        }
+        if let Some(r) = &view.reinit {
+            return Err(fail(&format!("a reinit of {} is in progress", r.member)));
+        }
+        let id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis().to_string())
+            .unwrap_or_default();
+        let req = crate::cluster::ReinitRequest {
+            id: id.clone(),
+            member: member.clone(),
+            mod_revision: 0,
+        };
+        let json = serde_json::to_string(&req).unwrap_or_default();
+        match dcs.put_request("reinit", json, t).await {
+            Ok(true) => {}
+            Ok(false) => return Err(fail("another reinit was requested meanwhile")),
+            Err(e) => return Err(fail(&format!("cannot write the reinit request: {e}"))),
+        }
+        println!("Reinit of {member} requested: it empties its data directory and clones from {leader}");
+        if wait {
+            let gone = wait_until(&mut dcs, t, Duration::from_secs(3600), |v| {
+                v.reinit.as_ref().is_none_or(|r| r.id != id)
+            })
+            .await;
+            if !gone {
+                return Err(fail("the reinit did not finish within an hour: see the member's log"));
+            }
+            println!("Reinit of {member} done: it streams from the leader");
+        }
         Ok(())
     })
 }

@@ -358,8 +358,21 @@ pub struct ClusterView {
     pub sync_unreadable: bool,
     /// The `restart` key: a rolling restart in progress (`leasedog restart`).
     pub restart: Option<RestartRequest>,
+    /// The `reinit` key: a replica to rebuild (`leasedog reinit`).
+    pub reinit: Option<ReinitRequest>,
     /// etcd revision of the read.
     pub revision: i64,
+}
+
+/// The `reinit` key: the replica whose data directory is emptied and cloned
+/// again from the leader.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReinitRequest {
+    pub id: String,
+    pub member: String,
+    /// The key's mod_revision (not in the value).
+    #[serde(skip)]
+    pub mod_revision: i64,
 }
 
 /// The `restart` key: which members restart PostgreSQL (all when `members`
@@ -432,6 +445,7 @@ pub enum KeyParse {
     Status(Status),
     Sync(SyncState),
     Restart(RestartRequest),
+    Reinit(ReinitRequest),
     /// A key leasedog does not use (history, sync, ...): ignored.
     Ignored,
 }
@@ -487,6 +501,9 @@ pub fn parse_key(rel_key: &str, value: &[u8]) -> Result<KeyParse, String> {
         "restart" => serde_json::from_str(text)
             .map(KeyParse::Restart)
             .map_err(|e| format!("key restart: bad JSON: {e}")),
+        "reinit" => serde_json::from_str(text)
+            .map(KeyParse::Reinit)
+            .map_err(|e| format!("key reinit: bad JSON: {e}")),
         _ => Ok(KeyParse::Ignored),
     }
 }

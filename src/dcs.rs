@@ -636,6 +636,10 @@ impl Dcs {
                     r.mod_revision = kv.mod_revision();
                     view.restart = Some(r)
                 }
+                Ok(KeyParse::Reinit(mut r)) => {
+                    r.mod_revision = kv.mod_revision();
+                    view.reinit = Some(r)
+                }
                 Ok(KeyParse::Ignored) => {}
                 Err(e) => {
                     config_unreadable |= rel == "config";
@@ -1161,6 +1165,38 @@ impl Dcs {
             .when([cmp])
             .and_then([TxnOp::put(key, value.to_string(), None)]);
         self.txn("config update", txn, timeout).await
+    }
+
+    /// Writes a request key (`restart`, `reinit`) unless one is there.
+    pub async fn put_request(
+        &mut self,
+        name: &str,
+        json: String,
+        timeout: Duration,
+    ) -> Result<bool, DcsError> {
+        let key = self.key(name);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, json, None)]);
+        self.txn("request", txn, timeout).await
+    }
+
+    /// Deletes a request key if it is still at `mod_revision`.
+    pub async fn delete_request(
+        &mut self,
+        name: &str,
+        mod_revision: i64,
+        timeout: Duration,
+    ) -> Result<bool, DcsError> {
+        let key = self.key(name);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                mod_revision,
+            )])
+            .and_then([TxnOp::delete(key, None)]);
+        self.txn("request delete", txn, timeout).await
     }
 
     /// Writes the `restart` request unless one is in progress.

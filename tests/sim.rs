@@ -50,7 +50,10 @@
 //!
 //! Teeth: each `Broken` variant reintroduces one defect, and a `teeth_*`
 //! test asserts the simulator finds it within a fixed budget of seeds,
-//! printing the seed. Defects masked by a working watchdog (a failed renewal
+//! printing the seed. A defect of the fence is shown against the fence
+//! alone: without the replicas' deference to a former primary they still
+//! see alive (`Broken::fence_alone`), a second line that would often hide
+//! it. Defects masked by a working watchdog (a failed renewal
 //! cancelling the fence) are shown without one, under the faults the loop
 //! alone must survive (`Mix::LoopAlive`, itself swept with no defect).
 //! The fixed feed slack (defect 7) shows only where the hardware's overrun
@@ -186,6 +189,25 @@ enum Broken {
     /// Synchronous mode, rule 2 broken: the key is narrowed to the setting
     /// in force without waiting for the members it keeps to catch up.
     SyncNarrowsEarly,
+}
+
+impl Broken {
+    /// The defects of the fence itself are shown against the fence alone:
+    /// with the replicas' deference to a former primary they still see
+    /// alive (`ha::former_primary_alive`, the defence against leases etcd
+    /// loses early) switched off, as `IgnoresLivePrimary` does. That
+    /// deference is a second line: a replica still streaming from a primary
+    /// that a broken fence left writable waits a ttl, during which the
+    /// loop or the watchdog usually stops it, which would hide the defect.
+    fn fence_alone(self) -> bool {
+        !matches!(
+            self,
+            Broken::None
+                | Broken::SyncNamesBeforeKey
+                | Broken::SyncUnnamedPromotes
+                | Broken::SyncNarrowsEarly
+        )
+    }
 }
 
 /// How much later than the server reports a new `synchronous_standby_names`
@@ -1291,9 +1313,12 @@ impl Sim {
             }
         }
         // Leases lost early: from a stream of their own, so that each seed
-        // keeps its other faults.
+        // keeps its other faults. Not where a fence defect is shown against
+        // the fence alone (`Broken::fence_alone`): without the deference
+        // that answers them, they would be what the run finds.
         let mut revoke_rng = Rng(seed ^ 0x7265_766f_6b65);
-        if setup.mix == Mix::All && revoke_rng.chance(30) {
+        let revokes = !setup.broken.fence_alone() || setup.broken == Broken::IgnoresLivePrimary;
+        if setup.mix == Mix::All && revokes && revoke_rng.chance(30) {
             let at = revoke_rng.range(20_000, 70_000);
             faults.push((at, Fault::EarlyRevoke(revoke_rng.chance(50))));
         }
@@ -2330,7 +2355,7 @@ impl Sim {
         let unkeyed;
         let mut d = if broken == Broken::StalePause && n.node.paused {
             stale_pause_twin(input)
-        } else if broken == Broken::IgnoresLivePrimary
+        } else if broken.fence_alone()
             && !n.local.writable()
             && let Some(v) = view.as_ref().filter(|v| v.leader.is_none())
         {

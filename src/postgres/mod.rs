@@ -240,6 +240,31 @@ impl Postgres {
         Ok(Some((changed, skipped)))
     }
 
+    /// Empties the data directory of a stopped replica for a reinit: the
+    /// directory is renamed aside (one atomic step: from then on the data
+    /// directory is absent, which the next cycle clones again, also after
+    /// a crash right here), made again empty, and the old one removed. A
+    /// data directory that cannot be renamed (a mount point) is an error:
+    /// nothing is removed.
+    pub fn empty_for_reinit(&mut self) -> Result<(), PgError> {
+        let data = self.data().to_path_buf();
+        let aside = PathBuf::from(format!("{}.leasedog-reinit", data.display()));
+        if aside.exists() {
+            std::fs::remove_dir_all(&aside).map_err(io(format!("removing {}", aside.display())))?;
+        }
+        std::fs::rename(&data, &aside).map_err(io(format!(
+            "renaming {} to {} (a data directory that is a mount point cannot be reinitialized: empty it by hand)",
+            data.display(),
+            aside.display()
+        )))?;
+        self.client = None;
+        self.streamed_tli = None;
+        self.seen_in_recovery = None;
+        self.cluster_params = None;
+        create_dir_0700(&data)?;
+        std::fs::remove_dir_all(&aside).map_err(io(format!("removing {}", aside.display())))
+    }
+
     /// Synchronous mode: leasedog sets `synchronous_standby_names`, and
     /// every start begins with `initial` (see `sync::SyncConfig::initial_names`).
     pub fn manage_sync_names(&mut self, initial: Option<String>) {
