@@ -854,3 +854,62 @@ fn edit_config_reaches_every_member_and_refuses_bad_values() {
     assert!(out.contains("-    work_mem: 8MB"), "{out}");
     setting_everywhere("work_mem", "4MB");
 }
+
+/// `reinit` rebuilds a replica whose data directory was damaged on purpose:
+/// its agent stops PostgreSQL, empties the directory and clones it again
+/// from the leader, under a writer; the leader is refused.
+#[test]
+fn reinit_rebuilds_a_damaged_replica() {
+    let c = Cluster::start(3, Opts::default());
+    let p = c.wait_healthy(BOOT);
+    let r = (p + 1) % 3;
+    let writer = common::cluster::Writer::start(&c, p);
+    writer.wait_acked_on(p, 0, 5, Duration::from_secs(10));
+    // Damage: a relation file of the replica's copy of table w truncated.
+    let file = c.nodes[r].sql("SELECT pg_relation_filepath('w')").unwrap();
+    let path = c.nodes[r].data_dir.join(file.trim());
+    std::fs::write(&path, b"").unwrap();
+    let marker = c.nodes[r].data_dir.join("damaged-on-purpose");
+    std::fs::write(&marker, b"x").unwrap();
+    let (code, out) = cli(&c, 0, &["reinit", &c.nodes[p].name]);
+    assert_eq!(code, 1, "reinit of the leader accepted: {out}");
+    assert!(out.contains("is the leader"), "{out}");
+    let old_postmaster = c.nodes[r].postmaster_pid();
+    let (code, out) = cli(&c, 0, &["reinit", &c.nodes[r].name, "--wait"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!marker.exists(), "the data directory was not emptied");
+    assert_ne!(c.nodes[r].postmaster_pid(), old_postmaster);
+    assert_eq!(
+        c.wait_healthy(Duration::from_secs(60)),
+        p,
+        "the primary changed"
+    );
+    // The rebuilt replica holds what the primary acknowledged.
+    let (k, _) = *writer.acked().last().unwrap();
+    writer.wait_acked_on(p, k, 5, Duration::from_secs(10));
+    assert_eq!(writer.failed(), 0, "a write to the primary failed");
+    let acked = writer.stop();
+    let last = acked
+        .iter()
+        .filter(|(_, at)| *at == p)
+        .map(|(k, _)| *k)
+        .max()
+        .unwrap();
+    wait_for(
+        "the rebuilt replica caught up",
+        Duration::from_secs(20),
+        || {
+            let n: i64 = c.nodes[r]
+                .sql(&format!("SELECT count(*) FROM w WHERE k <= {last}"))
+                .ok()?
+                .parse()
+                .ok()?;
+            let want: i64 = c.nodes[p]
+                .sql(&format!("SELECT count(*) FROM w WHERE k <= {last}"))
+                .ok()?
+                .parse()
+                .ok()?;
+            (n == want).then_some(())
+        },
+    );
+}
