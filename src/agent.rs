@@ -42,6 +42,10 @@ pub struct Agent {
     restarted: Option<String>,
     /// The `reinit` request whose data directory emptying this agent did.
     reinitialized: Option<String>,
+    /// The `reload` request this member carried out last, and whether the
+    /// run loop is to read the file again (as on SIGHUP).
+    reloaded: Option<String>,
+    reload_wanted: bool,
     /// The last restart wait reported (logged once per change).
     restart_wait: String,
     /// This cycle's etcd read and probe of PostgreSQL (before any action).
@@ -100,6 +104,8 @@ impl Agent {
             last_summary: String::new(),
             restarted: None,
             reinitialized: None,
+            reloaded: None,
+            reload_wanted: false,
             restart_wait: String::new(),
             last_view: None,
             last_local: LocalPostgres::default(),
@@ -273,6 +279,13 @@ impl Agent {
         let mut reloading = false;
         loop {
             let next = self.cycle().await;
+            if std::mem::take(&mut self.reload_wanted) && !reloading {
+                reloading = true;
+                let (path, tx) = (self.cfg.source.clone(), reload_tx.clone());
+                tokio::task::spawn_blocking(move || {
+                    let _ = tx.blocking_send(crate::config::load(&path));
+                });
+            }
             let wait = Duration::from_millis(next.since(self.now()));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -506,6 +519,9 @@ impl Agent {
         self.member_key_checked = false;
         let ok = self.act(&decision).await;
         let restarting = !self.fence_pending() && self.rolling_restart().await;
+        if !self.fence_pending() {
+            self.reload_request().await;
+        }
         let past_deadline = self.fence_pending();
         if !past_deadline {
             self.publish().await;
@@ -646,6 +662,57 @@ impl Agent {
             Err(e) => {
                 self.warn_limited(format!("reinit {}: {e}", req.id));
                 false
+            }
+        }
+    }
+
+    /// `leasedog reload`: a member the `reload` key names (or all) reads its
+    /// file again and reloads PostgreSQL, as on SIGHUP (the run loop reads
+    /// the file off the loop's thread); the leader deletes the request once
+    /// every member has published its id.
+    async fn reload_request(&mut self) {
+        let Some(view) = self.last_view.as_ref() else {
+            return;
+        };
+        let Some(req) = view.reload.clone() else {
+            return;
+        };
+        if view
+            .member(&self.cfg.name)
+            .and_then(|m| m.info.reloaded.as_deref())
+            == Some(req.id.as_str())
+        {
+            self.reloaded = Some(req.id.clone());
+        }
+        if self.reloaded.as_deref() != Some(req.id.as_str()) {
+            if req.members.is_empty() || req.members.contains(&self.cfg.name) {
+                info!(
+                    "reload {} requested: reading the configuration file again and reloading PostgreSQL",
+                    req.id
+                );
+                self.reload_wanted = true;
+                if self.last_local.running {
+                    let t = self.observe_timeout();
+                    if let Err(e) = self.pg.reload(t).await {
+                        self.warn_limited(format!("reload {}: PostgreSQL: {e}", req.id));
+                    }
+                }
+            }
+            self.reloaded = Some(req.id.clone());
+            return;
+        }
+        let leads = view
+            .leader
+            .as_ref()
+            .is_some_and(|l| l.name == self.cfg.name);
+        let all = view.members.iter().all(|m| {
+            m.name == self.cfg.name || m.info.reloaded.as_deref() == Some(req.id.as_str())
+        });
+        if leads && all {
+            let t = self.io_timeout();
+            match self.dcs.delete_request("reload", req.mod_revision, t).await {
+                Ok(_) => info!("reload {}: every member reloaded", req.id),
+                Err(e) => self.warn_limited(format!("deleting the reload request: {e}")),
             }
         }
     }
@@ -1389,6 +1456,7 @@ impl Agent {
                 .map(|v| v.revision),
             pending_restart: l.running && l.pending_restart,
             restarted: self.restarted.clone(),
+            reloaded: self.reloaded.clone(),
         }
     }
 

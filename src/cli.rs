@@ -101,6 +101,18 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Reload members, through etcd: each reads its file again (as on
+    /// SIGHUP) and reloads PostgreSQL.
+    Reload {
+        /// Members to reload (default: all).
+        members: Vec<String>,
+        /// Wait until every member has reloaded.
+        #[arg(long)]
+        wait: bool,
+        /// Accepted for patronictl habits (leasedog never asks).
+        #[arg(long)]
+        force: bool,
+    },
     /// Rebuild a replica: its agent stops PostgreSQL, empties the data
     /// directory and clones it again from the leader (refused on the leader).
     Reinit {
@@ -276,6 +288,11 @@ fn run(args: Args) -> Result<(), ExitCode> {
             wait,
             force: _,
         } => restart(&args.config, members, pending, role, wait),
+        Command::Reload {
+            members,
+            wait,
+            force: _,
+        } => reload(&args.config, members, wait),
         Command::Reinit {
             member,
             wait,
@@ -720,6 +737,62 @@ fn set_pause(path: &std::path::Path, pause: bool, force: bool, wait: bool) -> Re
                 "Maintenance mode: off"
             }
         );
+        Ok(())
+    })
+}
+
+/// reload: one request in etcd; each member named (or all) carries it out.
+fn reload(path: &std::path::Path, members: Vec<String>, wait: bool) -> Result<(), ExitCode> {
+    let cfg = load(path)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let t = timeout_of(&cfg);
+        let mut dcs = dcs_of(&cfg)?;
+        let view = dcs
+            .read(t)
+            .await
+            .map_err(|e| fail(&format!("cannot read the cluster from etcd: {e}")))?;
+        if view.leader.is_none() {
+            return Err(fail(
+                "the cluster has no leader (it deletes the request when done)",
+            ));
+        }
+        for m in &members {
+            if view.member(m).is_none() {
+                return Err(fail(&format!("no member named {m}")));
+            }
+        }
+        if view.reload.is_some() {
+            return Err(fail("a reload is in progress"));
+        }
+        let id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis().to_string())
+            .unwrap_or_default();
+        let req = crate::cluster::ReloadRequest {
+            id: id.clone(),
+            members,
+            mod_revision: 0,
+        };
+        let json = serde_json::to_string(&req).unwrap_or_default();
+        match dcs.put_request("reload", json, t).await {
+            Ok(true) => {}
+            Ok(false) => return Err(fail("another reload was requested meanwhile")),
+            Err(e) => return Err(fail(&format!("cannot write the reload request: {e}"))),
+        }
+        println!("Reload {id} requested");
+        if wait {
+            let gone = wait_until(&mut dcs, t, Duration::from_secs(cfg.ttl.max(60)), |v| {
+                v.reload.as_ref().is_none_or(|r| r.id != id)
+            })
+            .await;
+            if !gone {
+                return Err(fail(
+                    "not every member reloaded in time: see `leasedog list` and the logs",
+                ));
+            }
+            println!("Reload {id} done");
+        }
         Ok(())
     })
 }

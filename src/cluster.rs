@@ -137,6 +137,10 @@ pub struct MemberInfo {
     /// found not meant for it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarted: Option<String>,
+    /// The id of the last `reload` request this member carried out (or
+    /// found not meant for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reloaded: Option<String>,
 }
 
 /// A member as read from etcd.
@@ -360,8 +364,22 @@ pub struct ClusterView {
     pub restart: Option<RestartRequest>,
     /// The `reinit` key: a replica to rebuild (`leasedog reinit`).
     pub reinit: Option<ReinitRequest>,
+    /// The `reload` key: members to reload (`leasedog reload`).
+    pub reload: Option<ReloadRequest>,
     /// etcd revision of the read.
     pub revision: i64,
+}
+
+/// The `reload` key: members that read their file again and reload
+/// PostgreSQL (all when `members` is empty).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReloadRequest {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
+    /// The key's mod_revision (not in the value).
+    #[serde(skip)]
+    pub mod_revision: i64,
 }
 
 /// The `reinit` key: the replica whose data directory is emptied and cloned
@@ -446,6 +464,7 @@ pub enum KeyParse {
     Sync(SyncState),
     Restart(RestartRequest),
     Reinit(ReinitRequest),
+    Reload(ReloadRequest),
     /// A key leasedog does not use (history, sync, ...): ignored.
     Ignored,
 }
@@ -501,6 +520,9 @@ pub fn parse_key(rel_key: &str, value: &[u8]) -> Result<KeyParse, String> {
         "restart" => serde_json::from_str(text)
             .map(KeyParse::Restart)
             .map_err(|e| format!("key restart: bad JSON: {e}")),
+        "reload" => serde_json::from_str(text)
+            .map(KeyParse::Reload)
+            .map_err(|e| format!("key reload: bad JSON: {e}")),
         "reinit" => serde_json::from_str(text)
             .map(KeyParse::Reinit)
             .map_err(|e| format!("key reinit: bad JSON: {e}")),
@@ -780,6 +802,7 @@ mod tests {
                 leaderless_rev: Some(12),
                 pending_restart: true,
                 restarted: Some("17".into()),
+                reloaded: Some("18".into()),
             },
         ] {
             let json = serde_json::to_string(&info).unwrap();

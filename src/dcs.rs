@@ -636,6 +636,10 @@ impl Dcs {
                     r.mod_revision = kv.mod_revision();
                     view.restart = Some(r)
                 }
+                Ok(KeyParse::Reload(mut r)) => {
+                    r.mod_revision = kv.mod_revision();
+                    view.reload = Some(r)
+                }
                 Ok(KeyParse::Reinit(mut r)) => {
                     r.mod_revision = kv.mod_revision();
                     view.reinit = Some(r)

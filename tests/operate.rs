@@ -855,13 +855,29 @@ fn edit_config_reaches_every_member_and_refuses_bad_values() {
     setting_everywhere("work_mem", "4MB");
 }
 
-/// `reinit` rebuilds a replica whose data directory was damaged on purpose:
-/// its agent stops PostgreSQL, empties the directory and clones it again
-/// from the leader, under a writer; the leader is refused.
+/// `reload` through etcd reaches every member (a setting edited by hand in
+/// each postgresql.conf applies); `reinit` rebuilds a replica whose data
+/// directory was damaged on purpose: its agent stops PostgreSQL, empties
+/// the directory and clones it again from the leader, under a writer; the
+/// leader is refused.
 #[test]
-fn reinit_rebuilds_a_damaged_replica() {
+fn reload_everywhere_and_reinit_of_a_damaged_replica() {
     let c = Cluster::start(3, Opts::default());
     let p = c.wait_healthy(BOOT);
+    for n in &c.nodes {
+        let conf = n.data_dir.join("postgresql.conf");
+        let text = std::fs::read_to_string(&conf).unwrap();
+        std::fs::write(&conf, format!("{text}\nwork_mem = '7MB'\n")).unwrap();
+    }
+    let (code, out) = cli(&c, 2, &["reload", "--wait"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("done"), "{out}");
+    wait_for("work_mem = 7MB everywhere", Duration::from_secs(10), || {
+        c.nodes
+            .iter()
+            .all(|n| n.sql("SHOW work_mem").ok().as_deref() == Some("7MB"))
+            .then_some(())
+    });
     let r = (p + 1) % 3;
     let writer = common::cluster::Writer::start(&c, p);
     writer.wait_acked_on(p, 0, 5, Duration::from_secs(10));

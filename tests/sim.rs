@@ -3146,6 +3146,7 @@ fn member_info(n: &Node) -> MemberInfo {
             .map(|v| v.revision),
         pending_restart: false,
         restarted: None,
+        reloaded: None,
     }
 }
 
