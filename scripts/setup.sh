@@ -29,6 +29,8 @@ command -v rpmlint >/dev/null || need+=(rpmlint)
 command -v man >/dev/null || need+=(man-db)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v objdump >/dev/null || need+=(binutils)
+# Patroni's patronictl in a throwaway venv (scripts/patroni-compat.sh).
+python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   echo "setup: installing ${need[*]}"

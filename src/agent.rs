@@ -1447,6 +1447,7 @@ impl Agent {
                 .and_then(|v| v.leader.as_ref())
                 .map(|l| l.create_revision),
             streaming: l.streaming,
+            replication_state: l.streaming.then(|| "streaming".to_string()),
             pause: self.node.paused,
             // The probe that gave this position ran after this read.
             leaderless_rev: self

@@ -121,6 +121,10 @@ pub struct MemberInfo {
     /// True while this replica's WAL receiver is streaming.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub streaming: bool,
+    /// Patroni 4's field for the same (`patronictl list` shows it as the
+    /// member's state): "streaming" while the WAL receiver streams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_state: Option<String>,
     /// This member saw the cluster paused (maintenance mode) in its last cycle.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pause: bool,
@@ -798,6 +802,7 @@ mod tests {
                 version: "0.1.0".into(),
                 epoch: Some(9),
                 streaming: true,
+                replication_state: Some("streaming".into()),
                 pause: true,
                 leaderless_rev: Some(12),
                 pending_restart: true,

@@ -3137,6 +3137,7 @@ fn member_info(n: &Node) -> MemberInfo {
         version: String::new(),
         epoch: None,
         streaming: l.streaming,
+        replication_state: None,
         pause: n.node.paused,
         // The read before this cycle's probe showed no leader.
         leaderless_rev: n
