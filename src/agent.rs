@@ -1124,11 +1124,19 @@ impl Agent {
                 info!("synchronous_standby_names = '{names}'");
                 Ok(())
             }
-            Action::SyncSlots { slots } => self
-                .pg
-                .sync_slots(slots, t)
-                .await
-                .map_err(|e| e.to_string()),
+            Action::SyncSlots { slots } => {
+                // The members' slots, and the permanent ones of the config
+                // key (`slots:`); `ignore_slots` are never touched.
+                let (mut wanted, ignored) = match self.last_view.as_ref() {
+                    Some(v) => (v.config.permanent_physical_slots(), v.config.ignore_slots()),
+                    None => (Vec::new(), Vec::new()),
+                };
+                wanted.extend(slots.iter().cloned());
+                self.pg
+                    .sync_slots(&wanted, &ignored, t)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
         }
     }
 

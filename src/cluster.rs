@@ -267,7 +267,62 @@ pub struct DynamicConfig {
     pub other: BTreeMap<String, serde_json::Value>,
 }
 
+/// One entry of `ignore_slots` (Patroni's): a slot matches when every
+/// attribute given matches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotMatch {
+    pub name: Option<String>,
+    pub kind: Option<String>,
+    pub database: Option<String>,
+    pub plugin: Option<String>,
+}
+
+impl SlotMatch {
+    /// A physical slot by this name (physical slots have no database or plugin).
+    pub fn matches_physical(&self, name: &str) -> bool {
+        self.name.as_deref().is_none_or(|n| n == name)
+            && self.kind.as_deref().is_none_or(|k| k == "physical")
+            && self.database.is_none()
+            && self.plugin.is_none()
+    }
+}
+
 impl DynamicConfig {
+    /// The permanent physical slots of `slots:` (Patroni's
+    /// `{name: {type: physical}}`; a slot without a type is physical).
+    pub fn permanent_physical_slots(&self) -> Vec<String> {
+        let Some(map) = self.other.get("slots").and_then(|s| s.as_object()) else {
+            return Vec::new();
+        };
+        map.iter()
+            .filter(|(name, v)| {
+                crate::cluster::valid_slot_name(name)
+                    && v.get("type")
+                        .and_then(|t| t.as_str())
+                        .is_none_or(|t| t == "physical")
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// `ignore_slots`: slots leasedog never creates, moves or drops.
+    pub fn ignore_slots(&self) -> Vec<SlotMatch> {
+        let Some(list) = self.other.get("ignore_slots").and_then(|s| s.as_array()) else {
+            return Vec::new();
+        };
+        let text =
+            |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(String::from);
+        list.iter()
+            .filter(|v| v.is_object())
+            .map(|v| SlotMatch {
+                name: text(v, "name"),
+                kind: text(v, "type"),
+                database: text(v, "database"),
+                plugin: text(v, "plugin"),
+            })
+            .collect()
+    }
+
     /// `postgresql.parameters` as PostgreSQL setting text (booleans as
     /// on/off, numbers as written), sorted by name; empty when the key has
     /// none. A value that is no scalar (a list, a map) is left out and
@@ -761,6 +816,16 @@ pub fn parse_history(text: &str) -> Vec<HistoryEntry> {
 }
 
 /// A replication slot name for a member: lowercase, [a-z0-9_], as Patroni.
+/// A name PostgreSQL accepts for a replication slot: lower-case letters,
+/// digits and underscores, at most 63.
+pub fn valid_slot_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
 pub fn slot_name(member: &str) -> String {
     let mut s: String = member
         .chars()

@@ -139,6 +139,63 @@ pub fn check(before: &Value, after: &Value) -> Vec<String> {
     {
         errors.push(format!("pause: expected true or false, got {p}"));
     }
+    match after.get("slots") {
+        None => {}
+        Some(Value::Object(slots)) => {
+            for (name, def) in slots {
+                if !crate::cluster::valid_slot_name(name) {
+                    errors.push(format!(
+                        "slots.{name}: not a slot name (lower-case letters, digits and _, at most 63)"
+                    ));
+                    continue;
+                }
+                match def
+                    .get("type")
+                    .and_then(|t| t.as_str())
+                    .unwrap_or("physical")
+                {
+                    "physical" => {}
+                    "logical" => {
+                        for k in ["database", "plugin"] {
+                            if def.get(k).and_then(|x| x.as_str()).is_none() {
+                                errors.push(format!("slots.{name}.{k}: a logical slot needs it"));
+                            }
+                        }
+                    }
+                    other => errors.push(format!(
+                        "slots.{name}.type: expected physical or logical, got {other}"
+                    )),
+                }
+            }
+        }
+        Some(x) => errors.push(format!(
+            "slots: expected a mapping of name: {{type: ...}}, got {x}"
+        )),
+    }
+    match after.get("ignore_slots") {
+        None => {}
+        Some(Value::Array(list)) => {
+            for (i, m) in list.iter().enumerate() {
+                match m.as_object() {
+                    Some(o) if !o.is_empty() => {
+                        for (k, v) in o {
+                            if !["name", "type", "database", "plugin"].contains(&k.as_str()) {
+                                errors.push(format!(
+                                    "ignore_slots[{i}].{k}: expected name, type, database or plugin"
+                                ));
+                            } else if !v.is_string() {
+                                errors.push(format!("ignore_slots[{i}].{k}: expected text, got {v}"));
+                            }
+                        }
+                    }
+                    _ => errors.push(format!(
+                        "ignore_slots[{i}]: expected a mapping of name/type/database/plugin, got {m}"
+                    )),
+                }
+            }
+        }
+        Some(x) => errors.push(format!("ignore_slots: expected a list, got {x}")),
+    }
     match after.get("postgresql") {
         None => {}
         Some(Value::Object(pg)) => {
@@ -257,9 +314,9 @@ mod tests {
     #[test]
     fn checks_name_the_key() {
         let before = json!({"ttl": 30, "postgresql": {"parameters": {}}});
-        let ok = json!({"ttl": 30, "pause": false, "postgresql": {"parameters": {"work_mem": "8MB", "max_connections": 200, "fsync": true}}});
+        let ok = json!({"ttl": 30, "pause": false, "slots": {"dr": {"type": "physical"}, "cdc": {"type": "logical", "database": "app", "plugin": "pgoutput"}}, "ignore_slots": [{"name": "barman"}, {"type": "logical", "plugin": "spock_output"}], "postgresql": {"parameters": {"work_mem": "8MB", "max_connections": 200, "fsync": true}}});
         assert_eq!(check(&before, &ok), Vec::<String>::new());
-        let bad = json!({"ttl": 10, "pause": "yes", "postgresql": {"use_slots": 1, "parameters": {"port": 5433, "bad name": 1, "x": "a\nb", "y": [1]}}});
+        let bad = json!({"ttl": 10, "pause": "yes", "slots": {"Bad": {}, "l": {"type": "logical"}}, "ignore_slots": [{"nme": "x"}, 3], "postgresql": {"use_slots": 1, "parameters": {"port": 5433, "bad name": 1, "x": "a\nb", "y": [1]}}});
         let e = check(&before, &bad).join("\n");
         for want in [
             "ttl: read from each member's leasedog.yml",
@@ -269,6 +326,10 @@ mod tests {
             "postgresql.parameters.bad name: not a PostgreSQL setting name",
             "postgresql.parameters.x: the value holds a control character",
             "postgresql.parameters.y: expected a single value",
+            "slots.Bad: not a slot name",
+            "slots.l.database: a logical slot needs it",
+            "ignore_slots[0].nme: expected name, type, database or plugin",
+            "ignore_slots[1]: expected a mapping",
         ] {
             assert!(e.contains(want), "{want} missing in:\n{e}");
         }

@@ -744,6 +744,8 @@ fn edit_config_reaches_every_member_and_refuses_bad_values() {
             "edit-config",
             "--pg",
             "max_files_per_process=900",
+            "--pg",
+            "wal_level=logical",
             "--force",
             "--quiet",
         ],
@@ -813,6 +815,56 @@ fn edit_config_reaches_every_member_and_refuses_bad_values() {
         .unwrap();
     assert_eq!(present, keys.len().to_string(), "acknowledged writes lost");
     assert_eq!(c.sole_primary(), Some(p));
+
+    // Slots: a physical slot nobody configured is dropped by the leader; one
+    // that ignore_slots names is kept, as is a logical slot made by hand
+    // (another system's); a permanent slot of `slots:` is made.
+    let slot = |name: &str| {
+        c.nodes[p]
+            .sql(&format!(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{name}'"
+            ))
+            .ok()
+            .as_deref()
+            == Some("1")
+    };
+    c.nodes[p]
+        .sql("SELECT pg_create_logical_replication_slot('cdc', 'pgoutput')")
+        .unwrap();
+    c.nodes[p]
+        .sql("SELECT pg_create_physical_replication_slot('barman')")
+        .unwrap();
+    wait_for(
+        "an unknown physical slot dropped",
+        Duration::from_secs(10),
+        || (!slot("barman")).then_some(()),
+    );
+    let (code, out) = cli(
+        &c,
+        0,
+        &[
+            "edit-config",
+            "--force",
+            "--set",
+            "ignore_slots=[{name: barman, type: physical}]",
+            "--set",
+            "slots={dr_site: {type: physical}}",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    wait_for("the permanent slot made", Duration::from_secs(10), || {
+        slot("dr_site").then_some(())
+    });
+    c.nodes[p]
+        .sql("SELECT pg_create_physical_replication_slot('barman')")
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end {
+        assert!(slot("barman"), "an ignored slot was dropped");
+        assert!(slot("cdc"), "a logical slot made by hand was dropped");
+        assert!(slot("dr_site"), "the permanent slot was dropped");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // Refused, the key named, nothing written.
     let before = cli(&c, 0, &["show-config"]).1;

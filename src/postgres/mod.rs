@@ -956,6 +956,7 @@ impl Postgres {
     pub async fn sync_slots(
         &mut self,
         wanted: &[String],
+        ignored: &[crate::cluster::SlotMatch],
         timeout: Duration,
     ) -> Result<(), PgError> {
         let client = self.client(timeout).await?;
@@ -984,7 +985,8 @@ impl Postgres {
         }
         let cap = self.cfg.member_slots_max_retained;
         let mut sql = String::new();
-        for w in wanted {
+        let ignore = |n: &str| ignored.iter().any(|m| m.matches_physical(n));
+        for w in wanted.iter().filter(|w| !ignore(w)) {
             match existing.iter().find(|(n, _, _)| n == w) {
                 None => sql.push_str(&format!(
                     "SELECT pg_create_physical_replication_slot({}, true);",
@@ -1003,7 +1005,7 @@ impl Postgres {
             }
         }
         for (n, active, _) in &existing {
-            if !active && !wanted.contains(n) {
+            if !active && !wanted.contains(n) && !ignore(n) {
                 sql.push_str(&format!(
                     "SELECT pg_drop_replication_slot({});",
                     quote_literal(n)
