@@ -1189,6 +1189,9 @@ fn decide_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
                     };
                     p.push(Action::StopCleanly);
                     p.push(Action::ConfirmHandover { candidate });
+                    if let Some(a) = handover_sync_key(cfg, view, &target) {
+                        p.push(a);
+                    }
                     p.push(Action::ReleaseLeader);
                     if node.watchdog_armed {
                         p.push(Action::DisarmWatchdog);
@@ -1425,6 +1428,37 @@ pub fn switchover_target(
             .map(|m| m.name.clone())
             .ok_or_else(|| "no healthy replica to hand over to".to_string()),
     }
+}
+
+/// Synchronous mode, a switchover once `ConfirmHandover` succeeded: the
+/// `sync` key narrowed to the candidate alone, quorum 1, before the leader
+/// key goes. PostgreSQL is stopped and the candidate holds its shutdown
+/// checkpoint, so it holds every commit ever acknowledged: the narrowed key
+/// keeps the invariant, and the candidate satisfies the promotion rule on
+/// its own, in the first cycle without a leader. Without it, a key that
+/// names more standbys with a quorum over one (quorum mode; mode on while a
+/// standby is being replaced) has the candidate wait until enough of the
+/// other standbys published positions after the leader left: member keys
+/// wake nobody, so a whole loop_wait. None when the key says so already
+/// (mode on with one standby) or synchronous mode is off.
+fn handover_sync_key(cfg: &HaConfig, view: &ClusterView, target: &str) -> Option<Action> {
+    if !cfg.sync.on() || view.sync_unreadable {
+        return None;
+    }
+    let only = KeySet {
+        names: std::iter::once(target.to_string()).collect(),
+        quorum: 1,
+    };
+    let current = view.sync.as_ref();
+    if current.is_some_and(|s| {
+        s.leader.as_deref() == Some(cfg.name.as_str()) && KeySet::from_state(s) == only
+    }) {
+        return None;
+    }
+    Some(Action::WriteSync {
+        standbys: only,
+        mod_revision: current.map(|s| s.mod_revision),
+    })
 }
 
 /// How long after a replica's start (or a new upstream) the loop looks
@@ -3119,6 +3153,112 @@ mod tests {
         done.leader = leader("a", 9);
         let d = run(&ca, 11_000, Some(&done), &primary(1000), &leading(true));
         assert_eq!(d.actions.last(), Some(&DeleteFailover));
+    }
+
+    /// Quorum mode: the key {a, c} asks for 2 of them. A switchover's
+    /// old leader narrows it to the candidate alone once the hand-over is
+    /// checked, so that the candidate takes the key in its first cycle
+    /// without a leader; with the key as it was, it would wait a loop_wait
+    /// for c to publish a position after the leader left.
+    #[test]
+    fn a_switchover_narrows_the_sync_key_to_the_checked_candidate() {
+        let mut c = cfg(WatchdogMode::Automatic);
+        c.sync = SyncConfig {
+            mode: crate::config::SyncMode::Quorum,
+            node_count: 1,
+            ..Default::default()
+        };
+        let streaming = |name: &str| {
+            let mut m = member(name, Role::Replica, 1000, 1);
+            m.info.streaming = true;
+            m
+        };
+        let key = |standbys: &str, quorum: u64, rev: i64| {
+            Some(crate::cluster::SyncState {
+                leader: Some("b".into()),
+                sync_standby: Some(standbys.into()),
+                quorum: Some(quorum),
+                mod_revision: rev,
+            })
+        };
+        let mut v = view(
+            leader("b", 9),
+            vec![
+                streaming("a"),
+                member("b", Role::Primary, 1000, 1),
+                streaming("c"),
+            ],
+        );
+        v.sync = key("a,c", 2, 50);
+        v.revision = 60;
+        v.failover = Some(crate::cluster::FailoverRequest {
+            leader: Some("b".into()),
+            member: None,
+            scheduled_at: None,
+            allow_data_loss: false,
+        });
+        let d = run(&c, 11_000, Some(&v), &primary(1000), &leading(true));
+        let only_a = KeySet {
+            names: ["a".to_string()].into(),
+            quorum: 1,
+        };
+        let candidate = Upstream {
+            member: "a".into(),
+            conn_url: v.members[0].info.conn_url.clone(),
+            slot: None,
+        };
+        assert!(
+            d.actions.ends_with(&[
+                StopCleanly,
+                ConfirmHandover { candidate },
+                WriteSync {
+                    standbys: only_a,
+                    mod_revision: Some(50),
+                },
+                ReleaseLeader,
+                DisarmWatchdog
+            ]),
+            "{:?}",
+            d.actions
+        );
+
+        // The leader key gone, the key as b left it: a takes the leader key
+        // at once, although c has published nothing since.
+        let mut ca = c.clone();
+        ca.name = "a".into();
+        let mut nv = v.clone();
+        nv.leader = None;
+        nv.members[1].info.state = "stopped".into();
+        nv.sync = key("a", 1, 61);
+        nv.revision = 62;
+        let d = run(&ca, 11_000, Some(&nv), &orphan(1000), &replica_node());
+        assert!(d.actions.contains(&AcquireLeader), "{d:?}");
+        // With the key as it was, a waits for c (a loop_wait: member keys
+        // wake nobody); c, named by no key now, is no candidate.
+        let mut wide = nv.clone();
+        wide.sync = key("a,c", 2, 50);
+        let d = run(&ca, 11_000, Some(&wide), &orphan(1000), &replica_node());
+        assert!(!d.actions.contains(&AcquireLeader), "{d:?}");
+        assert_eq!(d.next_cycle, Millis(11_000 + c.loop_wait_ms));
+        let mut cc = c.clone();
+        cc.name = "c".into();
+        let d = run(&cc, 11_000, Some(&nv), &orphan(1000), &replica_node());
+        assert!(!d.actions.contains(&AcquireLeader), "{d:?}");
+
+        // Mode on with one standby: the key names only the candidate
+        // already, nothing to write.
+        c.sync.mode = crate::config::SyncMode::On;
+        v.sync = Some(crate::cluster::SyncState {
+            quorum: None,
+            ..key("a", 1, 50).unwrap()
+        });
+        let d = run(&c, 11_000, Some(&v), &primary(1000), &leading(true));
+        assert!(
+            !d.actions.iter().any(|a| matches!(a, WriteSync { .. }))
+                && d.actions.ends_with(&[ReleaseLeader, DisarmWatchdog]),
+            "{:?}",
+            d.actions
+        );
     }
 
     #[test]
