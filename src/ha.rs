@@ -1761,21 +1761,18 @@ fn decide_no_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
     let my_tl = local.timeline.unwrap_or(0);
     // Synchronous mode: only the members the sync key names may promote
     // (`sync::may_take_over`), unless an operator's failover names this
-    // member and accepts losing commits.
+    // member and accepts losing commits. Being named is no exception
+    // otherwise: a switchover's old leader names its checked candidate
+    // alone in the key before it lets the leader key go, and a request
+    // whose leader died before acting on it (`failover --to` while the dead
+    // leader's lease runs out) proves nothing about this member's WAL.
     let request = view.failover.as_ref();
     let named_me = request.and_then(|f| f.member.as_deref()) == Some(cfg.name.as_str());
-    let handed_over = named_me
-        && request.and_then(|f| f.leader.as_deref()).is_some()
-        && request.and_then(|f| f.leader.as_deref())
-            == view.sync.as_ref().and_then(|s| s.leader.as_deref());
     let forced = named_me && request.is_some_and(|f| f.allow_data_loss);
     let vouched = cfg.sync.on()
         && !view.sync_unreadable
         && view.sync.as_ref().is_some_and(|s| s.leader.is_some());
-    if !forced
-        && let Err(why) =
-            crate::sync::may_take_over(&cfg.sync, &cfg.name, view, my_lsn, handed_over)
-    {
+    if !forced && let Err(why) = crate::sync::may_take_over(&cfg.sync, &cfg.name, view, my_lsn) {
         if local.writable() {
             p.stop_and_disarm();
         }
@@ -3259,6 +3256,50 @@ mod tests {
             "{:?}",
             d.actions
         );
+    }
+
+    /// Quorum mode, key {a, c} quorum 2: c alone may hold a commit. A
+    /// request naming a (`failover --to a` while the dead leader b's lease
+    /// runs out, or a switchover b never acted on) is no hand-over: a waits
+    /// for c's position published after the leader left, and gives way to
+    /// it when c is ahead.
+    #[test]
+    fn a_request_naming_a_standby_is_no_handover_when_its_leader_died() {
+        let mut c = cfg(WatchdogMode::Automatic);
+        c.name = "a".into();
+        c.sync = SyncConfig {
+            mode: crate::config::SyncMode::Quorum,
+            node_count: 1,
+            ..Default::default()
+        };
+        let mut v = view(
+            None,
+            vec![
+                member("a", Role::Replica, 1000, 1),
+                member("c", Role::Replica, 1200, 1),
+            ],
+        );
+        v.sync = Some(crate::cluster::SyncState {
+            leader: Some("b".into()),
+            sync_standby: Some("a,c".into()),
+            quorum: Some(2),
+            mod_revision: 50,
+        });
+        v.revision = 60;
+        v.failover = Some(crate::cluster::FailoverRequest {
+            leader: Some("b".into()),
+            member: Some("a".into()),
+            scheduled_at: None,
+            allow_data_loss: false,
+        });
+        let d = run(&c, 11_000, Some(&v), &orphan(1000), &replica_node());
+        assert!(!d.actions.contains(&AcquireLeader), "{d:?}");
+        assert!(d.summary.contains("2 needed"), "{}", d.summary);
+        // c published since the leader left, and is ahead: still not a.
+        v.members[1].info.leaderless_rev = Some(55);
+        let d = run(&c, 11_000, Some(&v), &orphan(1000), &replica_node());
+        assert!(!d.actions.contains(&AcquireLeader), "{d:?}");
+        assert!(d.summary.contains("ahead"), "{}", d.summary);
     }
 
     #[test]

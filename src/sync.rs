@@ -425,14 +425,15 @@ pub fn plan(
 }
 
 /// Whether this node may take the leader key in a failover, by the `sync`
-/// key. `named` is true when a switchover names us and the old leader
-/// confirmed that we hold its shutdown checkpoint.
+/// key. A switchover's candidate needs no exception: the old leader names
+/// it alone in the key (quorum 1) once it checked the hand-over. A request
+/// that names a member vouches for nothing: its leader may have died before
+/// it acted on it.
 pub fn may_take_over(
     cfg: &SyncConfig,
     me: &str,
     view: &ClusterView,
     my_lsn: Lsn,
-    named: bool,
 ) -> Result<(), String> {
     if !cfg.on() {
         return Ok(());
@@ -457,9 +458,6 @@ pub fn may_take_over(
                 key.names.iter().cloned().collect::<Vec<_>>().join(", ")
             }
         ));
-    }
-    if named {
-        return Ok(());
     }
     let mut seen = 1;
     for n in key.names.iter().filter(|n| n.as_str() != me) {
@@ -695,14 +693,14 @@ mod tests {
             Some(("p", &["a"], None)),
             vec![replica("a", 900, fresh), replica("b", 990, fresh)],
         );
-        assert_eq!(may_take_over(&c, "a", &v, Lsn(900), false), Ok(()));
-        assert!(may_take_over(&c, "b", &v, Lsn(990), false).is_err());
-        // Unless the switchover named it, or there is no key at all.
+        assert_eq!(may_take_over(&c, "a", &v, Lsn(900)), Ok(()));
+        assert!(may_take_over(&c, "b", &v, Lsn(990)).is_err());
+        // Unless there is no key at all.
         let none = view(None, vec![]);
-        assert_eq!(may_take_over(&c, "b", &none, Lsn(0), false), Ok(()));
+        assert_eq!(may_take_over(&c, "b", &none, Lsn(0)), Ok(()));
         let mut unreadable = v.clone();
         unreadable.sync_unreadable = true;
-        assert!(may_take_over(&c, "a", &unreadable, Lsn(900), false).is_err());
+        assert!(may_take_over(&c, "a", &unreadable, Lsn(900)).is_err());
         // Quorum 2 of {a, b}: a needs b's position, published after the
         // leader left, and must not be behind it.
         let q = |b_rev: Option<i64>, b_lsn: u64| {
@@ -711,15 +709,12 @@ mod tests {
                 vec![replica("a", 900, fresh), replica("b", b_lsn, b_rev)],
             )
         };
-        assert!(may_take_over(&c, "a", &q(Some(40), 800), Lsn(900), false).is_err());
-        assert_eq!(
-            may_take_over(&c, "a", &q(fresh, 800), Lsn(900), false),
-            Ok(())
-        );
-        assert!(may_take_over(&c, "a", &q(fresh, 950), Lsn(900), false).is_err());
+        assert!(may_take_over(&c, "a", &q(Some(40), 800), Lsn(900)).is_err());
+        assert_eq!(may_take_over(&c, "a", &q(fresh, 800), Lsn(900)), Ok(()));
+        assert!(may_take_over(&c, "a", &q(fresh, 950), Lsn(900)).is_err());
         // Synchronous mode off: no rule.
         let off = cfg(SyncMode::Off, false);
-        assert_eq!(may_take_over(&off, "b", &v, Lsn(0), false), Ok(()));
+        assert_eq!(may_take_over(&off, "b", &v, Lsn(0)), Ok(()));
     }
 
     #[test]
