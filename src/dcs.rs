@@ -219,6 +219,11 @@ pub struct Dcs {
     /// a fast failure elsewhere ("no leader" during an election) is retried
     /// where answers come, not on the member that just cost a timeout.
     timed_out_at: Vec<Option<tokio::time::Instant>>,
+    /// Since when each endpoint has failed fast without a success between
+    /// ("no leader": an election, or a member cut from its quorum, which
+    /// says so for as long as the cut lasts). Retried for `ELECTION_TIME`,
+    /// then passed over like a hung one.
+    failing_since: Vec<Option<(tokio::time::Instant, tokio::time::Instant)>>,
     prefix: String,
     name: String,
     ttl: i64,
@@ -249,6 +254,10 @@ const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// How long an endpoint that timed out is passed over by rotations.
 const HUNG_MEMORY: Duration = Duration::from_secs(10);
+
+/// How long an endpoint that keeps failing fast is still preferred to one
+/// that timed out: about what an etcd election takes.
+const ELECTION_TIME: Duration = Duration::from_secs(2);
 
 /// The most keys one page of a prefix read asks for.
 const MAX_PAGE_KEYS: usize = 1024;
@@ -298,6 +307,7 @@ impl Dcs {
             clients: (0..n).map(|_| None).collect(),
             current: 0,
             timed_out_at: vec![None; n],
+            failing_since: vec![None; n],
             prefix,
             name,
             ttl: ttl_secs as i64,
@@ -347,13 +357,34 @@ impl Dcs {
             self.clients[self.current] = None;
             let now = tokio::time::Instant::now();
             let ring = (1..=n).map(|k| (self.current + k) % n);
-            let fresh = ring.clone().find(|&i| {
-                self.timed_out_at[i].is_none_or(|t| now.duration_since(t) >= HUNG_MEMORY)
-            });
+            // When it last let us down: a recent timeout, or the last of fast
+            // failures that have lasted longer than an election.
+            let bad_since = |i: usize| {
+                let hung = self.timed_out_at[i].filter(|t| now.duration_since(*t) < HUNG_MEMORY);
+                let failing = self.failing_since[i]
+                    .filter(|(first, _)| now.duration_since(*first) >= ELECTION_TIME)
+                    .map(|(_, last)| last);
+                match (hung, failing) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                }
+            };
+            let fresh = ring.clone().find(|&i| bad_since(i).is_none());
             self.current = fresh
-                .or_else(|| ring.min_by_key(|&i| self.timed_out_at[i]))
+                .or_else(|| ring.min_by_key(|&i| bad_since(i)))
                 .unwrap_or((self.current + 1) % n);
         }
+    }
+
+    /// The current endpoint answered with an error (not a timeout).
+    fn failed_fast(&mut self) {
+        let now = tokio::time::Instant::now();
+        // A streak: failures with no success and no long pause between them
+        // (an endpoint left alone for a while starts a new one).
+        let first = self.failing_since[self.current]
+            .filter(|(_, last)| now.duration_since(*last) < ELECTION_TIME)
+            .map_or(now, |(f, _)| f);
+        self.failing_since[self.current] = Some((first, now));
     }
 
     /// Runs `f` on the current endpoint's client within `timeout`.
@@ -387,11 +418,13 @@ impl Dcs {
         match res {
             Ok(Ok(v)) => {
                 self.timed_out_at[self.current] = None;
+                self.failing_since[self.current] = None;
                 Ok(v)
             }
             Ok(Err(source)) => {
                 // An answer too large for gRPC says nothing about the endpoint.
                 if !too_large(&source) {
+                    self.failed_fast();
                     self.rotate();
                 }
                 if self.transport.client_cert && {
@@ -793,6 +826,7 @@ impl Dcs {
                 }
                 Ok(Ok(Some((_, ttl)))) if ttl > 0 => {
                     self.timed_out_at[self.current] = None;
+                    self.failing_since[self.current] = None;
                     return Ok(KeepAlive {
                         lease_id: id,
                         granted_new: false,
@@ -806,6 +840,7 @@ impl Dcs {
                 Ok(Ok(None)) | Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => true,
                 Ok(Err(source)) => {
                     self.keeper = None;
+                    self.failed_fast();
                     self.rotate();
                     return Err(DcsError::Etcd {
                         op: "keep-alive",
@@ -1563,6 +1598,22 @@ mod tests {
         d.timed_out_at[2] = Some(now + Duration::from_millis(1));
         d.rotate();
         assert_eq!(d.endpoint(), "a", "all timed out: the oldest timeout first");
+        // An endpoint failing fast is preferred to hung ones for an
+        // election's time, then passed over too (the oldest trouble first).
+        d.timed_out_at = vec![Some(now), Some(now), None];
+        d.current = 2;
+        d.failing_since[2] = Some((now, now));
+        d.rotate();
+        assert_eq!(d.endpoint(), "c", "c fails fast, a and b hung: c again");
+        if let Some(long_ago) = now.checked_sub(ELECTION_TIME * 3) {
+            // c has failed fast for longer than an election, last just now:
+            // the endpoint that timed out longest ago is tried.
+            d.timed_out_at = vec![Some(now - ELECTION_TIME), Some(now), None];
+            d.failing_since[2] = Some((long_ago, now));
+            d.rotate();
+            assert_eq!(d.endpoint(), "a", "c failing for an election's time");
+        }
+        d.failing_since = vec![None, None, None];
         // Forgotten after HUNG_MEMORY.
         d.timed_out_at = vec![
             None,
