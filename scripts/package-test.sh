@@ -172,12 +172,17 @@ cat > "$work/rpm-expected" <<'LIST'
 /usr/share/fish/vendor_completions.d/leasedog.fish
 /usr/share/licenses/leasedog/LICENSE
 /usr/share/man/man1/leasedog-check-config.1.gz
+/usr/share/man/man1/leasedog-edit-config.1.gz
 /usr/share/man/man1/leasedog-failover.1.gz
 /usr/share/man/man1/leasedog-history.1.gz
 /usr/share/man/man1/leasedog-list.1.gz
 /usr/share/man/man1/leasedog-pause.1.gz
+/usr/share/man/man1/leasedog-reinit.1.gz
+/usr/share/man/man1/leasedog-reload.1.gz
+/usr/share/man/man1/leasedog-restart.1.gz
 /usr/share/man/man1/leasedog-resume.1.gz
 /usr/share/man/man1/leasedog-run.1.gz
+/usr/share/man/man1/leasedog-show-config.1.gz
 /usr/share/man/man1/leasedog-status.1.gz
 /usr/share/man/man1/leasedog-switchover.1.gz
 /usr/share/man/man1/leasedog-watchdog-check.1.gz
