@@ -760,7 +760,11 @@ impl Agent {
             }
             crate::restart::Step::Finish => {
                 let t = self.io_timeout();
-                match self.dcs.delete_restart(req.mod_revision, t).await {
+                match self
+                    .dcs
+                    .delete_request("restart", req.mod_revision, t)
+                    .await
+                {
                     Ok(_) => info!("restart {}: every member restarted", req.id),
                     Err(e) => self.warn_limited(format!("deleting the restart request: {e}")),
                 }

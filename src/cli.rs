@@ -741,6 +741,14 @@ fn set_pause(path: &std::path::Path, pause: bool, force: bool, wait: bool) -> Re
     })
 }
 
+/// The id of a request key (restart, reload, reinit): its time in ms.
+fn request_id() -> String {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis().to_string())
+        .unwrap_or_default()
+}
+
 /// reload: one request in etcd; each member named (or all) carries it out.
 fn reload(path: &std::path::Path, members: Vec<String>, wait: bool) -> Result<(), ExitCode> {
     let cfg = load(path)?;
@@ -765,10 +773,7 @@ fn reload(path: &std::path::Path, members: Vec<String>, wait: bool) -> Result<()
         if view.reload.is_some() {
             return Err(fail("a reload is in progress"));
         }
-        let id = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis().to_string())
-            .unwrap_or_default();
+        let id = request_id();
         let req = crate::cluster::ReloadRequest {
             id: id.clone(),
             members,
@@ -827,10 +832,7 @@ fn reinit(path: &std::path::Path, member: String, wait: bool) -> Result<(), Exit
         if let Some(r) = &view.reinit {
             return Err(fail(&format!("a reinit of {} is in progress", r.member)));
         }
-        let id = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis().to_string())
-            .unwrap_or_default();
+        let id = request_id();
         let req = crate::cluster::ReinitRequest {
             id: id.clone(),
             member: member.clone(),
@@ -893,10 +895,7 @@ fn restart(
                 return Err(fail(&format!("no member named {m}")));
             }
         }
-        let id = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis().to_string())
-            .unwrap_or_default();
+        let id = request_id();
         let req = crate::cluster::RestartRequest {
             id: id.clone(),
             members,
@@ -904,7 +903,8 @@ fn restart(
             role,
             mod_revision: 0,
         };
-        match dcs.request_restart(&req, t).await {
+        let json = serde_json::to_string(&req).unwrap_or_default();
+        match dcs.put_request("restart", json, t).await {
             Ok(true) => {}
             Ok(false) => return Err(fail("another restart was requested meanwhile")),
             Err(e) => return Err(fail(&format!("cannot write the restart request: {e}"))),

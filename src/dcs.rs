@@ -1238,37 +1238,6 @@ impl Dcs {
         self.txn("request delete", txn, timeout).await
     }
 
-    /// Writes the `restart` request unless one is in progress.
-    pub async fn request_restart(
-        &mut self,
-        req: &crate::cluster::RestartRequest,
-        timeout: Duration,
-    ) -> Result<bool, DcsError> {
-        let key = self.key("restart");
-        let json = serde_json::to_string(req).unwrap_or_default();
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, json, None)]);
-        self.txn("restart request", txn, timeout).await
-    }
-
-    /// Deletes the `restart` request if it is still at `mod_revision`.
-    pub async fn delete_restart(
-        &mut self,
-        mod_revision: i64,
-        timeout: Duration,
-    ) -> Result<bool, DcsError> {
-        let key = self.key("restart");
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.clone(),
-                CompareOp::Equal,
-                mod_revision,
-            )])
-            .and_then([TxnOp::delete(key, None)]);
-        self.txn("restart request delete", txn, timeout).await
-    }
-
     /// Writes the `config` key (no lease).
     pub async fn put_config(
         &mut self,

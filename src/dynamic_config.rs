@@ -26,15 +26,6 @@ pub const FROM_THE_FILE: [&str; 9] = [
     "maximum_lag_on_syncnode",
 ];
 
-/// PostgreSQL settings leasedog owns on each member.
-const OWN_SETTINGS: [&str; 5] = [
-    "port",
-    "listen_addresses",
-    "unix_socket_directories",
-    "primary_conninfo",
-    "primary_slot_name",
-];
-
 /// The key's value as YAML (`{}` when there is none).
 pub fn to_yaml(v: &Value) -> String {
     match v {
@@ -229,7 +220,7 @@ fn check_parameter(name: &str, value: &Value) -> Option<String> {
     if !crate::postgres::conf::valid_setting_name(name) {
         return Some("not a PostgreSQL setting name (letters, digits, _ and .)".into());
     }
-    if OWN_SETTINGS.contains(&name) {
+    if crate::postgres::conf::OWN_SETTINGS.contains(&name) {
         return Some(
             "set by leasedog on each member (postgresql.listen, the leader it streams from): not a cluster-wide setting"
                 .into(),

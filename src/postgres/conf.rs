@@ -22,7 +22,7 @@ pub const CLUSTER_INCLUDE_LINE: &str = "include_if_exists = 'leasedog-cluster.co
 
 /// Settings the `config` key cannot set: leasedog's own (where this member
 /// listens, what it streams from).
-const OWN_SETTINGS: [&str; 5] = [
+pub const OWN_SETTINGS: [&str; 5] = [
     "port",
     "listen_addresses",
     "unix_socket_directories",
@@ -250,14 +250,7 @@ pub fn managed_conf(
         // The replication settings are leasedog's: a primary_slot_name
         // left in force while the stream runs without a slot would never
         // match what the agent decided.
-        if [
-            "port",
-            "listen_addresses",
-            "unix_socket_directories",
-            "primary_conninfo",
-            "primary_slot_name",
-        ]
-        .contains(&k.as_str())
+        if OWN_SETTINGS.iter().any(|o| o == k)
             || sync_names.is_some() && k == "synchronous_standby_names"
         {
             continue;
