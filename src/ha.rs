@@ -1385,7 +1385,15 @@ pub fn switchover_candidate_ok(
             ));
         }
     }
-    let live = leader.replication.iter().find(|r| r.name == m.name);
+    // A walsender that has not had the standby's first reply yet shows no
+    // flush position (0/0 here): that says nothing, so the member's own
+    // published position counts then. (Safety does not hang on this: the
+    // hand-over itself checks that the candidate got the shutdown
+    // checkpoint.)
+    let live = leader
+        .replication
+        .iter()
+        .find(|r| r.name == m.name && r.flush.0 > 0);
     let (streaming, lsn) = match live {
         Some(r) => (r.streaming, r.flush),
         None => (m.info.streaming, m.lsn()),
