@@ -40,9 +40,13 @@ etcd_counts() {
     "$(etcd_metric grpc_server_started_total 'grpc_method="Watch"') $(etcd_metric grpc_server_started_total 'grpc_method="LeaseKeepAlive"')" \
     "$(etcd_metric grpc_server_handled_total 'grpc_code="Unavailable"') $(etcd_metric etcd_server_proposals_committed_total)"
 }
-c0=$(cpu_ticks "$pid"); read -r m0 e0 w0 k0 u0 p0 < <(etcd_counts)
+by_method() {
+  curl -s "http://127.0.0.1:$etcd_port/metrics" |
+    awk '$1 ~ /^grpc_server_msg_received_total/ { match($1, /grpc_method="[^"]*"/); print substr($1, RSTART + 13, RLENGTH - 14), $2 }' | sort
+}
+c0=$(cpu_ticks "$pid"); read -r m0 e0 w0 k0 u0 p0 < <(etcd_counts); by_method >"$work/methods0"
 sleep "$IDLE_SECS"
-c1=$(cpu_ticks "$pid"); read -r m1 e1 w1 k1 u1 p1 < <(etcd_counts)
+c1=$(cpu_ticks "$pid"); read -r m1 e1 w1 k1 u1 p1 < <(etcd_counts); by_method >"$work/methods1"
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
 threads=$(awk '/Threads/ {print $2}' "/proc/$pid/status")
 lp=${agent[$p]}
@@ -50,6 +54,7 @@ rss_leader=$(awk '/VmRSS/ {print $2}' "/proc/$lp/status")
 echo "agent RSS: replica $(python3 -c "print(f'{$rss/1024:.1f}')") MiB, leader $(python3 -c "print(f'{$rss_leader/1024:.1f}')") MiB; threads: $threads"
 echo "agent CPU over ${IDLE_SECS}s idle: $(python3 -c "print(f'{($c1-$c0)/$tick:.2f}')") s"
 echo "etcd gRPC messages per minute (3 agents): $(python3 -c "print(round(($m1-$m0)*60/$IDLE_SECS))")"
+echo "  by method: $(join "$work/methods0" "$work/methods1" | awk -v s="$IDLE_SECS" '$3 > $2 {printf "%s %d, ", $1, ($3 - $2) * 60 / s + 0.5}' | sed 's/, $//')"
 echo "etcd calls and streams started per minute (3 agents): $(python3 -c "print(round(($e1-$e0)*60/$IDLE_SECS))")"
 echo "etcd writes (raft proposals) per minute (3 agents): $(python3 -c "print(round(($p1-$p0)*60/$IDLE_SECS))")"
 echo "etcd streams started over ${IDLE_SECS}s idle: Watch $((w1 - w0)), LeaseKeepAlive $((k1 - k0)); ended Unavailable: $((u1 - u0))"

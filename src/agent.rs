@@ -65,6 +65,11 @@ pub struct Agent {
     notifier: Option<crate::notify::Notifier>,
     /// For the watch's own connections.
     transport: crate::dcs::Transport,
+    /// The watch's copy of the cluster's keys.
+    cache: crate::dcs::SharedCache,
+    /// The last cycle was steady and every step of it succeeded: this one
+    /// may begin on the watch's copy instead of a read.
+    steady: bool,
     /// The HTTP API's TLS and basic authentication.
     api_security: crate::api::Security,
 }
@@ -116,6 +121,8 @@ impl Agent {
             member_key_checked: false,
             notifier: crate::notify::Notifier::from_env(),
             transport,
+            cache: Default::default(),
+            steady: false,
             api_security: crate::api::Security::default(),
         }
     }
@@ -257,7 +264,9 @@ impl Agent {
             self.cfg.prefix(),
             self.wake.clone(),
             self.transport.clone(),
+            self.cache.clone(),
         );
+        self.dcs.use_cache(self.cache.clone());
         info!(
             "leasedog {} starting: member {} of cluster {} (ttl {}s, loop_wait {}s, retry_timeout {}s, watchdog {:?})",
             env!("CARGO_PKG_VERSION"),
@@ -411,9 +420,10 @@ impl Agent {
         }
     }
 
-    /// One HA cycle. Returns when the next one should run at the latest.
-    async fn cycle(&mut self) -> Millis {
-        let started = Instant::now();
+    /// A read of etcd made by this cycle, with a switchover scheduled for
+    /// later taken out of it (and when to wake for it). None when the read
+    /// failed or when the leader is past its stop deadline.
+    async fn fresh_view(&mut self) -> (Option<ClusterView>, Option<u64>) {
         let t = self.observe_timeout();
         let view = if self.fence_pending() {
             // Rule W needs only the probe: no read spends the stop budget.
@@ -480,6 +490,35 @@ impl Agent {
                 }
             }
         }
+        (view, wake_at_schedule)
+    }
+
+    /// The watch's copy of the cluster, when this cycle may begin on it:
+    /// the last cycle was steady and went through, the copy is in step with
+    /// etcd, and no request (switchover, restart, reload, reinit) is in it.
+    fn cached_view(&mut self) -> Option<ClusterView> {
+        if !self.steady || self.fence_pending() {
+            return None;
+        }
+        self.dcs.cached_view().filter(|v| {
+            v.failover.is_none() && v.restart.is_none() && v.reload.is_none() && v.reinit.is_none()
+        })
+    }
+
+    /// One HA cycle. Returns when the next one should run at the latest.
+    ///
+    /// It begins on the watch's copy of the cluster when it can (no etcd
+    /// call), and keeps what it decided on it only if that is steady
+    /// (`Decision::is_steady`: renew, confirm, feed); anything else is
+    /// decided again, from scratch, on a read of its own.
+    async fn cycle(&mut self) -> Millis {
+        let started = Instant::now();
+        let cached = self.cached_view();
+        let from_cache = cached.is_some();
+        let (view, mut wake_at_schedule) = match cached {
+            Some(v) => (Some(v), None),
+            None => self.fresh_view().await,
+        };
         if let Some(v) = view.as_ref()
             && !self.fence_pending()
         {
@@ -487,26 +526,56 @@ impl Agent {
         }
         let t = self.observe_timeout();
         let local = self.pg.probe(t).await;
+        let mut view = view;
+        let mut steady_on_cache = None;
+        if from_cache {
+            let mut trial = self.node.clone();
+            let now = self.now();
+            trial.observe(&self.ha, view.as_ref(), &local, now);
+            let d = ha::decide(Input {
+                now,
+                cfg: &self.ha,
+                view: view.as_ref(),
+                local: &local,
+                node: &trial,
+            });
+            if d.is_steady() {
+                self.node = trial;
+                steady_on_cache = Some(d);
+            } else {
+                debug!(
+                    "the watch's copy calls for a change ({}): deciding again on a read",
+                    d.summary
+                );
+                (view, wake_at_schedule) = self.fresh_view().await;
+            }
+        }
         let now = self.now();
-        self.node.observe(&self.ha, view.as_ref(), &local, now);
-        if let Some(v) = view.as_ref()
-            && !self.fence_pending()
-            && self.reinit_step(v, &local).await
-        {
-            // The data directory is empty: the next cycle clones it again.
-            self.last_view = view;
-            self.last_local = crate::cluster::LocalPostgres::default();
-            return self.now().plus(ha::RECHECK_MS);
+        if steady_on_cache.is_none() {
+            self.node.observe(&self.ha, view.as_ref(), &local, now);
+            if let Some(v) = view.as_ref()
+                && !self.fence_pending()
+                && self.reinit_step(v, &local).await
+            {
+                // The data directory is empty: the next cycle clones it again.
+                self.last_view = view;
+                self.last_local = crate::cluster::LocalPostgres::default();
+                self.steady = false;
+                return self.now().plus(ha::RECHECK_MS);
+            }
         }
 
         let now = self.now();
-        let decision = ha::decide(Input {
-            now,
-            cfg: &self.ha,
-            view: view.as_ref(),
-            local: &local,
-            node: &self.node,
-        });
+        let decision = match steady_on_cache {
+            Some(d) => d,
+            None => ha::decide(Input {
+                now,
+                cfg: &self.ha,
+                view: view.as_ref(),
+                local: &local,
+                node: &self.node,
+            }),
+        };
         if decision.summary != self.last_summary {
             info!("{}", decision.summary);
             self.notify(&crate::notify::status_line(&decision.summary));
@@ -518,6 +587,7 @@ impl Agent {
         self.last_local = local;
         self.member_key_checked = false;
         let ok = self.act(&decision).await;
+        self.steady = ok && decision.is_steady();
         let restarting = !self.fence_pending() && self.rolling_restart().await;
         if !self.fence_pending() {
             self.reload_request().await;

@@ -244,7 +244,33 @@ pub struct Dcs {
     /// From the last prefix read: the `status` key's mod_revision and the
     /// leader key's create_revision.
     status_seen: Option<(Option<i64>, Option<i64>)>,
+    /// The watch's copy of the cluster's keys (`run` only; the CLI reads).
+    cache: Option<SharedCache>,
 }
+
+/// The cluster's keys as the watch keeps them: a read of the prefix at one
+/// revision, then every event after it, in order (an etcd txn's events
+/// come in one answer, so the copy is always that of a whole revision).
+/// `synced` is false until that read and again from the moment the stream
+/// ends (an error, a compaction, a member cut from its quorum:
+/// `require_leader`, a connection whose pings go unanswered) until the
+/// next read. Patroni's etcd3 client keeps the same copy.
+#[derive(Default)]
+pub struct WatchCache {
+    synced: bool,
+    revision: i64,
+    kvs: std::collections::BTreeMap<Vec<u8>, etcd_client::KeyValue>,
+}
+
+impl WatchCache {
+    /// Whether the copy is in step with etcd (tests).
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+}
+
+/// The watch's copy, shared with the loop.
+pub type SharedCache = Arc<std::sync::Mutex<WatchCache>>;
 
 /// Less time than this left after a failed attempt: no next endpoint.
 const MIN_RETRY: Duration = Duration::from_millis(100);
@@ -318,6 +344,7 @@ impl Dcs {
             page_limit: MAX_PAGE_KEYS,
             status_written: None,
             status_seen: None,
+            cache: None,
         }
     }
 
@@ -595,6 +622,39 @@ impl Dcs {
         if largest_page < 1024 * 1024 && self.page_limit < MAX_PAGE_KEYS {
             self.page_limit = (self.page_limit * 2).min(MAX_PAGE_KEYS);
         }
+        Ok(self.view_from(revision, &kvs, &oversize))
+    }
+
+    /// The cluster as the watch keeps it, when the watch is in step with
+    /// etcd (`WatchCache`); None otherwise. No call to etcd.
+    pub fn cached_view(&mut self) -> Option<ClusterView> {
+        let (revision, kvs) = {
+            let cache = self.cache.as_ref()?.lock().ok()?;
+            if !cache.synced {
+                return None;
+            }
+            (
+                cache.revision,
+                cache.kvs.values().cloned().collect::<Vec<_>>(),
+            )
+        };
+        Some(self.view_from(revision, &kvs, &[]))
+    }
+
+    /// Uses the watch's copy of the cluster's keys for [`Dcs::cached_view`].
+    pub fn use_cache(&mut self, cache: SharedCache) {
+        self.cache = Some(cache);
+    }
+
+    /// The view of the keys read at `revision` (`oversize`: keys too large
+    /// to read at all). Keys with odd data are logged and skipped.
+    fn view_from(
+        &mut self,
+        revision: i64,
+        kvs: &[etcd_client::KeyValue],
+        oversize: &[String],
+    ) -> ClusterView {
+        self.status_seen = None;
         let mut view = ClusterView {
             revision,
             ..Default::default()
@@ -609,7 +669,7 @@ impl Dcs {
         view.sync_unreadable = oversize
             .iter()
             .any(|k| k.strip_prefix(&self.prefix) == Some("sync"));
-        for kv in &kvs {
+        for kv in kvs {
             let Ok(key) = std::str::from_utf8(kv.key()) else {
                 skipped.push("a key that is not UTF-8".to_string());
                 continue;
@@ -710,7 +770,7 @@ impl Dcs {
                 crate::config::excerpt(&skipped[0])
             );
         }
-        Ok(view)
+        view
     }
 
     /// One page of a prefix read: up to `limit` keys from `start` (before
@@ -1458,18 +1518,28 @@ impl Drop for WatchHandle {
     }
 }
 
-/// Watches the cluster prefix and wakes the loop (`notify`) when the leader,
-/// config, failover or initialize key changes.
-/// It only wakes: it never decides anything. The watch is recreated after
-/// errors, rotating endpoints, with a short backoff, and after a silence of
+/// Watches the cluster prefix, keeps the loop's copy of the cluster's keys
+/// (`cache`, see [`WatchCache`]) and wakes the loop (`notify`) when the
+/// leader, config, failover or initialize key changes. It never decides
+/// anything. Each (re)connection reads the prefix once and watches from the
+/// revision after that read; the watch is made again after errors,
+/// rotating endpoints, with a short pause, and after a silence of
 /// [`WATCH_SILENCE`] only if etcd does not answer a progress request.
 pub fn spawn_watch(
     endpoints: Vec<String>,
     prefix: String,
     notify: Arc<Notify>,
     transport: Transport,
+    cache: SharedCache,
 ) -> WatchHandle {
-    spawn_watch_with_silence(endpoints, prefix, notify, transport, WATCH_SILENCE)
+    spawn_watch_with_silence(endpoints, prefix, notify, transport, cache, WATCH_SILENCE)
+}
+
+/// Marks the copy out of step (the stream ended or was never made).
+fn unsync(cache: &SharedCache) {
+    if let Ok(mut c) = cache.lock() {
+        c.synced = false;
+    }
 }
 
 /// [`spawn_watch`] with another silence before a progress request (tests).
@@ -1478,6 +1548,7 @@ pub fn spawn_watch_with_silence(
     prefix: String,
     notify: Arc<Notify>,
     transport: Transport,
+    cache: SharedCache,
     silence: Duration,
 ) -> WatchHandle {
     WatchHandle(tokio::spawn(async move {
@@ -1489,55 +1560,116 @@ pub fn spawn_watch_with_silence(
                 .unwrap_or_default();
             i += 1;
             let mut silent_since_probe = false;
+            // The read and the watch from the revision after it: no event
+            // falls between them. A read that fails (a prefix over gRPC's
+            // message limit: hostile keys) leaves the copy out of step —
+            // the loop then reads by pages itself — and the watch still
+            // wakes the loop.
             let stream = tokio::time::timeout(Duration::from_secs(5), async {
                 let mut c =
                     Client::connect([endpoint.as_str()], Some(connect_options(&transport))).await?;
-                c.watch(prefix.as_str(), Some(WatchOptions::new().with_prefix()))
-                    .await
+                let read = c
+                    .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+                    .await;
+                let mut opts = WatchOptions::new().with_prefix();
+                let read = match read {
+                    Ok(mut r) => {
+                        let revision = r.header().map(|h| h.revision()).unwrap_or(0);
+                        opts = opts.with_start_revision(revision + 1);
+                        Some((revision, r.take_kvs()))
+                    }
+                    Err(e) => {
+                        debug!("reading {prefix} for the watch on {endpoint} failed: {e}");
+                        None
+                    }
+                };
+                let stream = c.watch(prefix.as_str(), Some(opts)).await?;
+                Ok::<_, etcd_client::Error>((stream, read))
             })
             .await;
             match stream {
-                Ok(Ok(mut s)) => loop {
-                    // HTTP/2 keep-alive detects a dead connection. A silent
-                    // one (an idle cluster writes nothing for minutes) is
-                    // asked for its progress, which etcd answers on the same
-                    // stream; only a stream that does not answer is made
-                    // again (re-made streams cost etcd: tests/etcd_traffic.rs).
-                    let probing = silent_since_probe;
-                    let wait = if probing { PROBE_WAIT } else { silence };
-                    match tokio::time::timeout(wait, s.message()).await {
-                        Err(_) if !probing => {
-                            if s.request_progress().await.is_err() {
-                                break;
-                            }
-                            silent_since_probe = true;
-                        }
-                        Ok(Ok(Some(r))) => {
-                            silent_since_probe = false;
-                            // Member keys change every cycle; waking on them
-                            // would make the agents wake each other forever.
-                            let wakes = r.events().iter().any(|e| {
-                                e.kv()
-                                    .and_then(|kv| std::str::from_utf8(kv.key()).ok())
-                                    .is_some_and(|k| {
-                                        let rel = k.strip_prefix(prefix.as_str()).unwrap_or(k);
-                                        matches!(
-                                            rel,
-                                            "leader" | "config" | "failover" | "initialize"
-                                        )
-                                    })
-                            });
-                            if wakes {
-                                notify.notify_one();
-                            }
-                        }
-                        Ok(Ok(None)) | Ok(Err(_)) => break,
-                        Err(_) => break,
+                Ok(Ok((mut s, read))) => {
+                    let keeping = read.is_some();
+                    if let (Some((revision, kvs)), Ok(mut c)) = (read, cache.lock()) {
+                        c.kvs = kvs.into_iter().map(|kv| (kv.key().to_vec(), kv)).collect();
+                        c.revision = revision;
+                        c.synced = true;
                     }
-                },
+                    // The loop may have waited on a read that failed.
+                    notify.notify_one();
+                    loop {
+                        // HTTP/2 keep-alive detects a dead connection. A
+                        // silent one (an idle cluster writes nothing for
+                        // minutes) is asked for its progress, which etcd
+                        // answers on the same stream; only a stream that
+                        // does not answer is made again (re-made streams
+                        // cost etcd: tests/etcd_traffic.rs).
+                        let probing = silent_since_probe;
+                        let wait = if probing { PROBE_WAIT } else { silence };
+                        match tokio::time::timeout(wait, s.message()).await {
+                            Err(_) if !probing => {
+                                if s.request_progress().await.is_err() {
+                                    break;
+                                }
+                                silent_since_probe = true;
+                            }
+                            Ok(Ok(Some(r))) => {
+                                silent_since_probe = false;
+                                if r.canceled() || r.compact_revision() > 0 {
+                                    debug!(
+                                        "the watch on {endpoint} ended: {}",
+                                        if r.compact_revision() > 0 {
+                                            "compacted"
+                                        } else {
+                                            r.cancel_reason()
+                                        }
+                                    );
+                                    break;
+                                }
+                                if keeping && let Ok(mut c) = cache.lock() {
+                                    for e in r.events() {
+                                        let Some(kv) = e.kv() else { continue };
+                                        match e.event_type() {
+                                            etcd_client::EventType::Put => {
+                                                c.kvs.insert(kv.key().to_vec(), kv.clone());
+                                            }
+                                            etcd_client::EventType::Delete => {
+                                                c.kvs.remove(kv.key());
+                                            }
+                                        }
+                                    }
+                                    if let Some(h) = r.header() {
+                                        c.revision = c.revision.max(h.revision());
+                                    }
+                                }
+                                // Member keys change every cycle; waking on
+                                // them would make the agents wake each other
+                                // forever.
+                                let wakes = r.events().iter().any(|e| {
+                                    e.kv()
+                                        .and_then(|kv| std::str::from_utf8(kv.key()).ok())
+                                        .is_some_and(|k| {
+                                            let rel = k.strip_prefix(prefix.as_str()).unwrap_or(k);
+                                            matches!(
+                                                rel,
+                                                "leader" | "config" | "failover" | "initialize"
+                                            )
+                                        })
+                                });
+                                if wakes {
+                                    notify.notify_one();
+                                }
+                            }
+                            Ok(Ok(None)) | Ok(Err(_)) => break,
+                            Err(_) => break,
+                        }
+                    }
+                    unsync(&cache);
+                }
                 Ok(Err(e)) => debug!("watch on {endpoint} failed: {e}"),
                 Err(_) => debug!("watch on {endpoint} timed out"),
             }
+            unsync(&cache);
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }))

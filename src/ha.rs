@@ -816,6 +816,56 @@ impl<'a> Plan<'a> {
 
 /// The decision. Pure: same input, same output.
 pub fn decide(i: Input<'_>) -> Decision {
+    let mut d = decide_plan(i);
+    // A replica's lease carries only its member key: renewed when it is
+    // due, not every cycle (etcd traffic). A plan that does anything else
+    // (a race, a start) renews as before: a race takes the key on a lease
+    // just renewed.
+    if d.actions == [Action::KeepAlive]
+        && !i.node.leader_confirmed
+        && !replica_renewal_due(i.cfg, i.node, i.now)
+    {
+        d.actions.clear();
+    }
+    d
+}
+
+/// Whether a node that is not the leader renews its lease this cycle: when
+/// it has none, or when less than the larger of half the ttl and two
+/// cycles' worth of time (loop_wait + retry_timeout each) is left of it,
+/// so that a failed renewal is tried again at least once before the member
+/// key expires. At 30/10/10 that is every cycle (as Patroni); at 20/1/3
+/// every 10 s instead of every second.
+pub fn replica_renewal_due(cfg: &HaConfig, node: &NodeState, now: Millis) -> bool {
+    let (Some(_), Some(last)) = (node.lease_id, node.last_renewal) else {
+        return true;
+    };
+    let left = last.plus(cfg.ttl_ms).since(now);
+    let keep = (cfg.ttl_ms / 2).max(2 * (cfg.loop_wait_ms + cfg.retry_timeout_ms));
+    left < keep
+}
+
+impl Decision {
+    /// A decision that changes nothing: renew, confirm the key that is
+    /// already ours, feed, keep the slots. The only kind the agent takes on
+    /// its watch-kept view of etcd; any other (a race, a promotion, a
+    /// demotion, a follow, a request carried out) is decided again on a
+    /// read of its own (`agent::cycle`), so a stale view never makes a node
+    /// take or give up anything.
+    pub fn is_steady(&self) -> bool {
+        self.actions.iter().all(|a| {
+            matches!(
+                a,
+                Action::KeepAlive
+                    | Action::ConfirmLeader { .. }
+                    | Action::FeedWatchdog
+                    | Action::SyncSlots { .. }
+            )
+        })
+    }
+}
+
+fn decide_plan(i: Input<'_>) -> Decision {
     let mut p = Plan::new(i);
     let (cfg, local, node, now) = (i.cfg, i.local, i.node, i.now);
 
@@ -2274,6 +2324,105 @@ mod tests {
             ]
         );
         assert_eq!(d.next_cycle, Millis(12_000));
+    }
+
+    /// A streaming replica renews only when its lease is due (more than
+    /// half the ttl and two cycles' time gone); a leader every cycle; a
+    /// replica that races renews first, whatever is left of its lease.
+    #[test]
+    fn a_replica_renews_when_due_a_leader_every_cycle() {
+        let mut c = cfg(WatchdogMode::Automatic);
+        c.ttl_ms = 20_000;
+        c.loop_wait_ms = 1000;
+        c.retry_timeout_ms = 3000;
+        let v = view(
+            leader("a", 7),
+            vec![
+                member("a", Role::Primary, 1000, 1),
+                member("b", Role::Replica, 1000, 1),
+            ],
+        );
+        let n = replica_node(); // renewed at 10 s: lease to 30 s
+        let at = |now| run(&c, now, Some(&v), &replica(1000, "127.0.0.1:5001"), &n);
+        assert!(at(11_000).actions.is_empty(), "{:?}", at(11_000));
+        assert!(at(11_000).is_steady());
+        assert!(at(20_000).actions.is_empty());
+        // 10 s left (half the ttl, more than 2 x (1 + 3) s): due.
+        assert_eq!(at(20_001).actions, vec![KeepAlive]);
+        // 30/10/10: two cycles are 40 s, more than the lease: every cycle.
+        let mut slow = c.clone();
+        slow.ttl_ms = 30_000;
+        slow.loop_wait_ms = 10_000;
+        slow.retry_timeout_ms = 10_000;
+        let d = run(
+            &slow,
+            10_001,
+            Some(&v),
+            &replica(1000, "127.0.0.1:5001"),
+            &n,
+        );
+        assert_eq!(d.actions, vec![KeepAlive]);
+        // No lease yet: renew (grant).
+        let none = NodeState::default();
+        let d = run(
+            &c,
+            11_000,
+            Some(&v),
+            &replica(1000, "127.0.0.1:5001"),
+            &none,
+        );
+        assert_eq!(d.actions, vec![KeepAlive]);
+        // The leader key gone: the race renews first, lease fresh or not.
+        let gone = view(None, v.members.clone());
+        let d = run(&c, 11_000, Some(&gone), &orphan(1000), &n);
+        assert_eq!(d.actions.first(), Some(&KeepAlive), "{d:?}");
+        // A leader renews every cycle, and that is steady.
+        let lv = view(
+            leader("b", 9),
+            vec![
+                member("a", Role::Replica, 900, 1),
+                member("b", Role::Primary, 1000, 1),
+            ],
+        );
+        let d = run(&c, 10_500, Some(&lv), &primary(1000), &leading(true));
+        assert_eq!(d.actions.first(), Some(&KeepAlive));
+        assert!(d.is_steady(), "{d:?}");
+    }
+
+    /// Only "nothing changes" is steady: a race, a promotion, a demotion, a
+    /// follow are not, so the agent decides them again on a read of its own.
+    #[test]
+    fn only_renew_confirm_feed_is_steady() {
+        let c = cfg(WatchdogMode::Automatic);
+        let members = vec![
+            member("a", Role::Primary, 1000, 1),
+            member("b", Role::Replica, 1000, 1),
+        ];
+        // The key gone (a race), a leader key naming us on another lease
+        // (a take-over), a writable node under another's key (a demotion),
+        // a replica following the wrong address (a follow).
+        let cases = [
+            (view(None, members.clone()), orphan(1000), replica_node()),
+            (
+                view(leader("b", 3), members.clone()),
+                replica(1000, "127.0.0.1:5001"),
+                replica_node(),
+            ),
+            (
+                view(leader("a", 7), members.clone()),
+                primary(1000),
+                replica_node(),
+            ),
+            (
+                view(leader("a", 7), members.clone()),
+                replica(1000, "x:1"),
+                replica_node(),
+            ),
+        ];
+        for (v, l, n) in cases {
+            let d = run(&c, 30_000, Some(&v), &l, &n);
+            assert!(!d.is_steady(), "{d:?} taken as steady");
+        }
     }
 
     #[test]

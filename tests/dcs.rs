@@ -244,6 +244,7 @@ fn watch_wakes_on_leader_change() {
             PREFIX.into(),
             notify.clone(),
             Default::default(),
+            Default::default(),
         );
         let mut a = dcs(&e, "a", 10);
         a.keepalive(T).await.unwrap();
@@ -375,7 +376,13 @@ fn an_idle_agent_keeps_its_streams() {
     let e = EtcdServer::start();
     rt().block_on(async {
         let wake = Arc::new(tokio::sync::Notify::new());
-        let _watch = spawn_watch(vec![e.endpoint()], PREFIX.into(), wake, Default::default());
+        let _watch = spawn_watch(
+            vec![e.endpoint()],
+            PREFIX.into(),
+            wake,
+            Default::default(),
+            Default::default(),
+        );
         let mut a = dcs(&e, "a", 10);
         let end = Instant::now() + Duration::from_secs(12);
         while Instant::now() < end {
@@ -501,6 +508,7 @@ fn a_silent_watch_is_probed_not_remade() {
             PREFIX.into(),
             wake.clone(),
             Default::default(),
+            Default::default(),
             silence,
         );
         // The watch stream is open (its create request arrived) ...
@@ -530,4 +538,96 @@ fn a_silent_watch_is_probed_not_remade() {
             .expect("the probed watch still wakes on a leader change");
         assert_eq!(streams_started(&e, "Watch"), 1);
     });
+}
+
+/// The watch keeps a copy of the cluster's keys that follows every put and
+/// delete, and that the loop reads with no call to etcd; when the stream
+/// ends (etcd killed) the copy is out of step (the loop then reads for
+/// itself) until the watch is made again and has read the keys anew.
+#[test]
+fn the_watch_keeps_a_copy_in_step() {
+    let mut e = EtcdServer::start();
+    rt().block_on(async {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let cache: leasedog::dcs::SharedCache = Default::default();
+        let _watch = spawn_watch(
+            vec![e.endpoint()],
+            PREFIX.into(),
+            wake,
+            Default::default(),
+            cache.clone(),
+        );
+        let mut a = dcs(&e, "a", 10);
+        let mut b = dcs(&e, "b", 10);
+        b.use_cache(cache.clone());
+        a.keepalive(T).await.unwrap();
+        a.put_member(
+            &MemberInfo {
+                conn_url: "postgres://a:5432/postgres".into(),
+                ..Default::default()
+            },
+            T,
+        )
+        .await
+        .unwrap();
+        assert!(a.acquire_leader(T).await.unwrap());
+        let v = copy_shows(&mut b, "leader a", |v| {
+            v.leader.as_ref().is_some_and(|l| l.name == "a")
+        })
+        .await;
+        let fresh = b.read(T).await.unwrap();
+        assert_eq!(
+            v.leader, fresh.leader,
+            "the copy's leader key differs from a read"
+        );
+        assert_eq!(v.members.len(), 1);
+        assert_eq!(v.members[0].name, "a");
+        // Reading the copy is no etcd call.
+        let ranges = messages_received(&e, "Range");
+        for _ in 0..20 {
+            assert!(b.cached_view().is_some());
+        }
+        assert_eq!(
+            messages_received(&e, "Range"),
+            ranges,
+            "cached_view called etcd"
+        );
+        assert!(a.release_leader(T).await.unwrap());
+        copy_shows(&mut b, "the leader key gone", |v| v.leader.is_none()).await;
+
+        e.kill();
+        let end = Instant::now() + Duration::from_secs(10);
+        while cache.lock().unwrap().synced() {
+            assert!(
+                Instant::now() < end,
+                "the copy stayed in step with etcd dead"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(b.cached_view().is_none());
+        e.restart();
+        let mut a = dcs(&e, "a", 10);
+        a.keepalive(T).await.unwrap();
+        assert!(a.acquire_leader(T).await.unwrap());
+        copy_shows(&mut b, "leader a after the restart", |v| {
+            v.leader.as_ref().is_some_and(|l| l.name == "a")
+        })
+        .await;
+    });
+}
+
+/// Polls the watch's copy until it shows `what`.
+async fn copy_shows(
+    b: &mut Dcs,
+    what: &str,
+    f: impl Fn(&leasedog::cluster::ClusterView) -> bool,
+) -> leasedog::cluster::ClusterView {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = b.cached_view().filter(|v| f(v)) {
+            return v;
+        }
+        assert!(Instant::now() < end, "the copy never showed {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
