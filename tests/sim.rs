@@ -2462,7 +2462,15 @@ impl Sim {
     /// (a frozen member's watch is silent until the pings give up; a cut
     /// member's is ended by `require_leader`, which the agent also sees as
     /// no copy at all, the gentler case).
+    ///
+    /// `LEASEDOG_SIM_SILENT_WATCH=1` explores harsher copies: at each
+    /// cycle's start the copy is brought up to date (half the time), or to
+    /// any later past state, or left as it was (a quarter each), whatever
+    /// the links (a watch silent for many cycles at random moments).
     fn watch_catches_up(&mut self, i: usize) {
+        if std::env::var_os("LEASEDOG_SIM_SILENT_WATCH").is_some() {
+            return self.silent_watch(i);
+        }
         let n = &self.nodes[i];
         if self.now < self.etcd_down_until
             || self.now < n.stale_until
@@ -2493,6 +2501,37 @@ impl Sim {
             }
         } else {
             self.nodes[i].copy = Some(current);
+        }
+    }
+
+    fn silent_watch(&mut self, i: usize) {
+        if self.now < self.etcd_down_until {
+            return;
+        }
+        let current = self.etcd.view();
+        if self
+            .past_views
+            .back()
+            .is_none_or(|(v, _)| v.revision != current.revision)
+        {
+            self.past_views.push_back((current.clone(), self.now));
+            if self.past_views.len() > 64 {
+                self.past_views.pop_front();
+            }
+        }
+        let have = self.nodes[i].copy.as_ref().map_or(0, |v| v.revision);
+        match self.watch_rng.range(0, 3) {
+            0 | 1 => self.nodes[i].copy = Some(current),
+            2 => {
+                let later: Vec<usize> = (0..self.past_views.len())
+                    .filter(|&k| self.past_views[k].0.revision >= have)
+                    .collect();
+                if !later.is_empty() {
+                    let k = later[self.watch_rng.range(0, later.len() as u64 - 1) as usize];
+                    self.nodes[i].copy = Some(self.past_views[k].0.clone());
+                }
+            }
+            _ => {}
         }
     }
 
