@@ -296,11 +296,15 @@ impl Agent {
                 });
             }
             let wait = Duration::from_millis(next.since(self.now()));
+            // Biased, stop signals first: a SIGTERM that arrived during the
+            // cycle (and interrupted a clone) must not lose to a wake-up
+            // that is also ready, or the next cycle would clone again.
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.wake.notified() => {}
+                biased;
                 _ = term.recv() => { self.shutdown().await; return Ok(Exit::Graceful); }
                 _ = int.recv() => { self.shutdown().await; return Ok(Exit::Graceful); }
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.wake.notified() => {}
                 _ = usr1.recv() => { self.command_logged(Command::Pause).await; }
                 _ = usr2.recv() => { self.command_logged(Command::Resume { force: false }).await; }
                 _ = hup.recv() => {

@@ -602,23 +602,37 @@ fn sigterm_interrupts_a_clone_and_leaves_the_data_directory_empty() {
     c.start_agent(1);
     let data = c.nodes[1].data_dir.to_string_lossy().to_string();
     let needle = format!("pg_basebackup\0-D\0{data}");
-    let bb = wait_for("pg_basebackup for node2", Duration::from_secs(60), || {
-        pids_with(&needle).first().copied()
-    });
-    // SAFETY: kill(2) on a process of the test cluster.
-    unsafe { libc::kill(bb, libc::SIGSTOP) };
+    // pg_basebackup and its WAL streamer (a child with the same command
+    // line): both stopped, so that the clone cannot finish meanwhile.
+    // Looked for without wait_for's 50 ms pause: on a loaded machine a
+    // clone can end between two looks.
+    let end = Instant::now() + Duration::from_secs(60);
+    let bbs = loop {
+        let p = pids_with(&needle);
+        if !p.is_empty() {
+            break p;
+        }
+        assert!(Instant::now() < end, "no pg_basebackup for node2 in 60 s");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    for &bb in &bbs {
+        // SAFETY: kill(2) on a process of the test cluster.
+        unsafe { libc::kill(bb, libc::SIGSTOP) };
+    }
     // Whatever happens below, the stopped pg_basebackup does not outlive
     // the test.
-    struct KillOnDrop(i32);
+    struct KillOnDrop(Vec<i32>);
     impl Drop for KillOnDrop {
         fn drop(&mut self) {
-            if common::cluster::alive(self.0) {
-                // SAFETY: as above.
-                unsafe { libc::kill(self.0, libc::SIGKILL) };
+            for &p in &self.0 {
+                if common::cluster::alive(p) {
+                    // SAFETY: as above.
+                    unsafe { libc::kill(p, libc::SIGKILL) };
+                }
             }
         }
     }
-    let _bb = KillOnDrop(bb);
+    let _bb = KillOnDrop(bbs);
 
     let t0 = Instant::now();
     assert_eq!(c.stop_agent(1, Duration::from_secs(20)), Some(0));
@@ -639,6 +653,9 @@ fn sigterm_interrupts_a_clone_and_leaves_the_data_directory_empty() {
     let left: Vec<_> = std::fs::read_dir(&c.nodes[1].data_dir)
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
+    if !left.is_empty() {
+        eprintln!("{}", c.nodes[1].agent_log_text());
+    }
     assert!(left.is_empty(), "the interrupted clone left {left:?}");
 
     // The next start clones again and streams.
