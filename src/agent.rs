@@ -72,7 +72,14 @@ pub struct Agent {
     steady: bool,
     /// The HTTP API's TLS and basic authentication.
     api_security: crate::api::Security,
+    /// Permanent logical slots being created off the loop, by name
+    /// (`postgres::Postgres::create_logical_slot`); at most one each.
+    logical_slot_jobs: std::collections::BTreeMap<String, LogicalSlotJob>,
 }
+
+/// The creation of one permanent logical slot, running off the loop.
+/// Some(LSN): made at that position; None: it existed already.
+type LogicalSlotJob = tokio::task::JoinHandle<Result<Option<String>, postgres::PgError>>;
 
 /// Why the loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +131,7 @@ impl Agent {
             cache: Default::default(),
             steady: false,
             api_security: crate::api::Security::default(),
+            logical_slot_jobs: std::collections::BTreeMap::new(),
         }
     }
 
@@ -1205,16 +1213,97 @@ impl Agent {
             Action::SyncSlots { slots } => {
                 // The members' slots, and the permanent ones of the config
                 // key (`slots:`); `ignore_slots` are never touched.
-                let (mut wanted, ignored) = match self.last_view.as_ref() {
-                    Some(v) => (v.config.permanent_physical_slots(), v.config.ignore_slots()),
-                    None => (Vec::new(), Vec::new()),
+                let (mut wanted, logical, ignored) = match self.last_view.as_ref() {
+                    Some(v) => (
+                        v.config.permanent_physical_slots(),
+                        v.config.permanent_logical_slots(),
+                        v.config.ignore_slots(),
+                    ),
+                    None => (Vec::new(), Vec::new(), Vec::new()),
                 };
                 wanted.extend(slots.iter().cloned());
-                self.pg
+                let existing = self
+                    .pg
                     .sync_slots(&wanted, &ignored, t)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string())?;
+                self.sync_logical_slots(&logical, &ignored, &existing, t)
+                    .await;
+                Ok(())
             }
+        }
+    }
+
+    /// The leader's permanent logical slots (`slots:` entries of type
+    /// logical): each missing one not matched by `ignore_slots` is created
+    /// off the loop, one job per slot at a time, and looked for again in
+    /// the next cycle. Never fails the cycle's sequence: a failure (no such
+    /// database or plugin, `wal_level` below logical, a timeout) is logged,
+    /// rate-limited per slot, and tried again. Never drops a logical slot.
+    async fn sync_logical_slots(
+        &mut self,
+        wanted: &[crate::cluster::LogicalSlot],
+        ignored: &[crate::cluster::SlotMatch],
+        existing: &[crate::cluster::ExistingSlot],
+        t: Duration,
+    ) {
+        let finished: Vec<String> = self
+            .logical_slot_jobs
+            .iter()
+            .filter(|(_, job)| job.is_finished())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in finished {
+            let Some(job) = self.logical_slot_jobs.remove(&name) else {
+                continue;
+            };
+            match job.await {
+                Ok(Ok(Some(lsn))) => {
+                    info!("permanent logical replication slot {name} created at {lsn}");
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    self.warn_limited_as(
+                        format!("logical slot {name}"),
+                        format!("creating permanent logical replication slot {name}: {e}"),
+                    );
+                }
+                Err(e) => {
+                    self.warn_limited_as(
+                        format!("logical slot {name}"),
+                        format!("creating permanent logical replication slot {name}: {e}"),
+                    );
+                }
+            }
+        }
+        let plan = crate::cluster::plan_logical_slots(wanted, ignored, existing);
+        for (w, e) in plan.mismatched {
+            self.warn_limited_as(
+                format!("logical slot {}", w.name),
+                format!(
+                    "slots.{n}: a {kind} slot {n} exists{on} instead of the logical one in database {db} with plugin {plugin} that the config key asks for: left as it is (leasedog drops no logical slot; drop it by hand to have it made as configured)",
+                    n = w.name,
+                    kind = e.kind,
+                    on = if e.kind == "logical" {
+                        format!(" (database {}, plugin {})", e.database, e.plugin)
+                    } else {
+                        String::new()
+                    },
+                    db = w.database,
+                    plugin = w.plugin,
+                ),
+            );
+        }
+        for w in plan.create {
+            if self.logical_slot_jobs.contains_key(&w.name) {
+                continue;
+            }
+            debug!(
+                "creating permanent logical replication slot {} in database {} with plugin {}",
+                w.name, w.database, w.plugin
+            );
+            let job = tokio::spawn(self.pg.create_logical_slot(&w, t));
+            self.logical_slot_jobs.insert(w.name, job);
         }
     }
 

@@ -285,6 +285,77 @@ impl SlotMatch {
             && self.database.is_none()
             && self.plugin.is_none()
     }
+
+    /// A logical slot: every attribute this entry gives is the slot's.
+    pub fn matches_logical(&self, slot: &LogicalSlot) -> bool {
+        self.name.as_deref().is_none_or(|n| n == slot.name)
+            && self.kind.as_deref().is_none_or(|k| k == "logical")
+            && self.database.as_deref().is_none_or(|d| d == slot.database)
+            && self.plugin.as_deref().is_none_or(|p| p == slot.plugin)
+    }
+}
+
+/// A logical replication slot: a permanent one of `slots:` (Patroni's
+/// `{name: {type: logical, database: db, plugin: pgoutput}}`), or one that
+/// exists on the primary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogicalSlot {
+    pub name: String,
+    pub database: String,
+    pub plugin: String,
+}
+
+/// A replication slot as `pg_replication_slots` shows it on the primary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExistingSlot {
+    pub name: String,
+    /// `physical` or `logical`.
+    pub kind: String,
+    /// A logical slot's database and output plugin (empty for physical).
+    pub database: String,
+    pub plugin: String,
+}
+
+/// What a leader does this cycle about the permanent logical slots
+/// ([`plan_logical_slots`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogicalPlan {
+    /// Configured, not ignored, and no slot by that name exists: create.
+    pub create: Vec<LogicalSlot>,
+    /// A slot by that name exists but is not what `slots:` says (physical,
+    /// another database or plugin): left as it is, said in the log.
+    pub mismatched: Vec<(LogicalSlot, ExistingSlot)>,
+}
+
+/// The leader's cheap check for permanent logical slots: which to create
+/// (missing, not matched by `ignore_slots`) and which exist otherwise than
+/// configured. Never a drop: leasedog does not drop logical slots (a
+/// consumer's position would be lost with it).
+pub fn plan_logical_slots(
+    wanted: &[LogicalSlot],
+    ignored: &[SlotMatch],
+    existing: &[ExistingSlot],
+) -> LogicalPlan {
+    let mut plan = LogicalPlan::default();
+    for w in wanted {
+        if ignored.iter().any(|m| m.matches_logical(w)) {
+            continue;
+        }
+        match existing.iter().find(|e| e.name == w.name) {
+            None => plan.create.push(w.clone()),
+            Some(e) if e.kind == "logical" && e.database == w.database && e.plugin == w.plugin => {}
+            Some(e) => plan.mismatched.push((w.clone(), e.clone())),
+        }
+    }
+    plan
+}
+
+/// A logical slot definition's `database` or `plugin`: a non-empty text,
+/// else None (the same rule for `edit-config`'s checks and the leader).
+pub fn logical_slot_field<'a>(def: &'a serde_json::Value, key: &str) -> Option<&'a str> {
+    def.get(key)
+        .and_then(|x| x.as_str())
+        .filter(|x| !x.is_empty())
 }
 
 impl DynamicConfig {
@@ -302,6 +373,28 @@ impl DynamicConfig {
                         .is_none_or(|t| t == "physical")
             })
             .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// The permanent logical slots of `slots:` (`type: logical` with a
+    /// database and a plugin; an entry without them is refused by
+    /// `edit-config` and skipped here).
+    pub fn permanent_logical_slots(&self) -> Vec<LogicalSlot> {
+        let Some(map) = self.other.get("slots").and_then(|s| s.as_object()) else {
+            return Vec::new();
+        };
+        map.iter()
+            .filter(|(name, v)| {
+                crate::cluster::valid_slot_name(name)
+                    && v.get("type").and_then(|t| t.as_str()) == Some("logical")
+            })
+            .filter_map(|(name, v)| {
+                Some(LogicalSlot {
+                    name: name.clone(),
+                    database: logical_slot_field(v, "database")?.to_string(),
+                    plugin: logical_slot_field(v, "plugin")?.to_string(),
+                })
+            })
             .collect()
     }
 
@@ -1064,6 +1157,75 @@ mod tests {
         ] {
             assert_eq!(conn_host_port(hostile), None, "{hostile:?}");
         }
+    }
+
+    /// `slots:` read both ways: physical entries (no type is physical),
+    /// logical ones only with a database and a plugin; `ignore_slots` keeps
+    /// a configured logical slot from being made, by name or attributes;
+    /// a slot that exists otherwise than configured is reported, never
+    /// replaced.
+    #[test]
+    fn permanent_logical_slots_and_their_plan() {
+        let cfg: DynamicConfig = serde_json::from_str(
+            r#"{"slots": {"dr": {}, "phys": {"type": "physical"},
+                "cdc": {"type": "logical", "database": "app", "plugin": "pgoutput"},
+                "nodb": {"type": "logical", "plugin": "pgoutput"},
+                "empty": {"type": "logical", "database": "", "plugin": "pgoutput"},
+                "Bad": {"type": "logical", "database": "app", "plugin": "pgoutput"},
+                "skip": {"type": "logical", "database": "app", "plugin": "test_decoding"},
+                "moved": {"type": "logical", "database": "app", "plugin": "pgoutput"},
+                "taken": {"type": "logical", "database": "app", "plugin": "pgoutput"},
+                "there": {"type": "logical", "database": "app", "plugin": "pgoutput"}},
+              "ignore_slots": [{"name": "cdc", "type": "physical"}, {"plugin": "test_decoding"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.permanent_physical_slots(), vec!["dr", "phys"]);
+        let logical = cfg.permanent_logical_slots();
+        let names: Vec<&str> = logical.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, vec!["cdc", "moved", "skip", "taken", "there"]);
+        let slot = |name: &str, kind: &str, db: &str, plugin: &str| ExistingSlot {
+            name: name.into(),
+            kind: kind.into(),
+            database: db.into(),
+            plugin: plugin.into(),
+        };
+        let existing = vec![
+            slot("there", "logical", "app", "pgoutput"),
+            slot("moved", "logical", "other", "pgoutput"),
+            slot("taken", "physical", "", ""),
+        ];
+        let plan = plan_logical_slots(&logical, &cfg.ignore_slots(), &existing);
+        // cdc: the ignore entry is for a physical slot; skip: ignored by plugin.
+        let create: Vec<&str> = plan.create.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(create, vec!["cdc"]);
+        let odd: Vec<&str> = plan
+            .mismatched
+            .iter()
+            .map(|(w, _)| w.name.as_str())
+            .collect();
+        assert_eq!(odd, vec!["moved", "taken"]);
+        // Ignored by name: not made even though `slots:` lists it.
+        let by_name = [SlotMatch {
+            name: Some("cdc".into()),
+            ..SlotMatch::default()
+        }];
+        assert!(
+            plan_logical_slots(&logical[..1], &by_name, &[])
+                .create
+                .is_empty()
+        );
+        // A matching entry with another database does not ignore it.
+        let other_db = [SlotMatch {
+            name: Some("cdc".into()),
+            database: Some("other".into()),
+            ..SlotMatch::default()
+        }];
+        assert_eq!(
+            plan_logical_slots(&logical[..1], &other_db, &[])
+                .create
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -147,9 +147,14 @@ pub fn check(before: &Value, after: &Value) -> Vec<String> {
                 {
                     "physical" => {}
                     "logical" => {
+                        // The same rule as the leader's
+                        // (`DynamicConfig::permanent_logical_slots`).
                         for k in ["database", "plugin"] {
-                            if def.get(k).and_then(|x| x.as_str()).is_none() {
-                                errors.push(format!("slots.{name}.{k}: a logical slot needs it"));
+                            if crate::cluster::logical_slot_field(def, k).is_none() {
+                                let got = def.get(k).map_or("nothing".into(), |v| v.to_string());
+                                errors.push(format!(
+                                    "slots.{name}.{k}: a logical slot needs it (a non-empty text), got {got}"
+                                ));
                             }
                         }
                     }
@@ -307,7 +312,7 @@ mod tests {
         let before = json!({"ttl": 30, "postgresql": {"parameters": {}}});
         let ok = json!({"ttl": 30, "pause": false, "slots": {"dr": {"type": "physical"}, "cdc": {"type": "logical", "database": "app", "plugin": "pgoutput"}}, "ignore_slots": [{"name": "barman"}, {"type": "logical", "plugin": "spock_output"}], "postgresql": {"parameters": {"work_mem": "8MB", "max_connections": 200, "fsync": true}}});
         assert_eq!(check(&before, &ok), Vec::<String>::new());
-        let bad = json!({"ttl": 10, "pause": "yes", "slots": {"Bad": {}, "l": {"type": "logical"}}, "ignore_slots": [{"nme": "x"}, 3], "postgresql": {"use_slots": 1, "parameters": {"port": 5433, "bad name": 1, "x": "a\nb", "y": [1]}}});
+        let bad = json!({"ttl": 10, "pause": "yes", "slots": {"Bad": {}, "l": {"type": "logical"}, "e": {"type": "logical", "database": "", "plugin": 7}}, "ignore_slots": [{"nme": "x"}, 3], "postgresql": {"use_slots": 1, "parameters": {"port": 5433, "bad name": 1, "x": "a\nb", "y": [1]}}});
         let e = check(&before, &bad).join("\n");
         for want in [
             "ttl: read from each member's leasedog.yml",
@@ -318,7 +323,9 @@ mod tests {
             "postgresql.parameters.x: the value holds a control character",
             "postgresql.parameters.y: expected a single value",
             "slots.Bad: not a slot name",
-            "slots.l.database: a logical slot needs it",
+            "slots.l.database: a logical slot needs it (a non-empty text), got nothing",
+            "slots.e.database: a logical slot needs it (a non-empty text), got \"\"",
+            "slots.e.plugin: a logical slot needs it (a non-empty text), got 7",
             "ignore_slots[0].nme: expected name, type, database or plugin",
             "ignore_slots[1]: expected a mapping",
         ] {

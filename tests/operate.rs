@@ -981,3 +981,240 @@ fn reload_everywhere_and_reinit_of_a_damaged_replica() {
         },
     );
 }
+
+/// A replication slot's `type/database/plugin` on node `i`: Ok(None) when
+/// it does not exist, Err when the server does not answer (down for a
+/// switchover: that says nothing about the slot).
+fn slot_on(c: &Cluster, i: usize, name: &str) -> Result<Option<String>, String> {
+    c.nodes[i]
+        .sql(&format!(
+            "SELECT slot_type || '/' || COALESCE(database::text, '') || '/' || COALESCE(plugin::text, '') FROM pg_replication_slots WHERE slot_name = '{name}'"
+        ))
+        .map(|s| (!s.is_empty()).then_some(s))
+}
+
+/// Logical slots through switchovers, on PostgreSQL 15 with wal_level =
+/// logical (through `bootstrap.dcs`, then a rolling restart): (a) a logical
+/// slot made by hand on the primary and matched by name in `ignore_slots`
+/// (and also listed in `slots:`, so only the ignore keeps it from being
+/// made elsewhere) lives through leader cycles, a switchover away (it is
+/// not made on the new leader) and one back: on its own server it is
+/// never dropped and its restart_lsn never goes back. (b) A permanent
+/// logical slot of `slots:` is made on the leader in its database with its
+/// plugin, and on the new leader after a switchover; one whose database
+/// does not exist holds nothing up and is warned about at most every 30 s.
+#[test]
+fn logical_slots_permanent_and_ignored_through_switchovers() {
+    let boot =
+        "bootstrap:\n  dcs:\n    postgresql:\n      parameters:\n        wal_level: logical\n";
+    let c = Cluster::start(
+        3,
+        Opts {
+            extra: (0..3).map(|i| (i, boot.to_string())).collect(),
+            ..Opts::default()
+        },
+    );
+    let a = c.wait_healthy(BOOT);
+    let t0 = Instant::now();
+    // The first primary started before the config key existed: its
+    // wal_level needs a restart.
+    let logical_everywhere = || {
+        c.nodes
+            .iter()
+            .all(|n| n.sql("SHOW wal_level").ok().as_deref() == Some("logical"))
+    };
+    wait_for(
+        "wal_level logical or a pending restart on every member",
+        Duration::from_secs(20),
+        || {
+            let out = c.leasedog(0).args(["list", "--json"]).output().ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let m = v["members"].as_array()?;
+            (m.len() == 3
+                && c.nodes.iter().all(|n| {
+                    n.sql("SHOW wal_level").ok().as_deref() == Some("logical")
+                        || m.iter()
+                            .any(|m| m["name"] == n.name.as_str() && m["pending_restart"] == true)
+                }))
+            .then_some(())
+        },
+    );
+    if !logical_everywhere() {
+        let (code, out) = cli(&c, 1, &["restart", "--pending", "--wait"]);
+        assert_eq!(code, 0, "{out}");
+    }
+    wait_for(
+        "wal_level logical everywhere",
+        Duration::from_secs(30),
+        || logical_everywhere().then_some(()),
+    );
+    assert_eq!(
+        c.wait_healthy(Duration::from_secs(30)),
+        a,
+        "the leader changed"
+    );
+    eprintln!("wal_level logical: {:.1} s", t0.elapsed().as_secs_f64());
+
+    c.nodes[a].sql("CREATE DATABASE app").unwrap();
+    c.nodes[a]
+        .sql("CREATE PUBLICATION everything FOR ALL TABLES")
+        .unwrap();
+    c.nodes[a]
+        .sql("SELECT pg_create_logical_replication_slot('cdc_hand', 'pgoutput')")
+        .unwrap();
+    let hand_lsn = c.nodes[a]
+        .sql("SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = 'cdc_hand'")
+        .unwrap();
+    assert!(
+        !hand_lsn.is_empty(),
+        "the hand-made slot has no restart_lsn"
+    );
+    // The hand-made slot on A: there whenever A answers, never moved back.
+    // (No answer: A is down for a moment, in a switchover.)
+    let hand_intact = || {
+        if let Ok(s) = c.nodes[a].sql(&format!(
+            "SELECT slot_type || '/' || (restart_lsn >= '{hand_lsn}'::pg_lsn)::text FROM pg_replication_slots WHERE slot_name = 'cdc_hand'"
+        )) {
+            assert_eq!(s, "logical/true", "the hand-made slot on {}", c.nodes[a].name);
+        }
+    };
+    let (code, out) = cli(
+        &c,
+        0,
+        &[
+            "edit-config",
+            "--force",
+            "--set",
+            "slots={cdc_perm: {type: logical, database: app, plugin: pgoutput}, cdc_hand: {type: logical, database: app, plugin: test_decoding}, absent_db: {type: logical, database: nosuchdb, plugin: pgoutput}}",
+            "--set",
+            "ignore_slots=[{name: cdc_hand}]",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let want = Some("logical/app/pgoutput".to_string());
+    let t1 = Instant::now();
+    wait_for(
+        "the permanent logical slot on the leader",
+        Duration::from_secs(20),
+        || {
+            hand_intact();
+            (slot_on(&c, a, "cdc_perm").ok()? == want).then_some(())
+        },
+    );
+    eprintln!(
+        "permanent logical slot on the leader: {:.1} s after edit-config",
+        t1.elapsed().as_secs_f64()
+    );
+    // Logged when the next cycle collects the finished job.
+    wait_for("the creation logged", Duration::from_secs(10), || {
+        c.nodes[a]
+            .agent_log_text()
+            .contains("permanent logical replication slot cdc_perm created at")
+            .then_some(())
+    });
+    // Several leader cycles (loop_wait 1 s): both stay as they are.
+    let end = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < end {
+        hand_intact();
+        assert_eq!(slot_on(&c, a, "cdc_perm"), Ok(want.clone()));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A slot that cannot be made (no such database) holds nothing up: it
+    // is tried every cycle, its warning rate-limited (30 s), the key named.
+    let failed = |l: &&str| {
+        l.contains("creating permanent logical replication slot absent_db: ")
+            && l.contains("connecting to database nosuchdb")
+    };
+    let log = c.nodes[a].agent_log_text();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") && failed(l))
+        .count();
+    let tried = log.lines().filter(failed).count();
+    let limit = 1 + t1.elapsed().as_secs() as usize / 30;
+    assert!(
+        (1..=limit).contains(&warned) && tried >= 2,
+        "{warned} warnings (at most {limit}), {tried} tries:\n{}",
+        log.lines()
+            .filter(|l| l.contains("absent_db"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(slot_on(&c, a, "absent_db"), Ok(None));
+
+    // Switchover to B: the permanent slot is made there; the hand-made one
+    // is not (ignored although `slots:` lists it) and stays on A.
+    let b = (a + 1) % 3;
+    c.wait_published_streaming(Duration::from_secs(10));
+    c.wait_streaming_through_slots(Duration::from_secs(10));
+    let t2 = Instant::now();
+    let (code, out) = cli(&c, 0, &["switchover", "--to", &c.nodes[b].name, "--force"]);
+    assert_eq!(code, 0, "{out}");
+    wait_for("B healthy leader", Duration::from_secs(60), || {
+        hand_intact();
+        (c.sole_primary()? == b && c.leader()? == c.nodes[b].name).then_some(())
+    });
+    wait_for(
+        "the permanent logical slot on the new leader",
+        Duration::from_secs(20),
+        || {
+            hand_intact();
+            (slot_on(&c, b, "cdc_perm").ok()? == want).then_some(())
+        },
+    );
+    eprintln!(
+        "switchover to {}: permanent logical slot there {:.1} s after the command",
+        c.nodes[b].name,
+        t2.elapsed().as_secs_f64()
+    );
+    assert_eq!(c.wait_healthy(Duration::from_secs(60)), b);
+    let end = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < end {
+        hand_intact();
+        assert_eq!(
+            slot_on(&c, b, "cdc_hand"),
+            Ok(None),
+            "an ignored slot was made on the new leader"
+        );
+        assert_eq!(slot_on(&c, b, "cdc_perm"), Ok(want.clone()));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        slot_on(&c, a, "cdc_hand"),
+        Ok(Some("logical/postgres/pgoutput".into())),
+        "the hand-made slot on the former primary"
+    );
+
+    // Switchover back to A: the hand-made slot is there, untouched.
+    c.wait_published_streaming(Duration::from_secs(10));
+    c.wait_streaming_through_slots(Duration::from_secs(10));
+    let t3 = Instant::now();
+    let (code, out) = cli(&c, 0, &["switchover", "--to", &c.nodes[a].name, "--force"]);
+    assert_eq!(code, 0, "{out}");
+    wait_for("A leader again", Duration::from_secs(60), || {
+        hand_intact();
+        (c.sole_primary()? == a && c.leader()? == c.nodes[a].name).then_some(())
+    });
+    assert_eq!(c.wait_healthy(Duration::from_secs(60)), a);
+    eprintln!(
+        "switchover back to {}: healthy {:.1} s after the command",
+        c.nodes[a].name,
+        t3.elapsed().as_secs_f64()
+    );
+    let end = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < end {
+        hand_intact();
+        assert_eq!(
+            slot_on(&c, a, "cdc_hand"),
+            Ok(Some("logical/postgres/pgoutput".into())),
+            "the hand-made slot after the switchover back"
+        );
+        assert_eq!(slot_on(&c, a, "cdc_perm"), Ok(want.clone()));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Usable still: a decoding session on it reads from its position.
+    c.nodes[a]
+        .sql("SELECT count(*) FROM pg_logical_slot_peek_binary_changes('cdc_hand', NULL, NULL, 'proto_version', '1', 'publication_names', 'everything')")
+        .map(|_| ())
+        .unwrap_or_else(|e| panic!("the hand-made slot cannot be read: {e}"));
+}

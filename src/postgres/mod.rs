@@ -950,15 +950,18 @@ impl Postgres {
         self.execute(&sql, timeout).await
     }
 
-    /// Keeps one physical slot per other member; drops inactive unknown ones;
-    /// moves an inactive member slot that retains more than
-    /// `member_slots_max_retained` bytes up to the present.
+    /// Keeps one physical slot per other member; drops inactive unknown
+    /// physical ones; moves an inactive member slot that retains more than
+    /// `member_slots_max_retained` bytes up to the present. Logical slots
+    /// are never dropped or moved here. Returns every slot that existed
+    /// (before this call's changes): the leader's cheap check for the
+    /// permanent logical slots (`cluster::plan_logical_slots`).
     pub async fn sync_slots(
         &mut self,
         wanted: &[String],
         ignored: &[crate::cluster::SlotMatch],
         timeout: Duration,
-    ) -> Result<(), PgError> {
+    ) -> Result<Vec<crate::cluster::ExistingSlot>, PgError> {
         let client = self.client(timeout).await?;
         let rows = tokio::time::timeout(
             timeout,
@@ -967,8 +970,10 @@ impl Postgres {
                 // PostgreSQL keeps only because of the slot.
                 "SELECT slot_name::text, active,
                         GREATEST(COALESCE((SELECT redo_lsn FROM pg_control_checkpoint())
-                                          - restart_lsn, 0), 0)::bigint
-                   FROM pg_replication_slots WHERE slot_type = 'physical'",
+                                          - restart_lsn, 0), 0)::bigint,
+                        slot_type::text, COALESCE(database::text, ''),
+                        COALESCE(plugin::text, '')
+                   FROM pg_replication_slots",
                 &[],
             ),
         )
@@ -976,12 +981,22 @@ impl Postgres {
         .map_err(|_| PgError::Query("slot query timed out".into()))?
         .map_err(|e| PgError::Query(error_chain(&e)))?;
         let mut existing = Vec::new();
+        let mut all = Vec::new();
         for r in &rows {
             let get = |e: tokio_postgres::Error| PgError::Query(e.to_string());
             let name: String = r.try_get(0).map_err(get)?;
             let active: bool = r.try_get(1).map_err(get)?;
             let retained: i64 = r.try_get(2).map_err(get)?;
-            existing.push((name, active, retained.max(0) as u64));
+            let kind: String = r.try_get(3).map_err(get)?;
+            if kind == "physical" {
+                existing.push((name.clone(), active, retained.max(0) as u64));
+            }
+            all.push(crate::cluster::ExistingSlot {
+                name,
+                kind,
+                database: r.try_get(4).map_err(get)?,
+                plugin: r.try_get(5).map_err(get)?,
+            });
         }
         let cap = self.cfg.member_slots_max_retained;
         let mut sql = String::new();
@@ -1012,12 +1027,93 @@ impl Postgres {
                 ));
             }
         }
-        if sql.is_empty() {
-            return Ok(());
+        if !sql.is_empty() {
+            self.execute(&sql, timeout).await?;
         }
-        self.execute(&sql, timeout).await
+        Ok(all)
+    }
+
+    /// The work of creating one permanent logical slot on this server,
+    /// to be run off the loop (`tokio::spawn`): creating a logical slot
+    /// waits for every transaction older than it to end, which on a busy
+    /// primary can take longer than a cycle may. Its own connection, to
+    /// the slot's database (a logical slot belongs to one), as superuser
+    /// over the socket; bounded by `connect` to connect and by
+    /// [`LOGICAL_SLOT_TIMEOUT`] in all (`statement_timeout` too, so the
+    /// server gives up with us). Made only when no slot by that name exists
+    /// yet; on a server in recovery PostgreSQL 15 refuses (no logical
+    /// decoding on a standby). Some(LSN) when this call made it, None when
+    /// it existed already.
+    pub fn create_logical_slot(
+        &self,
+        slot: &crate::cluster::LogicalSlot,
+        connect: Duration,
+    ) -> impl std::future::Future<Output = Result<Option<String>, PgError>> + Send + 'static {
+        let mut c = tokio_postgres::Config::new();
+        c.host_path(&self.cfg.socket_dir)
+            .port(self.port())
+            .user(&self.cfg.authentication.superuser.username)
+            .dbname(&slot.database)
+            .application_name("leasedog")
+            .connect_timeout(connect)
+            .options(format!(
+                // synchronous_commit local: in strict synchronous mode with
+                // no standby, nothing this session does waits for one.
+                "-c statement_timeout={} -c synchronous_commit=local",
+                LOGICAL_SLOT_TIMEOUT.as_millis()
+            ));
+        if let Some(p) = &self.cfg.authentication.superuser.password {
+            c.password(p);
+        }
+        let sql = format!(
+            "SELECT (pg_create_logical_replication_slot({n}, {p})).lsn::text WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {n})",
+            n = quote_literal(&slot.name),
+            p = quote_literal(&slot.plugin),
+        );
+        let database = slot.database.clone();
+        async move {
+            let work = async {
+                let (client, conn) =
+                    tokio::time::timeout(connect, c.connect(tokio_postgres::NoTls))
+                        .await
+                        .map_err(|_| {
+                            PgError::Query(format!("connecting to database {database} timed out"))
+                        })?
+                        .map_err(|e| {
+                            PgError::Query(format!(
+                                "connecting to database {database}: {}",
+                                error_chain(&e)
+                            ))
+                        })?;
+                let task = tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                let r = client.query(&sql, &[]).await;
+                task.abort();
+                let rows = r.map_err(|e| PgError::Query(error_chain(&e)))?;
+                match rows.first() {
+                    None => Ok(None),
+                    Some(row) => row
+                        .try_get::<_, String>(0)
+                        .map(Some)
+                        .map_err(|e| PgError::Query(e.to_string())),
+                }
+            };
+            tokio::time::timeout(LOGICAL_SLOT_TIMEOUT + connect, work)
+                .await
+                .map_err(|_| {
+                    PgError::Query(format!(
+                        "timed out after {:?}",
+                        LOGICAL_SLOT_TIMEOUT + connect
+                    ))
+                })?
+        }
     }
 }
+
+/// How long the creation of a permanent logical slot may take, off the
+/// loop (it waits for the transactions running when it started).
+pub const LOGICAL_SLOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A connection to `up` as its user, on database postgres, plain TCP.
 fn upstream_config(up: &Upstream, timeout: Duration) -> tokio_postgres::Config {
