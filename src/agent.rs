@@ -48,6 +48,12 @@ pub struct Agent {
     reload_wanted: bool,
     /// The last restart wait reported (logged once per change).
     restart_wait: String,
+    /// The `restart` request whose switchover this agent asked for as the
+    /// leader (`restart --switchover`).
+    restart_handover: Option<String>,
+    /// When a scheduled restart wants this agent to look again (its time,
+    /// or the leader's start of it).
+    restart_wake: Option<Millis>,
     /// This cycle's etcd read and probe of PostgreSQL (before any action).
     last_view: Option<ClusterView>,
     last_local: LocalPostgres,
@@ -119,6 +125,8 @@ impl Agent {
             reloaded: None,
             reload_wanted: false,
             restart_wait: String::new(),
+            restart_handover: None,
+            restart_wake: None,
             last_view: None,
             last_local: LocalPostgres::default(),
             warned: std::collections::HashMap::new(),
@@ -627,6 +635,9 @@ impl Agent {
             // PostgreSQL was stopped for a restart: the next cycle starts it.
             next = next.min(self.now().plus(ha::RECHECK_MS));
         }
+        if let Some(at) = self.restart_wake {
+            next = next.min(at);
+        }
         if past_deadline {
             // Straight to rule W's stop.
             next = self.now();
@@ -672,10 +683,12 @@ impl Agent {
 
     /// `leasedog reinit`: a replica named in the `reinit` key stops its
     /// PostgreSQL and empties its data directory; the HA loop then clones
-    /// it again from the leader. Never on the leader, never while its
+    /// it again from the leader, or from the member `--from` named (see
+    /// `ha::clone_source`). Never on the leader, never while its
     /// PostgreSQL may be writable or the cluster is paused. True when the
     /// directory was emptied in this cycle. The member deletes the request
-    /// once it streams again.
+    /// once it streams again. A `--from` that no longer qualifies before
+    /// anything was emptied (itself, gone, stopped) ends the request.
     async fn reinit_step(
         &mut self,
         view: &crate::cluster::ClusterView,
@@ -700,6 +713,17 @@ impl Agent {
                 "reinit {}: refused: this member is the leader (a reinit rebuilds a replica from the leader)",
                 req.id
             );
+            if let Err(e) = self.dcs.delete_request("reinit", req.mod_revision, t).await {
+                self.warn_limited(format!("deleting the reinit request: {e}"));
+            }
+            return false;
+        }
+        if let Some(why) = req
+            .from
+            .as_deref()
+            .and_then(|f| crate::cluster::clone_source_refusal(view, &self.cfg.name, f))
+        {
+            warn!("reinit {}: refused: {why}", req.id);
             if let Err(e) = self.dcs.delete_request("reinit", req.mod_revision, t).await {
                 self.warn_limited(format!("deleting the reinit request: {e}"));
             }
@@ -736,7 +760,7 @@ impl Agent {
                 info!(
                     "reinit {}: data directory emptied; cloning again from {}",
                     req.id,
-                    leader.unwrap_or("the leader")
+                    req.from.as_deref().or(leader).unwrap_or("the leader")
                 );
                 self.reinitialized = Some(req.id);
                 true
@@ -802,11 +826,18 @@ impl Agent {
     /// This member's part in a rolling restart (`restart::step`): true when
     /// it stopped PostgreSQL for it (the next cycle starts it again).
     async fn rolling_restart(&mut self) -> bool {
+        self.restart_wake = None;
         let Some(view) = self.last_view.as_ref() else {
             return false;
         };
-        let Some(req) = view.restart.clone() else {
+        let Some(mut req) = view.restart.clone() else {
             self.restart_wait.clear();
+            return false;
+        };
+        if !self.restart_due(&mut req).await {
+            return false;
+        }
+        let Some(view) = self.last_view.as_ref() else {
             return false;
         };
         // What this member published before (a restarted agent).
@@ -819,14 +850,14 @@ impl Agent {
         }
         let carried_out = self.restarted.as_deref() == Some(req.id.as_str());
         let l = &self.last_local;
-        let step = crate::restart::step(
-            &req,
-            view,
-            &self.cfg.name,
+        let me = crate::restart::Me {
+            name: &self.cfg.name,
             carried_out,
-            l.running && l.pending_restart,
-            l.running,
-        );
+            pending: l.running && l.pending_restart,
+            running: l.running,
+            handed_over: self.restart_handover.as_deref() == Some(req.id.as_str()),
+        };
+        let step = crate::restart::step(&req, view, &me);
         match step {
             crate::restart::Step::Idle => false,
             crate::restart::Step::Skip => {
@@ -850,6 +881,26 @@ impl Agent {
                     Ok(_) => info!("restart {}: every member restarted", req.id),
                     Err(e) => self.warn_limited(format!("deleting the restart request: {e}")),
                 }
+                false
+            }
+            crate::restart::Step::Abandon(why) => {
+                if !self.node.leader_confirmed {
+                    return false;
+                }
+                let t = self.io_timeout();
+                match self
+                    .dcs
+                    .delete_request("restart", req.mod_revision, t)
+                    .await
+                {
+                    Ok(true) => warn!("restart {}: ended: {why}", req.id),
+                    Ok(false) => {}
+                    Err(e) => self.warn_limited(format!("deleting the restart request: {e}")),
+                }
+                false
+            }
+            crate::restart::Step::Switchover => {
+                self.restart_switchover(&req).await;
                 false
             }
             crate::restart::Step::Restart => {
@@ -880,6 +931,132 @@ impl Agent {
                         false
                     }
                 }
+            }
+        }
+    }
+
+    /// `restart --at`: whether the request runs now (`restart::timing`).
+    /// The leader starts a request whose time has come by taking the time
+    /// out of the key (and out of `req`: it runs in this cycle), and
+    /// deletes one it finds stale or unreadable; nobody else acts on a
+    /// request that still has its time.
+    async fn restart_due(&mut self, req: &mut crate::cluster::RestartRequest) -> bool {
+        let Some(view) = self.last_view.as_ref() else {
+            return false;
+        };
+        let leads = self.node.leader_confirmed
+            && view
+                .leader
+                .as_ref()
+                .is_some_and(|l| l.name == self.cfg.name);
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let timing =
+            crate::restart::timing(req, leads, view.paused(), unix_ms, self.ha.loop_wait_ms);
+        let t = self.io_timeout();
+        match timing {
+            crate::restart::Timing::Now => true,
+            crate::restart::Timing::Hold(wake) => {
+                let why = format!(
+                    "scheduled at {}",
+                    crate::config::excerpt(req.scheduled_at.as_deref().unwrap_or(""))
+                );
+                if why != self.restart_wait {
+                    info!("restart {}: {why}", req.id);
+                    self.restart_wait = why;
+                }
+                self.restart_wake = wake.map(|ms| self.now().plus(ms));
+                false
+            }
+            crate::restart::Timing::Drop(why) => {
+                match self
+                    .dcs
+                    .delete_request("restart", req.mod_revision, t)
+                    .await
+                {
+                    Ok(true) => warn!("restart {}: dropped: {why}", req.id),
+                    Ok(false) => {}
+                    Err(e) => self.warn_limited(format!("deleting the restart request: {e}")),
+                }
+                false
+            }
+            crate::restart::Timing::Start => {
+                let mut started = req.clone();
+                started.scheduled_at = None;
+                let json = serde_json::to_string(&started).unwrap_or_default();
+                match self
+                    .dcs
+                    .replace_request("restart", json, req.mod_revision, t)
+                    .await
+                {
+                    Ok(true) => {
+                        info!(
+                            "restart {}: its scheduled time {} has come: starting it",
+                            req.id,
+                            crate::config::excerpt(req.scheduled_at.as_deref().unwrap_or(""))
+                        );
+                        // It runs from this cycle on (the others see it in
+                        // their next one). The key's new revision is not
+                        // known: a delete that needs it fails and is tried
+                        // again after the next read.
+                        req.scheduled_at = None;
+                        true
+                    }
+                    Ok(false) => false,
+                    Err(e) => {
+                        self.warn_limited(format!("starting the scheduled restart: {e}"));
+                        false
+                    }
+                }
+            }
+        }
+    }
+
+    /// `restart --switchover`, the primary's turn: the `failover` key as
+    /// `leasedog switchover` writes it without `--to` (the HA core picks
+    /// the best replica and carries it out), written only if there is none
+    /// (a switchover an operator scheduled is never overwritten), and only
+    /// while some replica can take over.
+    async fn restart_switchover(&mut self, req: &crate::cluster::RestartRequest) {
+        let Some(view) = self.last_view.as_ref() else {
+            return;
+        };
+        if !self.node.leader_confirmed {
+            return;
+        }
+        if let Err(why) = ha::switchover_target(&self.ha, view, &self.last_local, None) {
+            let why = format!("no switchover yet: {why}");
+            if why != self.restart_wait {
+                info!("restart {}: waiting: {why}", req.id);
+                self.restart_wait = why;
+            }
+            return;
+        }
+        let f = FailoverRequest {
+            leader: Some(self.cfg.name.clone()),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&f).unwrap_or_default();
+        let t = self.io_timeout();
+        match self.dcs.put_request("failover", json, t).await {
+            Ok(true) => {
+                info!(
+                    "restart {}: the primary's turn: switching over to the best replica first (then restarted as a replica)",
+                    req.id
+                );
+                self.restart_handover = Some(req.id.clone());
+            }
+            Ok(false) => {
+                let why = "another switchover is requested: it goes first".to_string();
+                if why != self.restart_wait {
+                    info!("restart {}: waiting: {why}", req.id);
+                    self.restart_wait = why;
+                }
+            }
+            Err(e) => {
+                self.warn_limited(format!("restart {}: writing the failover key: {e}", req.id))
             }
         }
     }

@@ -84,7 +84,8 @@ pub enum Command {
     },
     /// Restart PostgreSQL on members, through etcd (works from any node):
     /// replicas first, one at a time, each once the one before streams
-    /// again; the primary last, in place under its key (no failover).
+    /// again; the primary last, in place under its key (no failover), or
+    /// after a switchover with --switchover.
     Restart {
         /// Members to restart (default: all).
         members: Vec<String>,
@@ -94,6 +95,17 @@ pub enum Command {
         /// Only the primary, or only the replicas.
         #[arg(long, value_parser = ["primary", "replica"])]
         role: Option<String>,
+        /// Not before this time: ISO 8601 UTC (2026-11-23T05:00:00Z) or
+        /// unix seconds (--scheduled is the same, for patronictl habits).
+        /// Dropped if the leader first sees it more than 1.5 loop_wait late.
+        #[arg(long, visible_alias = "scheduled", value_name = "TIME")]
+        at: Option<String>,
+        /// The primary is not restarted in place: when its turn comes it
+        /// first switches over to the best replica (as `switchover` without
+        /// --to), then restarts as a replica. A leasedog extension (not in
+        /// patronictl).
+        #[arg(long)]
+        switchover: bool,
         /// Wait until every member has restarted.
         #[arg(long)]
         wait: bool,
@@ -114,10 +126,19 @@ pub enum Command {
         force: bool,
     },
     /// Rebuild a replica: its agent stops PostgreSQL, empties the data
-    /// directory and clones it again from the leader (refused on the leader).
+    /// directory and clones it again from the leader, or from the member
+    /// --from names (refused on the leader).
     Reinit {
         /// The replica to rebuild.
         member: String,
+        /// Clone from this member (a running replica, or the leader) instead
+        /// of the leader, to spare the leader the copy; the rebuilt replica
+        /// streams from the leader all the same.
+        #[arg(long, value_name = "MEMBER", conflicts_with = "from_leader")]
+        from: Option<String>,
+        /// Clone from the leader: the default (accepted for patronictl habits).
+        #[arg(long)]
+        from_leader: bool,
         /// Wait until it streams again.
         #[arg(long)]
         wait: bool,
@@ -285,9 +306,22 @@ fn run(args: Args) -> Result<(), ExitCode> {
             members,
             pending,
             role,
+            at,
+            switchover,
             wait,
             force: _,
-        } => restart(&args.config, members, pending, role, wait),
+        } => restart(
+            &args.config,
+            crate::cluster::RestartRequest {
+                members,
+                pending,
+                role,
+                scheduled_at: at,
+                switchover,
+                ..Default::default()
+            },
+            wait,
+        ),
         Command::Reload {
             members,
             wait,
@@ -295,9 +329,11 @@ fn run(args: Args) -> Result<(), ExitCode> {
         } => reload(&args.config, members, wait),
         Command::Reinit {
             member,
+            from,
+            from_leader: _,
             wait,
             force: _,
-        } => reinit(&args.config, member, wait),
+        } => reinit(&args.config, member, from, wait),
         Command::ShowConfig => {
             let cfg = load(&args.config)?;
             let rt = runtime()?;
@@ -460,10 +496,39 @@ pub fn list_json(view: &crate::cluster::ClusterView) -> String {
         .collect();
     let sync = current_sync(view)
         .map(|s| serde_json::json!({ "standbys": s.standbys(), "quorum": s.quorum() }));
+    // Times as ISO 8601 UTC (null when unreadable), as `list` prints them.
+    let iso = |at: &str| crate::cluster::parse_time(at).map(crate::cluster::format_time);
+    let switchover = view.failover.as_ref().and_then(|f| {
+        let at = f.scheduled_at.as_deref()?;
+        Some(serde_json::json!({
+            "scheduled_at": iso(at),
+            "from": f.leader,
+            "to": f.member,
+        }))
+    });
+    let restart = view.restart.as_ref().map(|r| {
+        let done: Vec<&str> = view
+            .members
+            .iter()
+            .filter(|m| m.info.restarted.as_deref() == Some(r.id.as_str()))
+            .map(|m| m.name.as_str())
+            .collect();
+        serde_json::json!({
+            "id": r.id,
+            "scheduled_at": r.scheduled_at.as_deref().and_then(iso),
+            "members": r.members,
+            "pending": r.pending,
+            "role": r.role,
+            "switchover": r.switchover,
+            "done": done,
+        })
+    });
     serde_json::json!({
         "leader": leader,
         "paused": view.paused(),
         "synchronous": sync,
+        "scheduled_switchover": switchover,
+        "restart": restart,
         "members": rows
     })
     .to_string()
@@ -576,19 +641,55 @@ pub fn list_table(scope: &str, view: &crate::cluster::ClusterView) -> String {
     if view.paused() {
         out.push_str(" Maintenance mode: on\n");
     }
-    if let Some(r) = &view.restart {
-        let done: Vec<&str> = view
-            .members
-            .iter()
-            .filter(|m| m.info.restarted.as_deref() == Some(r.id.as_str()))
-            .map(|m| m.name.as_str())
-            .collect();
+    if let Some(f) = &view.failover
+        && let Some(at) = &f.scheduled_at
+    {
+        // As patronictl: "Switchover scheduled at: ...".
         out.push_str(&format!(
-            " Restart {} in progress{}: done on [{}]\n",
-            r.id,
-            if r.pending { " (pending only)" } else { "" },
-            done.join(", ")
+            " Switchover scheduled at: {} (from {} to {})\n",
+            schedule_label(at),
+            logging::escape(f.leader.as_deref().unwrap_or("the leader")),
+            logging::escape(f.member.as_deref().unwrap_or("the best replica"))
         ));
+    }
+    if let Some(r) = &view.restart {
+        let mut what = Vec::new();
+        if r.pending {
+            what.push("pending only".to_string());
+        }
+        if let Some(role) = &r.role {
+            what.push(format!("{} only", logging::escape(role)));
+        }
+        if !r.members.is_empty() {
+            what.push(logging::escape(&r.members.join(", ")).into_owned());
+        }
+        if r.switchover {
+            what.push("the primary after a switchover".into());
+        }
+        let what = if what.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", what.join("; "))
+        };
+        let id = logging::escape(&r.id);
+        match &r.scheduled_at {
+            Some(at) => out.push_str(&format!(
+                " Restart {id} scheduled at: {}{what}\n",
+                schedule_label(at)
+            )),
+            None => {
+                let done: Vec<&str> = view
+                    .members
+                    .iter()
+                    .filter(|m| m.info.restarted.as_deref() == Some(r.id.as_str()))
+                    .map(|m| m.name.as_str())
+                    .collect();
+                out.push_str(&format!(
+                    " Restart {id} in progress{what}: done on [{}]\n",
+                    done.join(", ")
+                ));
+            }
+        }
     }
     if let Some(s) = current_sync(view) {
         if s.standbys().is_empty() {
@@ -803,7 +904,12 @@ fn reload(path: &std::path::Path, members: Vec<String>, wait: bool) -> Result<()
 }
 
 /// reinit: one request in etcd, carried out by the member's own agent.
-fn reinit(path: &std::path::Path, member: String, wait: bool) -> Result<(), ExitCode> {
+fn reinit(
+    path: &std::path::Path,
+    member: String,
+    from: Option<String>,
+    wait: bool,
+) -> Result<(), ExitCode> {
     let cfg = load(path)?;
     let rt = runtime()?;
     rt.block_on(async {
@@ -832,10 +938,18 @@ fn reinit(path: &std::path::Path, member: String, wait: bool) -> Result<(), Exit
         if let Some(r) = &view.reinit {
             return Err(fail(&format!("a reinit of {} is in progress", r.member)));
         }
+        if let Some(e) = from
+            .as_deref()
+            .and_then(|f| crate::cluster::clone_source_refusal(&view, &member, f))
+        {
+            return Err(fail(&e));
+        }
+        let source = from.clone().unwrap_or_else(|| leader.clone());
         let id = request_id();
         let req = crate::cluster::ReinitRequest {
             id: id.clone(),
             member: member.clone(),
+            from,
             mod_revision: 0,
         };
         let json = serde_json::to_string(&req).unwrap_or_default();
@@ -844,7 +958,7 @@ fn reinit(path: &std::path::Path, member: String, wait: bool) -> Result<(), Exit
             Ok(false) => return Err(fail("another reinit was requested meanwhile")),
             Err(e) => return Err(fail(&format!("cannot write the reinit request: {e}"))),
         }
-        println!("Reinit of {member} requested: it empties its data directory and clones from {leader}");
+        println!("Reinit of {member} requested: it empties its data directory and clones from {source}");
         if wait {
             let gone = wait_until(&mut dcs, t, Duration::from_secs(3600), |v| {
                 v.reinit.as_ref().is_none_or(|r| r.id != id)
@@ -859,15 +973,52 @@ fn reinit(path: &std::path::Path, member: String, wait: bool) -> Result<(), Exit
     })
 }
 
-/// restart: one request in etcd; the agents carry it out in order.
+/// A request's scheduled time for people: ISO 8601 UTC when readable, else
+/// an excerpt of the text as found (quoted and escaped: it comes from etcd).
+fn schedule_label(at: &str) -> String {
+    match crate::cluster::parse_time(at) {
+        Some(t) => crate::cluster::format_time(t),
+        None => format!("{} (unreadable)", config::excerpt(at)),
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// restart: one request in etcd; the agents carry it out in order. `req`
+/// holds what the command line asked (its id is made here).
 fn restart(
     path: &std::path::Path,
-    members: Vec<String>,
-    pending: bool,
-    role: Option<String>,
+    mut req: crate::cluster::RestartRequest,
     wait: bool,
 ) -> Result<(), ExitCode> {
     let cfg = load(path)?;
+    let when = match req.scheduled_at.as_deref() {
+        None => None,
+        Some(a) => {
+            let Some(when) = crate::cluster::parse_time(a) else {
+                return Err(fail(&format!(
+                    "--at {a:?}: expected ISO 8601 UTC (2026-11-23T05:00:00Z) or unix seconds"
+                )));
+            };
+            if when < unix_now() {
+                return Err(fail(&format!(
+                    "--at {a}: that is {} s ago: expected a time to come",
+                    unix_now() - when
+                )));
+            }
+            Some(when)
+        }
+    };
+    if req.switchover && req.role.as_deref() == Some("replica") {
+        return Err(fail(
+            "--switchover with --role replica: only the primary hands over, and --role replica leaves it out (use --role primary, or no --role)",
+        ));
+    }
     let rt = runtime()?;
     rt.block_on(async {
         let t = timeout_of(&cfg);
@@ -881,28 +1032,41 @@ fn restart(
                 "maintenance mode is on: resume first (a paused agent starts nothing)",
             ));
         }
-        if view.leader.is_none() {
+        let Some(leader) = view.leader.as_ref().map(|l| l.name.clone()) else {
             return Err(fail("the cluster has no leader"));
-        }
+        };
         if let Some(r) = &view.restart {
-            return Err(fail(&format!(
-                "restart {} is in progress: wait for it (`leasedog list` shows who has restarted)",
-                r.id
-            )));
+            return Err(fail(&match &r.scheduled_at {
+                Some(at) => format!(
+                    "restart {} is scheduled at {}: wait for it (`leasedog list` shows it)",
+                    r.id,
+                    schedule_label(at)
+                ),
+                None => format!(
+                    "restart {} is in progress: wait for it (`leasedog list` shows who has restarted)",
+                    r.id
+                ),
+            }));
         }
-        for m in &members {
+        for m in &req.members {
             if view.member(m).is_none() {
                 return Err(fail(&format!("no member named {m}")));
             }
         }
+        if req.switchover {
+            // As `switchover` checks now; the leader checks again when the
+            // primary's turn comes (the replicas have restarted by then).
+            let local = crate::cluster::LocalPostgres {
+                running: true,
+                ..Default::default()
+            };
+            let mut ha = crate::ha::HaConfig::from_config(&cfg);
+            ha.name = leader.clone();
+            crate::ha::switchover_target(&ha, &view, &local, None)
+                .map_err(|e| fail(&format!("--switchover refused: {e}")))?;
+        }
         let id = request_id();
-        let req = crate::cluster::RestartRequest {
-            id: id.clone(),
-            members,
-            pending,
-            role,
-            mod_revision: 0,
-        };
+        req.id = id.clone();
         let json = serde_json::to_string(&req).unwrap_or_default();
         match dcs.put_request("restart", json, t).await {
             Ok(true) => {}
@@ -910,18 +1074,51 @@ fn restart(
             Err(e) => return Err(fail(&format!("cannot write the restart request: {e}"))),
         }
         println!(
-            "Restart {id} requested: replicas first, one at a time, then the primary in place"
+            "Restart {id} {}: replicas first, one at a time, then the primary {}",
+            match when {
+                Some(w) => format!("scheduled at {}", crate::cluster::format_time(w)),
+                None => "requested".into(),
+            },
+            if req.switchover {
+                "after a switchover to the best replica"
+            } else {
+                "in place"
+            }
         );
         if wait {
-            let limit = Duration::from_secs(600);
+            let until = when.map_or(0, |w| w.saturating_sub(unix_now()));
+            let limit = Duration::from_secs(600 + until);
             let gone = wait_until(&mut dcs, t, limit, |v| {
                 v.restart.as_ref().is_none_or(|r| r.id != id)
             })
             .await;
             if !gone {
-                return Err(fail(
-                    "not every member restarted within 10 minutes: see `leasedog list`",
-                ));
+                return Err(fail(&format!(
+                    "not every member restarted within {} s: see `leasedog list`",
+                    limit.as_secs()
+                )));
+            }
+            // The leader also ends a request that did not run: a schedule
+            // it found stale, a switchover that did not happen. Every member
+            // publishes the id once it took part (restarted, or found the
+            // request not meant for it); a member key may lag a cycle.
+            let mut missed = Vec::new();
+            let lag = Duration::from_secs(cfg.loop_wait.max(1) * 2);
+            let took_part = wait_until(&mut dcs, t, lag, |v| {
+                missed = v
+                    .members
+                    .iter()
+                    .filter(|m| m.info.restarted.as_deref() != Some(id.as_str()))
+                    .map(|m| m.name.clone())
+                    .collect();
+                missed.is_empty()
+            })
+            .await;
+            if !took_part {
+                return Err(fail(&format!(
+                    "restart {id} ended before {} took part in it (dropped as stale, or the switchover did not happen): see the leader's log",
+                    missed.join(", ")
+                )));
             }
             println!("Restart {id} done");
         }
@@ -1217,5 +1414,77 @@ mod tests {
             assert!(e.contains("expected a JSON list"), "{e}");
             assert!(e.len() < 400, "{}", e.len());
         }
+    }
+
+    /// `list` shows a scheduled switchover and a scheduled restart (times
+    /// as ISO 8601 UTC whatever form they were written in), `--json`
+    /// carries them; a started restart shows who is done.
+    #[test]
+    fn list_shows_scheduled_actions() {
+        use crate::cluster::{ClusterView, FailoverRequest, Leader, Member, RestartRequest};
+        let mut v = ClusterView {
+            leader: Some(Leader {
+                name: "a".into(),
+                lease: 1,
+                create_revision: 1,
+                mod_revision: 1,
+            }),
+            members: vec![Member {
+                name: "a".into(),
+                info: Default::default(),
+                lease: Some(1),
+            }],
+            failover: Some(FailoverRequest {
+                leader: Some("a".into()),
+                scheduled_at: Some("1800000000".into()),
+                ..Default::default()
+            }),
+            restart: Some(RestartRequest {
+                id: "r1".into(),
+                scheduled_at: Some("2027-01-15T09:30:00+00:00".into()),
+                pending: true,
+                switchover: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let table = list_table("demo", &v);
+        assert!(
+            table.contains(
+                " Switchover scheduled at: 2027-01-15T08:00:00Z (from a to the best replica)\n"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                " Restart r1 scheduled at: 2027-01-15T09:30:00Z (pending only; the primary after a switchover)\n"
+            ),
+            "{table}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&list_json(&v)).unwrap();
+        assert_eq!(
+            json["scheduled_switchover"],
+            serde_json::json!({"scheduled_at": "2027-01-15T08:00:00Z", "from": "a", "to": null})
+        );
+        assert_eq!(json["restart"]["scheduled_at"], "2027-01-15T09:30:00Z");
+        assert_eq!(json["restart"]["switchover"], true);
+        // Started (no time left in it), and no switchover scheduled.
+        v.failover = None;
+        v.restart.as_mut().unwrap().scheduled_at = None;
+        v.members[0].info.restarted = Some("r1".into());
+        let table = list_table("demo", &v);
+        assert!(!table.contains("scheduled"), "{table}");
+        assert!(table.contains(" Restart r1 in progress (pending only; the primary after a switchover): done on [a]\n"), "{table}");
+        let json: serde_json::Value = serde_json::from_str(&list_json(&v)).unwrap();
+        assert_eq!(json["scheduled_switchover"], serde_json::Value::Null);
+        assert_eq!(json["restart"]["scheduled_at"], serde_json::Value::Null);
+        assert_eq!(json["restart"]["done"], serde_json::json!(["a"]));
+        // A time nobody can read is shown as found, never run.
+        v.restart.as_mut().unwrap().scheduled_at = Some("soon\u{1b}[2J".into());
+        let table = list_table("demo", &v);
+        assert!(
+            table.contains("scheduled at: \"soon\\u{1b}[2J\" (unreadable)"),
+            "{table}"
+        );
     }
 }

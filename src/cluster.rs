@@ -535,20 +535,55 @@ pub struct ReloadRequest {
 }
 
 /// The `reinit` key: the replica whose data directory is emptied and cloned
-/// again from the leader.
+/// again from the leader, or from the member `from` names.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReinitRequest {
     pub id: String,
     pub member: String,
+    /// The member to clone from (`reinit --from`): a running replica or
+    /// the leader. None: the leader. The rebuilt replica streams from the
+    /// leader either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
     /// The key's mod_revision (not in the value).
     #[serde(skip)]
     pub mod_revision: i64,
 }
 
+/// Why `reinit MEMBER --from FROM` is refused (None: it is not): FROM must
+/// be another member, running, with an address to clone from. The CLI
+/// refuses the request, the member's agent refuses it too (it may have
+/// changed since), and the HA core clones from the leader instead if the
+/// source stops qualifying after the data directory was emptied.
+pub fn clone_source_refusal(view: &ClusterView, member: &str, from: &str) -> Option<String> {
+    if from == member {
+        return Some(format!(
+            "--from {from}: {member} cannot clone from itself: expected another member, a running replica or the leader"
+        ));
+    }
+    let Some(m) = view.member(from) else {
+        return Some(format!(
+            "--from {from}: no member named {from}: expected a running replica or the leader"
+        ));
+    };
+    if m.info.state != "running" {
+        return Some(format!(
+            "--from {from}: {from} is not running (state {}): expected a running replica or the leader",
+            crate::config::excerpt(&m.info.state)
+        ));
+    }
+    if conn_host_port(&m.info.conn_url).is_none() {
+        return Some(format!(
+            "--from {from}: {from} publishes no usable address (conn_url) to clone from"
+        ));
+    }
+    None
+}
+
 /// The `restart` key: which members restart PostgreSQL (all when `members`
 /// is empty; only those with a pending restart with `pending`; only the
 /// primary or the replicas with `role`). Replicas go first, one at a time,
-/// then the primary, in place (see `restart::step`).
+/// then the primary, in place or after a switchover (see `restart::step`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RestartRequest {
     pub id: String,
@@ -559,6 +594,17 @@ pub struct RestartRequest {
     /// "primary" or "replica" (None: both).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// Not before this time (`restart --at`: ISO 8601 UTC or unix seconds,
+    /// as the `failover` key's). The leader removes it when the time has
+    /// come (from then on the request runs like an unscheduled one), or
+    /// deletes the request when it first sees it long past (stale).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<String>,
+    /// `restart --switchover`: the primary is not restarted in place; when
+    /// its turn comes it hands over to the best replica (a switchover) and
+    /// is restarted as a replica afterwards.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub switchover: bool,
     /// The key's mod_revision (not in the value).
     #[serde(skip)]
     pub mod_revision: i64,

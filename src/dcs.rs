@@ -1298,6 +1298,26 @@ impl Dcs {
         self.txn("request delete", txn, timeout).await
     }
 
+    /// Rewrites a request key if it is still at `mod_revision` (the leader
+    /// starting a scheduled restart: the same request, its time taken out).
+    pub async fn replace_request(
+        &mut self,
+        name: &str,
+        json: String,
+        mod_revision: i64,
+        timeout: Duration,
+    ) -> Result<bool, DcsError> {
+        let key = self.key(name);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                mod_revision,
+            )])
+            .and_then([TxnOp::put(key, json, None)]);
+        self.txn("request update", txn, timeout).await
+    }
+
     /// Writes the `config` key (no lease).
     pub async fn put_config(
         &mut self,

@@ -1523,6 +1523,26 @@ fn handover_sync_key(cfg: &HaConfig, view: &ClusterView, target: &str) -> Option
 /// every [`RECHECK_MS`] for its stream to begin.
 pub const STREAM_WATCH_MS: u64 = 15_000;
 
+/// Where an empty data directory is cloned from: the leader (`leader`), or
+/// the member a `reinit --from` for this member names, while that member
+/// qualifies (`cluster::clone_source_refusal`: another member, running,
+/// with an address). Otherwise the leader: an emptied replica never waits
+/// on a source that went away. Either way it streams from the leader after.
+pub fn clone_source(view: &ClusterView, me: &str, leader: &Upstream) -> Upstream {
+    view.reinit
+        .as_ref()
+        .filter(|r| r.member == me)
+        .and_then(|r| r.from.as_deref())
+        .filter(|f| crate::cluster::clone_source_refusal(view, me, f).is_none())
+        .and_then(|f| view.member(f))
+        .map(|m| Upstream {
+            member: m.name.clone(),
+            conn_url: m.info.conn_url.clone(),
+            slot: None,
+        })
+        .unwrap_or_else(|| leader.clone())
+}
+
 /// Someone else leads: follow them.
 fn decide_follower(mut p: Plan<'_>, view: &ClusterView, leader: String) -> Decision {
     let local = p.i.local;
@@ -1572,13 +1592,20 @@ fn decide_follower(mut p: Plan<'_>, view: &ClusterView, leader: String) -> Decis
     match &local.data_dir {
         DataDir::Empty => {
             if view.initialize.is_some() && leader_running {
-                p.push(Action::Clone {
-                    upstream: upstream.clone(),
-                });
+                let source = clone_source(view, &p.i.cfg.name, &upstream);
+                let what = if source.member == leader {
+                    format!("cloning from leader {leader}{note}")
+                } else {
+                    format!(
+                        "cloning from {} (reinit --from), then streaming from leader {leader}{note}",
+                        source.member
+                    )
+                };
+                p.push(Action::Clone { upstream: source });
                 p.push(Action::StartReplica {
                     upstream: Some(upstream),
                 });
-                p.done(format!("cloning from leader {leader}{note}"))
+                p.done(what)
             } else {
                 p.recheck_in(soon);
                 p.done(format!("waiting for leader {leader} to finish bootstrap"))
@@ -2896,6 +2923,90 @@ mod tests {
         n3.observe(&c, Some(&new_term), &streaming, Millis(12_000));
         let d = run(&c, 12_000, Some(&new_term), &streaming, &n3);
         assert_eq!(d.actions, vec![KeepAlive, Follow { upstream: up }]);
+    }
+
+    /// `reinit --from`: an emptied replica clones from the member the
+    /// request names while it runs and has an address, and streams from
+    /// the leader after; otherwise (gone, stopped, itself, a request for
+    /// another member) from the leader.
+    #[test]
+    fn reinit_clones_from_the_named_member_else_the_leader() {
+        let c = cfg(WatchdogMode::Automatic);
+        let a = member("a", Role::Primary, 1000, 1);
+        let mut cc = member("cc", Role::Replica, 1000, 1);
+        let leader_up = Upstream {
+            member: "a".into(),
+            conn_url: a.info.conn_url.clone(),
+            slot: None,
+        };
+        let cc_up = Upstream {
+            member: "cc".into(),
+            conn_url: cc.info.conn_url.clone(),
+            slot: None,
+        };
+        let mut v = view(leader("a", 1), vec![a.clone(), cc.clone()]);
+        v.reinit = Some(crate::cluster::ReinitRequest {
+            id: "1".into(),
+            member: "b".into(),
+            from: Some("cc".into()),
+            mod_revision: 3,
+        });
+        let d = run(
+            &c,
+            11_000,
+            Some(&v),
+            &LocalPostgres::default(),
+            &replica_node(),
+        );
+        assert_eq!(
+            d.actions,
+            vec![
+                KeepAlive,
+                Clone { upstream: cc_up },
+                StartReplica {
+                    upstream: Some(leader_up.clone())
+                }
+            ],
+            "{}",
+            d.summary
+        );
+        assert!(d.summary.contains("cloning from cc"), "{}", d.summary);
+        let from_leader = |v: &ClusterView| {
+            let d = run(
+                &c,
+                11_000,
+                Some(v),
+                &LocalPostgres::default(),
+                &replica_node(),
+            );
+            assert_eq!(
+                d.actions,
+                vec![
+                    KeepAlive,
+                    Clone {
+                        upstream: leader_up.clone()
+                    },
+                    StartReplica {
+                        upstream: Some(leader_up.clone())
+                    }
+                ]
+            );
+        };
+        // The source stopped meanwhile: the leader.
+        cc.info.state = "stopped".into();
+        let mut stopped = v.clone();
+        stopped.members[1] = cc;
+        from_leader(&stopped);
+        // Gone, or this member itself, or a request for another member.
+        let mut gone = v.clone();
+        gone.members.pop();
+        from_leader(&gone);
+        let mut itself = v.clone();
+        itself.reinit.as_mut().unwrap().from = Some("b".into());
+        from_leader(&itself);
+        let mut other = v.clone();
+        other.reinit.as_mut().unwrap().member = "cc".into();
+        from_leader(&other);
     }
 
     #[test]

@@ -1218,3 +1218,255 @@ fn logical_slots_permanent_and_ignored_through_switchovers() {
         .map(|_| ())
         .unwrap_or_else(|e| panic!("the hand-made slot cannot be read: {e}"));
 }
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn postmasters(c: &Cluster) -> Vec<i32> {
+    c.nodes
+        .iter()
+        .map(|n| n.postmaster_pid().expect("a running postmaster"))
+        .collect()
+}
+
+fn list_json(c: &Cluster) -> serde_json::Value {
+    let out = c.leasedog(0).args(["list", "--json"]).output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+/// `restart --at`: refused in the past or unreadable; `list` shows it;
+/// no postmaster restarts before its time, every one after. A schedule
+/// the leader first sees long past (written by hand) is dropped, not run.
+#[test]
+fn restart_at_a_time_waits_for_it() {
+    let c = Cluster::start(3, Opts::default());
+    c.wait_healthy(BOOT);
+    c.wait_published_streaming(Duration::from_secs(10));
+    let (code, out) = cli(&c, 0, &["restart", "--at", "next tuesday"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("--at \"next tuesday\": expected ISO 8601"),
+        "{out}"
+    );
+    let past = (unix_now() - 60).to_string();
+    let (code, out) = cli(&c, 0, &["restart", "--at", &past]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("expected a time to come"), "{out}");
+
+    let before = postmasters(&c);
+    let at = unix_now() + 6;
+    let (code, out) = cli(&c, 1, &["restart", "--scheduled", &at.to_string()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("scheduled at"), "{out}");
+    let (_, table) = cli(&c, 0, &["list"]);
+    assert!(table.contains(" scheduled at: "), "{table}");
+    let v = list_json(&c);
+    assert!(v["restart"]["scheduled_at"].is_string(), "{v}");
+    // Nothing before the time (100 ms of margin for this clock's reading).
+    let mut looked = 0;
+    while (unix_now() as u128) * 1000 + 100 < (at as u128) * 1000 {
+        let now: Vec<Option<i32>> = c.nodes.iter().map(|n| n.postmaster_pid()).collect();
+        let same: Vec<Option<i32>> = before.iter().map(|p| Some(*p)).collect();
+        assert_eq!(
+            now, same,
+            "a postmaster stopped or restarted before its time"
+        );
+        looked += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        looked > 10,
+        "the schedule was not watched for long: {looked}"
+    );
+    let started = Instant::now();
+    wait_for(
+        "every postmaster restarted",
+        Duration::from_secs(60),
+        || {
+            let now: Vec<Option<i32>> = c.nodes.iter().map(|n| n.postmaster_pid()).collect();
+            now.iter()
+                .zip(&before)
+                .all(|(n, b)| n.is_some_and(|n| n != *b))
+                .then_some(())
+        },
+    );
+    wait_for("the request done", Duration::from_secs(30), || {
+        list_json(&c)["restart"].is_null().then_some(())
+    });
+    eprintln!(
+        "restart --at: every postmaster restarted, request gone {:.1} s after its time",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(unix_now() >= at);
+    c.wait_healthy(Duration::from_secs(60));
+
+    // Stale: written by hand 30 s in the past; the leader drops it.
+    c.wait_published_streaming(Duration::from_secs(10));
+    let before = postmasters(&c);
+    let stale = format!(
+        "{{\"id\":\"stale1\",\"scheduled_at\":\"{}\"}}",
+        unix_now() - 30
+    );
+    c.etcd_ctl_any(&["put", "/service/testcluster/restart", &stale])
+        .expect("etcdctl put");
+    wait_for("the stale request dropped", Duration::from_secs(20), || {
+        list_json(&c)["restart"].is_null().then_some(())
+    });
+    assert_eq!(
+        postmasters(&c),
+        before,
+        "a stale schedule restarted PostgreSQL"
+    );
+    let leader = c.leader().unwrap();
+    let i = c.nodes.iter().position(|n| n.name == leader).unwrap();
+    let log = c.nodes[i].agent_log_text();
+    assert!(log.contains("restart stale1: dropped: stale"), "{log}");
+}
+
+/// `restart --switchover --wait` under a writer: the replicas restart, the
+/// primary hands over to one of them instead of restarting in place, then
+/// restarts as a replica: the leader changed, every postmaster is new, and
+/// no acknowledged write is lost (writes fail only while the primary role
+/// moves, as in any switchover).
+#[test]
+fn restart_with_a_switchover_instead_of_the_primary_in_place() {
+    let c = Cluster::start(3, Opts::default());
+    let p = c.wait_healthy(BOOT);
+    c.wait_published_streaming(Duration::from_secs(10));
+    c.wait_streaming_through_slots(Duration::from_secs(10));
+    let (code, out) = cli(&c, 0, &["restart", "--switchover", "--role", "replica"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("--switchover with --role replica"), "{out}");
+    let before = postmasters(&c);
+    let writer = common::cluster::Writer::start(&c, p);
+    writer.wait_acked_on(p, 0, 5, Duration::from_secs(10));
+    let started = Instant::now();
+    let (code, out) = cli(&c, 2, &["restart", "--switchover", "--wait"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("after a switchover"), "{out}");
+    assert!(out.contains("done"), "{out}");
+    eprintln!(
+        "restart --switchover --wait: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let q = c.wait_healthy(Duration::from_secs(60));
+    assert_ne!(q, p, "the primary did not change");
+    assert_eq!(c.leader(), Some(c.nodes[q].name.clone()));
+    for (i, n) in c.nodes.iter().enumerate() {
+        assert_ne!(
+            n.postmaster_pid(),
+            Some(before[i]),
+            "{} not restarted",
+            n.name
+        );
+    }
+    let log = c.nodes[p].agent_log_text();
+    assert!(
+        log.contains("switching over to the best replica first"),
+        "{log}"
+    );
+    assert!(
+        log.contains("stopping PostgreSQL; it starts again as a replica"),
+        "the former primary was not restarted as a replica: {log}"
+    );
+    let (k, _) = *writer.acked().last().unwrap();
+    writer.wait_acked_on(q, k, 5, Duration::from_secs(20));
+    let failed = writer.failed();
+    let acked = writer.stop();
+    let keys: Vec<String> = acked.iter().map(|(k, _)| k.to_string()).collect();
+    let present = c.nodes[q]
+        .sql(&format!(
+            "SELECT count(*) FROM w WHERE k IN ({})",
+            keys.join(",")
+        ))
+        .unwrap();
+    assert_eq!(present, keys.len().to_string(), "acknowledged writes lost");
+    eprintln!(
+        "restart --switchover: {} writes acknowledged, {failed} failed while the primary role moved",
+        keys.len()
+    );
+    c.wait_rejoined_with(p, q, &acked, Duration::from_secs(30));
+    assert!(list_json(&c)["restart"].is_null());
+}
+
+/// `reinit --from`: refused naming the member itself or no member; a
+/// replica rebuilt from the other replica (pg_basebackup from its
+/// conn_url, not the leader's) streams from the leader and holds the rows.
+#[test]
+fn reinit_from_another_replica() {
+    let c = Cluster::start(3, Opts::default());
+    let p = c.wait_healthy(BOOT);
+    c.wait_published_streaming(Duration::from_secs(10));
+    let (r, s) = ((p + 1) % 3, (p + 2) % 3);
+    let name = |i: usize| c.nodes[i].name.clone();
+    let writer = common::cluster::Writer::start(&c, p);
+    writer.wait_acked_on(p, 0, 5, Duration::from_secs(10));
+    let (code, out) = cli(&c, 0, &["reinit", &name(r), "--from", &name(r)]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("cannot clone from itself"), "{out}");
+    let (code, out) = cli(&c, 0, &["reinit", &name(r), "--from", "nosuch"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("--from nosuch: no member named nosuch"),
+        "{out}"
+    );
+    let (code, out) = cli(
+        &c,
+        0,
+        &["reinit", &name(r), "--from", &name(s), "--from-leader"],
+    );
+    assert_eq!(code, 2, "--from with --from-leader: {out}");
+    let marker = c.nodes[r].data_dir.join("marker-before-reinit");
+    std::fs::write(&marker, b"x").unwrap();
+    let old_postmaster = c.nodes[r].postmaster_pid();
+    let started = Instant::now();
+    let (code, out) = cli(&c, 0, &["reinit", &name(r), "--from", &name(s), "--wait"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("clones from {}", name(s))), "{out}");
+    eprintln!(
+        "reinit --from a replica --wait: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(!marker.exists(), "the data directory was not emptied");
+    assert_ne!(c.nodes[r].postmaster_pid(), old_postmaster);
+    let log = c.nodes[r].agent_log_text();
+    assert!(
+        log.contains(&format!("cloning from {} with pg_basebackup", name(s))),
+        "not cloned from {}: {log}",
+        name(s)
+    );
+    assert_eq!(
+        c.wait_healthy(Duration::from_secs(60)),
+        p,
+        "the primary changed"
+    );
+    // It streams from the leader, not from the replica it was cloned from.
+    let port = c.nodes[p].pg_port.to_string();
+    wait_for("streaming from the leader", Duration::from_secs(20), || {
+        let row = c.nodes[r]
+            .sql("SELECT status || ' ' || sender_port FROM pg_stat_wal_receiver")
+            .ok()?;
+        (row == format!("streaming {port}")).then_some(())
+    });
+    let (k, _) = *writer.acked().last().unwrap();
+    writer.wait_acked_on(p, k, 5, Duration::from_secs(10));
+    assert_eq!(writer.failed(), 0, "a write to the primary failed");
+    let acked = writer.stop();
+    let last = acked.iter().map(|(k, _)| *k).max().unwrap();
+    wait_for(
+        "the rebuilt replica holds every acknowledged row",
+        Duration::from_secs(20),
+        || {
+            let n: usize = c.nodes[r]
+                .sql(&format!("SELECT count(*) FROM w WHERE k <= {last}"))
+                .ok()?
+                .parse()
+                .ok()?;
+            (n == acked.len()).then_some(())
+        },
+    );
+}
