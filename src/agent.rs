@@ -13,6 +13,7 @@ use crate::cluster::{ClusterView, LocalPostgres, MemberInfo, Millis, Tags};
 use crate::config::{Config, WatchdogMode};
 use crate::control::Command;
 use crate::dcs::{self, Dcs};
+use crate::dynamic_config::{self, KeySettings};
 use crate::ha::{self, Action, Decision, HaConfig, Input, NodeState};
 use crate::postgres::{self, Postgres};
 use crate::snapshot::{self, Shared, Snapshot};
@@ -81,6 +82,12 @@ pub struct Agent {
     /// Permanent logical slots being created off the loop, by name
     /// (`postgres::Postgres::create_logical_slot`); at most one each.
     logical_slot_jobs: std::collections::BTreeMap<String, LogicalSlotJob>,
+    /// The settings of the `config` key in effect over the file's
+    /// (`dynamic_config::effective`), the key they came from (applied
+    /// again over a reloaded file), and the key's values last refused.
+    key: KeySettings,
+    key_config: Option<crate::cluster::DynamicConfig>,
+    key_refused: Vec<String>,
 }
 
 /// The creation of one permanent logical slot, running off the loop.
@@ -97,7 +104,8 @@ pub enum Exit {
 impl Agent {
     /// `transport`: TLS and RBAC user for etcd (`dcs::Transport::load`).
     pub fn new(cfg: Config, transport: crate::dcs::Transport) -> Agent {
-        let ha = HaConfig::from_config(&cfg);
+        let key = KeySettings::of_file(&cfg);
+        let ha = key.ha_config(&cfg);
         let dcs = Dcs::new(
             cfg.etcd_endpoints(),
             cfg.prefix(),
@@ -140,6 +148,9 @@ impl Agent {
             steady: false,
             api_security: crate::api::Security::default(),
             logical_slot_jobs: std::collections::BTreeMap::new(),
+            key,
+            key_config: None,
+            key_refused: Vec::new(),
         }
     }
 
@@ -424,8 +435,21 @@ impl Agent {
         applied.namespace = self.cfg.namespace.clone();
         applied.restapi = self.cfg.restapi.clone();
         applied.control = self.cfg.control.clone();
-        self.ha = HaConfig::from_config(&applied);
-        self.pg = Postgres::new(applied.postgresql.clone(), applied.name.clone());
+        // The config key's settings stay over the new file's.
+        let (key, _) = match &self.key_config {
+            Some(k) => dynamic_config::effective(&applied, k, &self.key),
+            None => (KeySettings::of_file(&applied), Vec::new()),
+        };
+        let over = KeySettings::of_file(&applied).changes(&key);
+        if !over.is_empty() {
+            info!(
+                "config key: kept over the reloaded file: {}",
+                over.join(", ")
+            );
+        }
+        self.ha = key.ha_config(&applied);
+        self.pg = Postgres::new(key.postgresql(&applied), applied.name.clone());
+        self.key = key;
         self.pg.manage_sync_names(sync_initial(&applied));
         self.pg.wake_on_disconnect(self.wake.clone());
         self.cfg = applied;
@@ -650,6 +674,7 @@ impl Agent {
     /// changed. A setting that needs a restart shows as `pending_restart`
     /// in the member key from the next probe on.
     async fn apply_cluster_config(&mut self, view: &crate::cluster::ClusterView) {
+        self.apply_key_settings(&view.config).await;
         let (params, odd) = view.config.pg_parameters();
         if !odd.is_empty() {
             self.warn_limited(format!(
@@ -678,6 +703,47 @@ impl Agent {
             }
             Ok(None) => {}
             Err(e) => self.warn_limited(format!("applying the cluster configuration: {e}")),
+        }
+    }
+
+    /// The settings of the `config` key that win over the file's
+    /// (`dynamic_config::effective`): taken into the decision core's
+    /// settings at once, pg_hba.conf written and PostgreSQL reloaded when
+    /// its lines changed. A value the key holds that fails the checks is
+    /// logged as an error (once while it stays) and the one in effect kept.
+    async fn apply_key_settings(&mut self, key: &crate::cluster::DynamicConfig) {
+        if self.key_config.as_ref() != Some(key) {
+            self.key_config = Some(key.clone());
+        }
+        let (settings, refused) = dynamic_config::effective(&self.cfg, key, &self.key);
+        for r in refused.iter().filter(|r| !self.key_refused.contains(r)) {
+            error!("config key: refused: {r}");
+        }
+        self.key_refused = refused;
+        let changes = self.key.changes(&settings);
+        if !changes.is_empty() {
+            info!("config key: {} in effect", changes.join(", "));
+            self.ha = settings.ha_config(&self.cfg);
+            self.key = settings;
+        }
+        let t = self.observe_timeout();
+        let running = self.last_local.running;
+        match self.pg.apply_pg_hba(&self.key.pg_hba, running, t).await {
+            Ok((written, unreadable)) => {
+                if written {
+                    info!(
+                        "pg_hba.conf written ({} lines){}",
+                        self.key.pg_hba.len(),
+                        if running { ", PostgreSQL reloaded" } else { "" }
+                    );
+                }
+                for u in unreadable {
+                    error!(
+                        "{u}: PostgreSQL keeps its previous rules and would not start with this file; fix postgresql.pg_hba"
+                    );
+                }
+            }
+            Err(e) => self.warn_limited(format!("applying postgresql.pg_hba: {e}")),
         }
     }
 

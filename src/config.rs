@@ -1134,6 +1134,8 @@ pub const RETRY_TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 1..=3600;
 /// Accepted `maximum_lag_on_failover`, bytes: WAL positions are below 2^64,
 /// the cap leaves room for sums without overflow.
 pub const MAX_LAG_RANGE: std::ops::RangeInclusive<u64> = 0..=(1 << 62);
+/// Accepted `primary_start_timeout`, seconds: at most a day.
+pub const PRIMARY_START_TIMEOUT_MAX: u64 = 86_400;
 
 /// The rules a configuration must satisfy (DESIGN §1). Pure.
 pub fn validate(cfg: &Config) -> Vec<ConfigError> {
@@ -1287,11 +1289,11 @@ pub fn validate(cfg: &Config) -> Vec<ConfigError> {
             );
         }
     }
-    if cfg.primary_start_timeout > 86_400 {
+    if cfg.primary_start_timeout > PRIMARY_START_TIMEOUT_MAX {
         bad(
             "primary_start_timeout",
             format!(
-                "expected a number of seconds in 0..=86400, found {}",
+                "expected a number of seconds in 0..={PRIMARY_START_TIMEOUT_MAX}, found {}",
                 cfg.primary_start_timeout
             ),
         );

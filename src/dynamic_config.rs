@@ -1,25 +1,34 @@
-//! The cluster-wide configuration (the `config` key) as operators edit it:
-//! `show-config` and `edit-config`. Pure: the YAML text, the edits
-//! (`--set`, `--pg`, `--apply`), the checks that refuse a bad value before
-//! anything is written, and the unified diff shown before asking. The CLI
-//! reads the key, calls these, and writes by compare-and-swap.
+//! The cluster-wide configuration (the `config` key) as operators edit it
+//! (`show-config`, `edit-config`) and as members take it over their own
+//! file. Pure: the YAML text, the edits (`--set`, `--pg`, `--apply`), the
+//! checks that refuse a bad value before anything is written, the unified
+//! diff shown before asking, and [`effective`]: the settings a member runs
+//! with, its file's with the key's over them. The CLI reads the key, calls
+//! these, and writes by compare-and-swap.
 //!
-//! What the agents apply from the key today: `pause` and
-//! `postgresql.parameters` (written to `leasedog-cluster.conf`, reloaded,
-//! `pending_restart` published). The timing and synchronous settings are
-//! written at bootstrap for `patronictl show-config` and read from each
-//! member's file: changing them here is refused, with the way to do it.
+//! What the agents apply from the key: `pause`, `postgresql.parameters`
+//! (written to `leasedog-cluster.conf`, reloaded, `pending_restart`
+//! published), and [`KeySettings`]: `maximum_lag_on_failover`,
+//! `primary_start_timeout`, `postgresql.use_slots`,
+//! `postgresql.use_pg_rewind` and `postgresql.pg_hba`, where the key wins
+//! over the member's file once it holds them (Patroni's rule). The timing
+//! and synchronous settings are written at bootstrap for `patronictl
+//! show-config` and read from each member's file: changing them here is
+//! refused, with the way to do it.
 
+use crate::cluster::DynamicConfig;
+use crate::config::{Config, PostgresqlConfig};
+use crate::ha::HaConfig;
 use serde_json::{Map, Value};
 
 /// Keys the agents read from their own file in this version: a change in
-/// the `config` key would mislead (nothing would apply it).
-pub const FROM_THE_FILE: [&str; 9] = [
+/// the `config` key would mislead (nothing would apply it). The fence's
+/// timing and synchronous replication's safety stay per member, changed
+/// with a rolling restart.
+pub const FROM_THE_FILE: [&str; 7] = [
     "ttl",
     "loop_wait",
     "retry_timeout",
-    "maximum_lag_on_failover",
-    "primary_start_timeout",
     "synchronous_mode",
     "synchronous_mode_strict",
     "synchronous_node_count",
@@ -192,14 +201,21 @@ pub fn check(before: &Value, after: &Value) -> Vec<String> {
         }
         Some(x) => errors.push(format!("ignore_slots: expected a list, got {x}")),
     }
+    for (k, parse) in TOP_LEVEL {
+        if let Some(x) = after.get(k)
+            && let Err(e) = parse(x)
+        {
+            errors.push(e);
+        }
+    }
     match after.get("postgresql") {
         None => {}
         Some(Value::Object(pg)) => {
-            for b in ["use_pg_rewind", "use_slots"] {
-                if let Some(x) = pg.get(b)
-                    && !x.is_boolean()
+            for (k, parse) in IN_POSTGRESQL {
+                if let Some(x) = pg.get(k)
+                    && let Err(e) = parse(x)
                 {
-                    errors.push(format!("postgresql.{b}: expected true or false, got {x}"));
+                    errors.push(e);
                 }
             }
             match pg.get("parameters") {
@@ -238,6 +254,290 @@ fn check_parameter(name: &str, value: &Value) -> Option<String> {
         Value::String(_) | Value::Number(_) | Value::Bool(_) => None,
         other => Some(format!("expected a single value, got {other}")),
     }
+}
+
+/// A value of the key as an error quotes it: JSON, cut when long.
+fn shown(v: &Value) -> String {
+    let t = v.to_string();
+    if t.chars().count() <= 80 {
+        t
+    } else {
+        crate::config::excerpt(&t)
+    }
+}
+
+/// `maximum_lag_on_failover`: bytes, as `check-config` accepts them.
+fn parse_lag(v: &Value) -> Result<u64, String> {
+    let r = crate::config::MAX_LAG_RANGE;
+    v.as_u64().filter(|x| r.contains(x)).ok_or_else(|| {
+        format!(
+            "maximum_lag_on_failover: expected a whole number of bytes in {}..={}, got {}",
+            r.start(),
+            r.end(),
+            shown(v)
+        )
+    })
+}
+
+/// `primary_start_timeout`: seconds, as `check-config` accepts them.
+fn parse_start_timeout(v: &Value) -> Result<u64, String> {
+    let max = crate::config::PRIMARY_START_TIMEOUT_MAX;
+    v.as_u64().filter(|x| *x <= max).ok_or_else(|| {
+        format!(
+            "primary_start_timeout: expected a whole number of seconds in 0..={max}, got {}",
+            shown(v)
+        )
+    })
+}
+
+fn parse_use_slots(v: &Value) -> Result<bool, String> {
+    v.as_bool().ok_or_else(|| {
+        format!(
+            "postgresql.use_slots: expected true or false, got {}",
+            shown(v)
+        )
+    })
+}
+
+fn parse_use_pg_rewind(v: &Value) -> Result<bool, String> {
+    v.as_bool().ok_or_else(|| {
+        format!(
+            "postgresql.use_pg_rewind: expected true or false, got {}",
+            shown(v)
+        )
+    })
+}
+
+/// `postgresql.pg_hba`: a non-empty list of lines, none with a control
+/// character (a line break would smuggle in a rule of its own; a tab, a
+/// field separator in pg_hba.conf, is fine). An empty list would leave a
+/// pg_hba.conf that refuses every connection, the agent's own too.
+fn parse_pg_hba(v: &Value) -> Result<Vec<String>, String> {
+    let Some(list) = v.as_array() else {
+        return Err(format!(
+            "postgresql.pg_hba: expected a list of pg_hba.conf lines, got {}",
+            shown(v)
+        ));
+    };
+    if list.is_empty() {
+        return Err(
+            "postgresql.pg_hba: expected at least one line, got [] (it would refuse every connection; remove the key to keep each member's own lines)"
+                .into(),
+        );
+    }
+    let mut lines = Vec::new();
+    let mut errors = Vec::new();
+    for (i, line) in list.iter().enumerate() {
+        match line.as_str() {
+            Some(l) if l.chars().any(|c| c.is_control() && c != '\t') => errors.push(format!(
+                "postgresql.pg_hba[{i}]: the line holds a control character (a line break?), got {}",
+                shown(line)
+            )),
+            Some(l) => lines.push(l.to_string()),
+            None => errors.push(format!(
+                "postgresql.pg_hba[{i}]: expected a line of text, got {}",
+                shown(line)
+            )),
+        }
+    }
+    if errors.is_empty() {
+        Ok(lines)
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+type Check = fn(&Value) -> Result<(), String>;
+
+/// The top-level keys a member takes from the key, with their checks.
+const TOP_LEVEL: [(&str, Check); 2] = [
+    ("maximum_lag_on_failover", |v| parse_lag(v).map(drop)),
+    ("primary_start_timeout", |v| {
+        parse_start_timeout(v).map(drop)
+    }),
+];
+
+/// The keys under `postgresql` a member takes from the key (beside
+/// `parameters`), with their checks.
+const IN_POSTGRESQL: [(&str, Check); 3] = [
+    ("use_slots", |v| parse_use_slots(v).map(drop)),
+    ("use_pg_rewind", |v| parse_use_pg_rewind(v).map(drop)),
+    ("pg_hba", |v| parse_pg_hba(v).map(drop)),
+];
+
+/// The settings of the `config` key a member takes over its own file
+/// (Patroni's rule for dynamic keys: once the key holds one, it wins).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeySettings {
+    /// Bytes.
+    pub maximum_lag_on_failover: u64,
+    /// Seconds.
+    pub primary_start_timeout: u64,
+    pub use_slots: bool,
+    /// Off: a former primary starts as a replica without pg_rewind, and a
+    /// replica left behind on an older timeline waits for `reinit`.
+    pub use_pg_rewind: bool,
+    /// The lines of pg_hba.conf; empty: leasedog leaves the file alone.
+    pub pg_hba: Vec<String>,
+}
+
+impl KeySettings {
+    /// The member's file alone. `use_pg_rewind` is not a setting of the
+    /// file: leasedog rewinds unless the key says otherwise.
+    pub fn of_file(file: &Config) -> KeySettings {
+        KeySettings {
+            maximum_lag_on_failover: file.maximum_lag_on_failover,
+            primary_start_timeout: file.primary_start_timeout,
+            use_slots: file.postgresql.use_slots,
+            use_pg_rewind: true,
+            pg_hba: file.postgresql.pg_hba.clone(),
+        }
+    }
+
+    /// The decision core's settings: the file's, with these over them.
+    pub fn ha_config(&self, file: &Config) -> HaConfig {
+        let mut ha = HaConfig::from_config(file);
+        ha.maximum_lag_on_failover = self.maximum_lag_on_failover;
+        ha.primary_start_timeout_ms = self.primary_start_timeout * 1000;
+        ha.use_slots = self.use_slots;
+        ha.use_pg_rewind = self.use_pg_rewind;
+        ha
+    }
+
+    /// What differs in `new`, for the log: `name old -> new` each.
+    pub fn changes(&self, new: &KeySettings) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut note = |name: &str, old: String, new: String| {
+            if old != new {
+                out.push(format!("{name} {old} -> {new}"));
+            }
+        };
+        note(
+            "maximum_lag_on_failover",
+            self.maximum_lag_on_failover.to_string(),
+            new.maximum_lag_on_failover.to_string(),
+        );
+        note(
+            "primary_start_timeout",
+            self.primary_start_timeout.to_string(),
+            new.primary_start_timeout.to_string(),
+        );
+        note(
+            "postgresql.use_slots",
+            self.use_slots.to_string(),
+            new.use_slots.to_string(),
+        );
+        note(
+            "postgresql.use_pg_rewind",
+            self.use_pg_rewind.to_string(),
+            new.use_pg_rewind.to_string(),
+        );
+        if self.pg_hba != new.pg_hba {
+            out.push(format!(
+                "postgresql.pg_hba ({} lines -> {} lines)",
+                self.pg_hba.len(),
+                new.pg_hba.len()
+            ));
+        }
+        out
+    }
+
+    /// The local instance's settings: the file's, with these over them.
+    pub fn postgresql(&self, file: &Config) -> PostgresqlConfig {
+        PostgresqlConfig {
+            use_slots: self.use_slots,
+            pg_hba: self.pg_hba.clone(),
+            ..file.postgresql.clone()
+        }
+    }
+}
+
+/// Takes one setting from the key: absent, the file's stays; refused, the
+/// value in effect before stays and the refusal is noted.
+fn take<T: Clone + std::fmt::Debug>(
+    raw: Option<&Value>,
+    parse: fn(&Value) -> Result<T, String>,
+    slot: &mut T,
+    previous: &T,
+    refused: &mut Vec<String>,
+) {
+    if let Some(v) = raw {
+        match parse(v) {
+            Ok(x) => *slot = x,
+            Err(e) => {
+                refused.push(format!("{e}: keeping {previous:?}"));
+                *slot = previous.clone();
+            }
+        }
+    }
+}
+
+/// The settings a member runs with: its file's (`file`), with those the
+/// `config` key holds over them. A value the key holds that fails the
+/// checks of `edit-config` and `check-config` is refused: the value in
+/// effect before (`previous`) stays, and the refusal, naming the key and
+/// the value, is in the second list. Called every cycle and after a
+/// reload of the file, so the key's values never give way to the file's.
+pub fn effective(
+    file: &Config,
+    key: &DynamicConfig,
+    previous: &KeySettings,
+) -> (KeySettings, Vec<String>) {
+    let mut out = KeySettings::of_file(file);
+    let mut refused = Vec::new();
+    let top = |k: &str| key.other.get(k);
+    take(
+        top("maximum_lag_on_failover"),
+        parse_lag,
+        &mut out.maximum_lag_on_failover,
+        &previous.maximum_lag_on_failover,
+        &mut refused,
+    );
+    take(
+        top("primary_start_timeout"),
+        parse_start_timeout,
+        &mut out.primary_start_timeout,
+        &previous.primary_start_timeout,
+        &mut refused,
+    );
+    let pg = match top("postgresql") {
+        None => Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(other) => {
+            refused.push(format!(
+                "postgresql: expected a mapping, got {}: keeping use_slots {}, use_pg_rewind {}, pg_hba as before",
+                shown(other),
+                previous.use_slots,
+                previous.use_pg_rewind
+            ));
+            out.use_slots = previous.use_slots;
+            out.use_pg_rewind = previous.use_pg_rewind;
+            out.pg_hba = previous.pg_hba.clone();
+            return (out, refused);
+        }
+    };
+    take(
+        pg.get("use_slots"),
+        parse_use_slots,
+        &mut out.use_slots,
+        &previous.use_slots,
+        &mut refused,
+    );
+    take(
+        pg.get("use_pg_rewind"),
+        parse_use_pg_rewind,
+        &mut out.use_pg_rewind,
+        &previous.use_pg_rewind,
+        &mut refused,
+    );
+    take(
+        pg.get("pg_hba"),
+        parse_pg_hba,
+        &mut out.pg_hba,
+        &previous.pg_hba,
+        &mut refused,
+    );
+    (out, refused)
 }
 
 /// A unified diff of two texts (whole-file hunk, as `patronictl` shows).
@@ -334,6 +634,136 @@ mod tests {
         assert!(from_yaml("- a\n- b").is_err());
         assert!(from_yaml("a: [").is_err());
         assert_eq!(from_yaml("").unwrap(), json!({}));
+    }
+
+    /// The keys members take from the key: edit-config lets them change,
+    /// with the checks of check-config; the fence's timing stays refused.
+    #[test]
+    fn key_settings_may_change_with_their_checks() {
+        let before =
+            json!({"ttl": 30, "maximum_lag_on_failover": 1048576, "primary_start_timeout": 300});
+        let ok = json!({"ttl": 30, "maximum_lag_on_failover": 0, "primary_start_timeout": 86400,
+            "postgresql": {"use_slots": false, "use_pg_rewind": false,
+                "pg_hba": ["local all all trust", "host\tall all 10.0.0.0/8 scram-sha-256"]}});
+        assert_eq!(check(&before, &ok), Vec::<String>::new());
+        let bad = json!({"ttl": 30, "loop_wait": 3, "maximum_lag_on_failover": -1, "primary_start_timeout": 86401,
+            "postgresql": {"use_pg_rewind": "yes", "pg_hba": ["local all all trust", "host all all 0.0.0.0/0 trust\nlocal all all trust", 7]}});
+        let e = check(&before, &bad).join("\n");
+        for want in [
+            "loop_wait: read from each member's leasedog.yml",
+            "maximum_lag_on_failover: expected a whole number of bytes in 0..=4611686018427387904, got -1",
+            "primary_start_timeout: expected a whole number of seconds in 0..=86400, got 86401",
+            "postgresql.use_pg_rewind: expected true or false, got \"yes\"",
+            "postgresql.pg_hba[1]: the line holds a control character",
+            "postgresql.pg_hba[2]: expected a line of text, got 7",
+        ] {
+            assert!(e.contains(want), "{want} missing in:\n{e}");
+        }
+        let e = check(&before, &json!({"postgresql": {"pg_hba": []}})).join("\n");
+        assert!(
+            e.contains("postgresql.pg_hba: expected at least one line"),
+            "{e}"
+        );
+        let e = check(
+            &before,
+            &json!({"postgresql": {"pg_hba": "local all all trust"}}),
+        )
+        .join("\n");
+        assert!(e.contains("postgresql.pg_hba: expected a list"), "{e}");
+    }
+
+    fn key(v: Value) -> DynamicConfig {
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// The key wins over the file for the settings it holds; the file
+    /// counts for the rest; a refused value leaves the one in effect.
+    #[test]
+    fn effective_settings_take_the_key_over_the_file() {
+        let mut file = Config {
+            maximum_lag_on_failover: 1000,
+            primary_start_timeout: 60,
+            ..Default::default()
+        };
+        file.postgresql.pg_hba = vec!["local all all trust".into()];
+        let of_file = KeySettings::of_file(&file);
+        assert!(of_file.use_slots && of_file.use_pg_rewind);
+
+        // No key (or one without these): the file's.
+        let (s, refused) = effective(&file, &key(json!({"ttl": 30})), &of_file);
+        assert_eq!((s.clone(), refused), (of_file.clone(), vec![]));
+
+        let k = key(json!({"maximum_lag_on_failover": 7777, "postgresql": {
+            "use_slots": false, "use_pg_rewind": false,
+            "pg_hba": ["local all all peer", "host all all 127.0.0.1/32 trust"]}}));
+        let (s, refused) = effective(&file, &k, &of_file);
+        assert!(refused.is_empty(), "{refused:?}");
+        assert_eq!(s.maximum_lag_on_failover, 7777);
+        assert_eq!(
+            s.primary_start_timeout, 60,
+            "absent from the key: the file's"
+        );
+        assert!(!s.use_slots && !s.use_pg_rewind);
+        assert_eq!(
+            s.pg_hba,
+            vec!["local all all peer", "host all all 127.0.0.1/32 trust"]
+        );
+        assert_eq!(
+            of_file.changes(&s),
+            vec![
+                "maximum_lag_on_failover 1000 -> 7777",
+                "postgresql.use_slots true -> false",
+                "postgresql.use_pg_rewind true -> false",
+                "postgresql.pg_hba (1 lines -> 2 lines)",
+            ]
+        );
+        let ha = s.ha_config(&file);
+        assert_eq!(ha.maximum_lag_on_failover, 7777);
+        assert_eq!(ha.primary_start_timeout_ms, 60_000);
+        assert!(!ha.use_slots && !ha.use_pg_rewind);
+        assert_eq!(ha.ttl_ms, file.ttl * 1000);
+        let pg = s.postgresql(&file);
+        assert_eq!((pg.pg_hba.len(), pg.use_slots), (2, false));
+
+        // A reloaded file: the key's values stay over it, the file's new
+        // value counts where the key says nothing.
+        let mut reloaded = file.clone();
+        reloaded.maximum_lag_on_failover = 5;
+        reloaded.primary_start_timeout = 30;
+        let (again, _) = effective(&reloaded, &k, &s);
+        assert_eq!(again.maximum_lag_on_failover, 7777);
+        assert_eq!(again.primary_start_timeout, 30);
+        assert_eq!(again.pg_hba, s.pg_hba);
+
+        // Refused: the member keeps what was in effect, and says which key
+        // and value it refused.
+        let bad = key(
+            json!({"maximum_lag_on_failover": "lots", "primary_start_timeout": 90,
+            "postgresql": {"use_slots": 1, "pg_hba": ["host all all 0.0.0.0/0 trust\r"]}}),
+        );
+        let (kept, refused) = effective(&file, &bad, &s);
+        assert_eq!(kept.maximum_lag_on_failover, 7777);
+        assert_eq!(
+            kept.primary_start_timeout, 90,
+            "a good value beside bad ones is taken"
+        );
+        assert!(!kept.use_slots);
+        assert_eq!(kept.pg_hba, s.pg_hba);
+        let r = refused.join("\n");
+        for want in [
+            "maximum_lag_on_failover: expected a whole number of bytes in 0..=4611686018427387904, got \"lots\": keeping 7777",
+            "postgresql.use_slots: expected true or false, got 1: keeping false",
+            "postgresql.pg_hba[0]: the line holds a control character",
+        ] {
+            assert!(r.contains(want), "{want} missing in:\n{r}");
+        }
+        let (kept, refused) = effective(&file, &key(json!({"postgresql": "x"})), &s);
+        assert_eq!((kept.use_slots, kept.use_pg_rewind), (false, false));
+        assert_eq!(kept.pg_hba, s.pg_hba);
+        assert!(
+            refused[0].starts_with("postgresql: expected a mapping, got \"x\""),
+            "{refused:?}"
+        );
     }
 
     #[test]

@@ -44,6 +44,11 @@ pub struct HaConfig {
     pub watchdog_mode: WatchdogMode,
     /// `postgresql.use_slots`: member replication slots.
     pub use_slots: bool,
+    /// `postgresql.use_pg_rewind` (the `config` key's; on without it): a
+    /// former primary is rewound before it follows, and a replica left on
+    /// an older timeline is rewound. Off: neither; such a replica waits
+    /// for `leasedog reinit`.
+    pub use_pg_rewind: bool,
     /// `synchronous_mode` and its companions.
     pub sync: SyncConfig,
     /// `primary_start_timeout`: how long a leader whose PostgreSQL died
@@ -63,6 +68,7 @@ impl HaConfig {
             nofailover: c.tags.nofailover,
             watchdog_mode: c.watchdog.mode,
             use_slots: c.postgresql.use_slots,
+            use_pg_rewind: true,
             sync: SyncConfig {
                 mode: c.synchronous_mode,
                 strict: c.synchronous_mode_strict,
@@ -1612,6 +1618,14 @@ fn decide_follower(mut p: Plan<'_>, view: &ClusterView, leader: String) -> Decis
             }
         }
         DataDir::Initialized { was_primary, .. } if !local.running => {
+            if *was_primary && !p.i.cfg.use_pg_rewind {
+                p.push(Action::StartReplica {
+                    upstream: Some(upstream),
+                });
+                return p.done(format!(
+                    "starting as a replica of {leader} without pg_rewind (postgresql.use_pg_rewind is off): if this former primary diverged it will not stream and needs `leasedog reinit`{note}"
+                ));
+            }
             if *was_primary {
                 if !leader_running {
                     p.recheck_in(soon);
@@ -1634,6 +1648,12 @@ fn decide_follower(mut p: Plan<'_>, view: &ClusterView, leader: String) -> Decis
                 .stalled_since
                 .is_some_and(|t| p.i.now.since(t) >= stall_limit_ms(p.i.cfg))
             {
+                if !p.i.cfg.use_pg_rewind {
+                    p.recheck_in(soon);
+                    return p.done(format!(
+                        "not streaming from {leader}, which is on a later timeline, and postgresql.use_pg_rewind is off: waiting for `leasedog reinit` of this member"
+                    ));
+                }
                 p.push(Action::StopPostgres);
                 p.push(Action::Rewind {
                     upstream: upstream.clone(),
@@ -1969,6 +1989,7 @@ mod tests {
             nofailover: false,
             watchdog_mode: mode,
             use_slots: true,
+            use_pg_rewind: true,
             sync: Default::default(),
             primary_start_timeout_ms: 300_000,
         }
@@ -3104,6 +3125,33 @@ mod tests {
                 }
             ]
         );
+        // postgresql.use_pg_rewind off (the config key's): a former
+        // primary starts as a replica without a rewind, and a stuck
+        // replica is left running for `reinit`.
+        let no_rewind = HaConfig {
+            use_pg_rewind: false,
+            ..c.clone()
+        };
+        let d = run(&no_rewind, 11_000, Some(&v), &stopped(true), &n);
+        assert_eq!(
+            d.actions,
+            vec![
+                KeepAlive,
+                StartReplica {
+                    upstream: Some(up.clone())
+                }
+            ]
+        );
+        assert!(d.summary.contains("use_pg_rewind is off"), "{}", d.summary);
+        let d = run(
+            &no_rewind,
+            11_000 + stall_limit_ms(&c),
+            Some(&v),
+            &stuck,
+            &n2,
+        );
+        assert_eq!(d.actions, vec![KeepAlive]);
+        assert!(d.summary.contains("reinit"), "{}", d.summary);
         // Streaming again clears it.
         n2.observe(&c, Some(&v), &replica(900, &a_addr), Millis(12_000));
         assert_eq!(n2.stalled_since, None);

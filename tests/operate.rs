@@ -907,6 +907,146 @@ fn edit_config_reaches_every_member_and_refuses_bad_values() {
     setting_everywhere("work_mem", "4MB");
 }
 
+/// The settings of the config key that win over each member's file:
+/// `edit-config` sets `postgresql.pg_hba` and `maximum_lag_on_failover`;
+/// every member writes the lines into pg_hba.conf and reloads PostgreSQL
+/// (a connection the new first line rejects is refused by every server),
+/// and takes the lag; a SIGHUP reload of a member's file keeps both; a bad
+/// value another tool writes into the key is refused by every member, which
+/// keeps the value in effect.
+#[test]
+fn config_key_pg_hba_and_lag_win_over_the_file() {
+    let c = Cluster::start(3, Opts::default());
+    c.wait_healthy(BOOT);
+    let started = Instant::now();
+    // A TCP connection as a role that does not exist: the file's rules let
+    // it through to the role check; the key's first line rejects it.
+    let connect_as_probe = |n: &common::cluster::Node| -> String {
+        let out = Command::new(format!("{}/psql", common::cluster::BIN_DIR))
+            .args(["-X", "-At", "-w", "-h", "127.0.0.1", "-p"])
+            .arg(n.pg_port.to_string())
+            .args(["-U", "hba_probe", "-d", "postgres", "-c", "SELECT 1"])
+            .env("PGCONNECT_TIMEOUT", "3")
+            .output()
+            .expect("run psql");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    for n in &c.nodes {
+        let e = connect_as_probe(n);
+        assert!(
+            e.contains("role \"hba_probe\" does not exist"),
+            "{}: {e}",
+            n.name
+        );
+    }
+    let file_lines: Vec<String> = std::fs::read_to_string(c.nodes[0].data_dir.join("pg_hba.conf"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect();
+    assert_eq!(file_lines.len(), 3, "{file_lines:?}");
+    let reject = "host all hba_probe 127.0.0.1/32 reject";
+    let mut lines = vec![reject.to_string()];
+    lines.extend(file_lines);
+    let set_hba = format!(
+        "postgresql.pg_hba={}",
+        serde_json::to_string(&lines).unwrap()
+    );
+    let (code, out) = cli(
+        &c,
+        1,
+        &[
+            "edit-config",
+            "--force",
+            "--set",
+            "maximum_lag_on_failover=7777777",
+            "--set",
+            &set_hba,
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    wait_for(
+        "every member's pg_hba.conf holds the line and its server rejects the probe",
+        Duration::from_secs(20),
+        || {
+            c.nodes
+                .iter()
+                .all(|n| {
+                    std::fs::read_to_string(n.data_dir.join("pg_hba.conf"))
+                        .is_ok_and(|t| t.contains(reject))
+                        && connect_as_probe(n).contains("pg_hba.conf rejects connection")
+                })
+                .then_some(())
+        },
+    );
+    wait_for(
+        "every member takes maximum_lag_on_failover from the key",
+        Duration::from_secs(10),
+        || {
+            c.nodes
+                .iter()
+                .all(|n| {
+                    n.agent_log_text().lines().any(|l| {
+                        l.contains("config key: maximum_lag_on_failover 1048576 -> 7777777")
+                            && l.contains("in effect")
+                    })
+                })
+                .then_some(())
+        },
+    );
+
+    // A reload of a member's file keeps the key's values over it.
+    let r = (c.sole_primary().expect("a primary") + 1) % 3;
+    let pid = c.nodes[r].agent_pid().expect("agent running");
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    wait_for(
+        "the reload kept the key's values",
+        Duration::from_secs(10),
+        || {
+            c.nodes[r]
+            .agent_log_text()
+            .contains("config key: kept over the reloaded file: maximum_lag_on_failover 1048576 -> 7777777")
+            .then_some(())
+        },
+    );
+    assert!(
+        connect_as_probe(&c.nodes[r]).contains("pg_hba.conf rejects connection"),
+        "the key's pg_hba lost after a reload"
+    );
+
+    // A bad value written past edit-config: refused by every member, the
+    // value in effect kept.
+    let key = format!("/service/{}/config", c.scope);
+    let text = c.etcd.ctl(&["get", "--print-value-only", &key]).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    v["maximum_lag_on_failover"] = serde_json::json!("lots");
+    c.etcd.ctl(&["put", &key, &v.to_string()]).unwrap();
+    let refusal = "config key: refused: maximum_lag_on_failover: expected a whole number of bytes in 0..=4611686018427387904, got \"lots\": keeping 7777777";
+    wait_for(
+        "every member refuses the bad value",
+        Duration::from_secs(10),
+        || {
+            c.nodes
+                .iter()
+                .all(|n| n.agent_log_text().contains(refusal))
+                .then_some(())
+        },
+    );
+    for n in &c.nodes {
+        let log = n.agent_log_text();
+        assert!(
+            !log.contains("maximum_lag_on_failover 7777777 ->"),
+            "{} gave up the value in effect:\n{log}",
+            n.name
+        );
+    }
+    eprintln!(
+        "config key checks: {:.1} s after the cluster was healthy",
+        started.elapsed().as_secs_f64()
+    );
+}
+
 /// `reload` through etcd reaches every member (a setting edited by hand in
 /// each postgresql.conf applies); `reinit` rebuilds a replica whose data
 /// directory was damaged on purpose: its agent stops PostgreSQL, empties

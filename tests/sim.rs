@@ -1180,6 +1180,7 @@ impl Sim {
                 nofailover: false,
                 watchdog_mode: setup.mode,
                 use_slots: true,
+                use_pg_rewind: true,
                 primary_start_timeout_ms: 300_000,
                 sync: setup
                     .sync
@@ -3656,6 +3657,7 @@ fn teeth_when_the_feed_slack_is_fixed() {
         nofailover: false,
         watchdog_mode: s.mode,
         use_slots: true,
+        use_pg_rewind: true,
         sync: Default::default(),
         primary_start_timeout_ms: 300_000,
     };

@@ -281,7 +281,9 @@ pub fn managed_conf(
 
 /// The text of pg_hba.conf from the configured lines.
 pub fn hba_conf(lines: &[String]) -> String {
-    let mut s = String::from("# Managed by leasedog (postgresql.pg_hba in leasedog.yml).\n");
+    let mut s = String::from(
+        "# Managed by leasedog: postgresql.pg_hba of the cluster's config key, else of leasedog.yml.\n",
+    );
     for l in lines {
         s.push_str(l);
         s.push('\n');

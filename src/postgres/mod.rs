@@ -153,6 +153,12 @@ pub struct Postgres {
     /// (and, when the server ran, reloaded). None: not written yet by
     /// this agent.
     cluster_params: Option<BTreeMap<String, String>>,
+    /// The pg_hba.conf lines last found in the file (written if need be)
+    /// and, when the server ran, reloaded. None: not looked at yet.
+    hba_applied: Option<Vec<String>>,
+    /// pg_hba.conf was rewritten while the server ran and the reload has
+    /// not succeeded yet.
+    hba_reload_pending: bool,
 }
 
 /// What `pg_ctl status` says of the postmaster. Only its exit code 3 (no
@@ -187,6 +193,8 @@ impl Postgres {
             sync_names: None,
             wake: None,
             cluster_params: None,
+            hba_applied: None,
+            hba_reload_pending: false,
         }
     }
 
@@ -240,6 +248,61 @@ impl Postgres {
         Ok(Some((changed, skipped)))
     }
 
+    /// Takes `lines` as pg_hba.conf (the `config` key's `postgresql.pg_hba`
+    /// over the file's): every later write of the managed files uses them,
+    /// and when pg_hba.conf holds something else it is written now and a
+    /// running server reloaded (as Patroni). Returns whether it was
+    /// written, and the lines PostgreSQL could not read (from
+    /// `pg_hba_file_rules`: it keeps its old rules then, and would refuse
+    /// to start). Empty `lines`: pg_hba.conf is left alone. A failed reload
+    /// is an error and is tried again next time.
+    pub async fn apply_pg_hba(
+        &mut self,
+        lines: &[String],
+        running: bool,
+        timeout: Duration,
+    ) -> Result<(bool, Vec<String>), PgError> {
+        self.cfg.pg_hba = lines.to_vec();
+        if lines.is_empty()
+            || self.hba_applied.as_deref() == Some(lines)
+            || !self.data().join("PG_VERSION").exists()
+        {
+            return Ok((false, Vec::new()));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        let path = self.data().join("pg_hba.conf");
+        let text = conf::hba_conf(lines);
+        let written = std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str());
+        if written {
+            conf::write_atomic(&path, &text).map_err(io(format!("writing {}", path.display())))?;
+            self.hba_reload_pending = running;
+        }
+        let mut unreadable = Vec::new();
+        if running && self.hba_reload_pending {
+            self.reload(left()).await?;
+            self.hba_reload_pending = false;
+            let client = self.client(left()).await?;
+            let rows = tokio::time::timeout(
+                left(),
+                client.query(
+                    "SELECT coalesce(line_number, 0), error FROM pg_hba_file_rules WHERE error IS NOT NULL",
+                    &[],
+                ),
+            )
+            .await
+            .map_err(|_| PgError::Query("reading pg_hba_file_rules timed out".into()))?
+            .map_err(|e| PgError::Query(error_chain(&e)))?;
+            for r in rows {
+                let line: i32 = r.try_get(0).unwrap_or(0);
+                let error: String = r.try_get(1).unwrap_or_default();
+                unreadable.push(format!("pg_hba.conf line {line}: {error}"));
+            }
+        }
+        self.hba_applied = Some(lines.to_vec());
+        Ok((written, unreadable))
+    }
+
     /// Empties the data directory of a stopped replica for a reinit: the
     /// directory is renamed aside (one atomic step: from then on the data
     /// directory is absent, which the next cycle clones again, also after
@@ -261,6 +324,7 @@ impl Postgres {
         self.streamed_tli = None;
         self.seen_in_recovery = None;
         self.cluster_params = None;
+        self.hba_applied = None;
         create_dir_0700(&data)?;
         std::fs::remove_dir_all(&aside).map_err(io(format!("removing {}", aside.display())))
     }
