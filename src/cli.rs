@@ -151,7 +151,10 @@ pub enum Command {
     /// Change the cluster-wide configuration: opens $EDITOR on it (or
     /// applies --set/--pg/--apply), shows the diff, asks, and writes it if
     /// nobody changed it meanwhile. PostgreSQL settings reach every member
-    /// in its next cycle (reloaded; `list` shows who needs a restart).
+    /// in its next cycle (reloaded; `list` shows who needs a restart), as
+    /// do maximum_lag_on_failover, primary_start_timeout and
+    /// postgresql.use_slots/use_pg_rewind/pg_hba, which win over each
+    /// member's file.
     EditConfig {
         /// key=value (dotted path, value read as YAML; null removes).
         #[arg(short = 's', long = "set", value_name = "KEY=VALUE")]
