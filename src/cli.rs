@@ -510,12 +510,7 @@ pub fn list_json(view: &crate::cluster::ClusterView) -> String {
         }))
     });
     let restart = view.restart.as_ref().map(|r| {
-        let done: Vec<&str> = view
-            .members
-            .iter()
-            .filter(|m| m.info.restarted.as_deref() == Some(r.id.as_str()))
-            .map(|m| m.name.as_str())
-            .collect();
+        let done = restarted_members(view, &r.id);
         serde_json::json!({
             "id": r.id,
             "scheduled_at": r.scheduled_at.as_deref().and_then(iso),
@@ -681,12 +676,7 @@ pub fn list_table(scope: &str, view: &crate::cluster::ClusterView) -> String {
                 schedule_label(at)
             )),
             None => {
-                let done: Vec<&str> = view
-                    .members
-                    .iter()
-                    .filter(|m| m.info.restarted.as_deref() == Some(r.id.as_str()))
-                    .map(|m| m.name.as_str())
-                    .collect();
+                let done = restarted_members(view, &r.id);
                 out.push_str(&format!(
                     " Restart {id} in progress{what}: done on [{}]\n",
                     done.join(", ")
@@ -1376,6 +1366,15 @@ fn failover(path: &std::path::Path, to: &str, allow_data_loss: bool) -> Result<(
             Err(fail(&format!("{to} did not become the leader in time")))
         }
     })
+}
+
+/// The members that carried out restart request `id` (they publish it).
+fn restarted_members<'a>(view: &'a crate::cluster::ClusterView, id: &str) -> Vec<&'a str> {
+    view.members
+        .iter()
+        .filter(|m| m.info.restarted.as_deref() == Some(id))
+        .map(|m| m.name.as_str())
+        .collect()
 }
 
 #[cfg(test)]

@@ -1287,15 +1287,9 @@ impl Dcs {
         mod_revision: i64,
         timeout: Duration,
     ) -> Result<bool, DcsError> {
-        let key = self.key(name);
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.clone(),
-                CompareOp::Equal,
-                mod_revision,
-            )])
-            .and_then([TxnOp::delete(key, None)]);
-        self.txn("request delete", txn, timeout).await
+        let op = TxnOp::delete(self.key(name), None);
+        self.request_if_at(name, op, mod_revision, "request delete", timeout)
+            .await
     }
 
     /// Rewrites a request key if it is still at `mod_revision` (the leader
@@ -1307,15 +1301,28 @@ impl Dcs {
         mod_revision: i64,
         timeout: Duration,
     ) -> Result<bool, DcsError> {
-        let key = self.key(name);
+        let op = TxnOp::put(self.key(name), json, None);
+        self.request_if_at(name, op, mod_revision, "request update", timeout)
+            .await
+    }
+
+    /// `op` on a request key, if the key is still at `mod_revision`.
+    async fn request_if_at(
+        &mut self,
+        name: &str,
+        op: TxnOp,
+        mod_revision: i64,
+        what: &'static str,
+        timeout: Duration,
+    ) -> Result<bool, DcsError> {
         let txn = Txn::new()
             .when([Compare::mod_revision(
-                key.clone(),
+                self.key(name),
                 CompareOp::Equal,
                 mod_revision,
             )])
-            .and_then([TxnOp::put(key, json, None)]);
-        self.txn("request update", txn, timeout).await
+            .and_then([op]);
+        self.txn(what, txn, timeout).await
     }
 
     /// Writes the `config` key (no lease).
