@@ -403,6 +403,14 @@ impl Agent {
         }
     }
 
+    /// New settings for the decision core. A new `ttl` applies to leases
+    /// granted from now on; until the key is on one, the fence counts with
+    /// the smaller of the two (`NodeState::fence_ttl_ms`).
+    fn set_ha(&mut self, ha: HaConfig) {
+        self.dcs.set_ttl(ha.ttl_ms / 1000);
+        self.ha = ha;
+    }
+
     /// SIGHUP: applies the re-read configuration file (read off the loop's
     /// thread): what can change while running, and says what needs a
     /// restart. A file that fails changes nothing.
@@ -447,7 +455,7 @@ impl Agent {
                 over.join(", ")
             );
         }
-        self.ha = key.ha_config(&applied);
+        self.set_ha(key.ha_config(&applied));
         self.pg = Postgres::new(key.postgresql(&applied), applied.name.clone());
         self.key = key;
         self.pg.manage_sync_names(sync_initial(&applied));
@@ -723,7 +731,7 @@ impl Agent {
         let changes = self.key.changes(&settings);
         if !changes.is_empty() {
             info!("config key: {} in effect", changes.join(", "));
-            self.ha = settings.ha_config(&self.cfg);
+            self.set_ha(settings.ha_config(&self.cfg));
             self.key = settings;
         }
         let t = self.observe_timeout();
@@ -1156,7 +1164,12 @@ impl Agent {
                 if ka.granted_new {
                     info!("new etcd lease {:x}", ka.lease_id);
                 }
-                self.node.on_renewed(sent, ka.lease_id, ka.granted_new);
+                self.node.on_renewed(
+                    sent,
+                    ka.lease_id,
+                    ka.granted_new,
+                    ka.granted_ttl as u64 * 1000,
+                );
                 // The member key lives on this lease: (re)write it now, not
                 // after the cycle's actions, one of which may hold the loop
                 // (a replica's start): the new leader makes a replication
@@ -1187,7 +1200,11 @@ impl Agent {
                     .acquire_leader(t)
                     .await
                     .map_err(|e| e.to_string())?;
-                self.node.on_leader_txn(sent, won);
+                if won {
+                    self.node.on_acquired(sent);
+                } else {
+                    self.node.on_leader_txn(sent, won);
+                }
                 if won {
                     info!("acquired the leader key");
                     Ok(())
@@ -1202,11 +1219,72 @@ impl Agent {
                     .take_over_leader(*mod_revision, t)
                     .await
                     .map_err(|e| e.to_string())?;
-                self.node.on_leader_txn(sent, won);
                 if won {
+                    self.node.on_acquired(sent);
                     Ok(())
                 } else {
+                    self.node.on_leader_txn(sent, won);
                     Err("the leader key changed meanwhile".into())
+                }
+            }
+            Action::NewLease => {
+                let sent = self.now();
+                let ka = self.dcs.new_lease(t).await.map_err(|e| e.to_string())?;
+                info!(
+                    "new etcd lease {:x} of the configured ttl ({} s)",
+                    ka.lease_id, ka.granted_ttl
+                );
+                self.node
+                    .on_renewed(sent, ka.lease_id, true, ka.granted_ttl as u64 * 1000);
+                if !self.fence_pending() {
+                    self.publish().await;
+                }
+                Ok(())
+            }
+            Action::MoveLease { mod_revision } => {
+                let granted = self.now();
+                let info = self.member_info();
+                let m = match self.dcs.move_leader(*mod_revision, &info, t).await {
+                    Ok(m) => m,
+                    // Nothing moved: the key stays on the lease renewed as
+                    // before; tried again next cycle.
+                    Err(e) => {
+                        self.warn_limited(format!(
+                            "moving the leader key to a lease of the new ttl: {e}"
+                        ));
+                        return Ok(());
+                    }
+                };
+                let sent = Millis(m.txn_sent.duration_since(self.started).as_millis() as u64);
+                let ttl_ms = m.ttl as u64 * 1000;
+                match m.moved {
+                    Ok(true) => {
+                        self.node
+                            .on_lease_moved(granted, sent, m.lease_id, ttl_ms, Some(true));
+                        self.published = Some((Some(m.lease_id), info));
+                        info!(
+                            "leader key moved to lease {:x} of {} s (ttl changed)",
+                            m.lease_id, m.ttl
+                        );
+                        Ok(())
+                    }
+                    Ok(false) => {
+                        self.node
+                            .on_lease_moved(granted, sent, m.lease_id, ttl_ms, Some(false));
+                        Err("the leader key is no longer ours".into())
+                    }
+                    Err(e) => {
+                        // The key may be on the new lease, which is not
+                        // renewed: the fence counts with its expiry until a
+                        // later move settles it.
+                        self.node
+                            .on_lease_moved(granted, sent, m.lease_id, ttl_ms, None);
+                        warn!(
+                            "moving the leader key to lease {:x}: {e}; counting with that lease's expiry until a move succeeds",
+                            m.lease_id
+                        );
+                        Ok(())
+                    }
                 }
             }
             Action::ReleaseLeader => {
@@ -1254,6 +1332,7 @@ impl Agent {
                 self.feed_watchdog();
                 Ok(())
             }
+            Action::SetWatchdogTimeout { secs } => self.set_watchdog_timeout(*secs),
             Action::DisarmWatchdog => {
                 self.disarm_watchdog();
                 Ok(())
@@ -1277,7 +1356,12 @@ impl Agent {
                             let t = Duration::from_millis(self.ha.retry_timeout_ms);
                             let sent = self.now();
                             match self.dcs.keepalive(t).await {
-                                Ok(ka) => self.node.on_renewed(sent, ka.lease_id, ka.granted_new),
+                                Ok(ka) => self.node.on_renewed(
+                                    sent,
+                                    ka.lease_id,
+                                    ka.granted_new,
+                                    ka.granted_ttl as u64 * 1000,
+                                ),
                                 Err(e) => debug!("lease keep-alive during initdb: {e}"),
                             }
                         }
@@ -1571,10 +1655,10 @@ impl Agent {
 
     fn arm_watchdog(&mut self, required: bool) -> Result<(), String> {
         let now = self.now();
-        if !ha::may_feed(&self.ha, now, self.node.fence_base()) {
+        let secs = self.node.watchdog_target_secs(&self.ha);
+        if !ha::may_feed(&self.ha, &self.node, now, secs) {
             return Err("lease renewal too old to arm the watchdog safely".into());
         }
-        let secs = self.ha.watchdog_timeout_secs();
         match Watchdog::arm(self.cfg.watchdog.driver, &self.cfg.watchdog.device, secs) {
             Ok(w) if !w.magic_close() && required => {
                 // Any close stops such a device: a crashed agent would leave
@@ -1629,9 +1713,44 @@ impl Agent {
         }
     }
 
+    /// SETTIMEOUT on the armed watchdog (it pings): under the feed rule
+    /// with the new timeout. A failure leaves the device's timeout unknown:
+    /// the longer of the two is assumed.
+    fn set_watchdog_timeout(&mut self, secs: u32) -> Result<(), String> {
+        let now = self.now();
+        if !ha::may_feed(&self.ha, &self.node, now, secs) {
+            self.warn_limited(format!(
+                "lease renewal answered late: not setting the watchdog timeout to {secs}s this cycle"
+            ));
+            return Ok(());
+        }
+        let Some(w) = self.watchdog.as_mut() else {
+            return Ok(());
+        };
+        let before = w.timeout();
+        match w.set_timeout(secs) {
+            Ok(got) => {
+                self.node.on_watchdog_timeout_set(now, secs, Some(got));
+                self.last_feed = Some(Instant::now());
+                info!("watchdog timeout {before}s -> {got}s (ttl changed)");
+                if got > secs {
+                    return Err(format!(
+                        "the watchdog set its timeout to {got}s when {secs}s was asked: it would outlive the lease"
+                    ));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.node.on_watchdog_timeout_set(now, secs, None);
+                Err(format!("setting the watchdog timeout to {secs}s: {e}"))
+            }
+        }
+    }
+
     fn feed_watchdog(&mut self) {
         let now = self.now();
-        if !ha::may_feed(&self.ha, now, self.node.fence_base()) {
+        let secs = self.node.watchdog_timeout_secs.unwrap_or(0);
+        if !ha::may_feed(&self.ha, &self.node, now, secs) {
             self.warn_limited(
                 "lease renewal answered late: not feeding the watchdog this cycle".into(),
             );
@@ -2097,6 +2216,9 @@ fn describe(a: &Action) -> &'static str {
         Action::ReplaceOrphanLeader { .. } => "replacing an orphan leader key",
         Action::ArmWatchdog { .. } => "arming the watchdog",
         Action::FeedWatchdog => "feeding the watchdog",
+        Action::SetWatchdogTimeout { .. } => "setting the watchdog timeout",
+        Action::MoveLease { .. } => "moving the leader key to a new lease",
+        Action::NewLease => "taking a lease of the new ttl",
         Action::DisarmWatchdog => "disarming the watchdog",
         Action::Initdb => "initdb",
         Action::StartPrimary => "starting PostgreSQL as primary",

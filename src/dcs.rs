@@ -104,6 +104,20 @@ pub struct KeepAlive {
     /// The previous lease was gone (or there was none): this is a new one.
     pub granted_new: bool,
     pub ttl_left: i64,
+    /// The TTL etcd granted this lease, in seconds.
+    pub granted_ttl: i64,
+}
+
+/// A leader key move (`Dcs::move_leader`) once its lease was granted.
+#[derive(Debug)]
+pub struct Moving {
+    pub lease_id: i64,
+    /// Seconds, as granted.
+    pub ttl: i64,
+    pub txn_sent: std::time::Instant,
+    /// The txn: moved, not moved (the key is not ours as we knew it), or
+    /// unknown (the key may be on the new lease, which nobody renews).
+    pub moved: Result<bool, DcsError>,
 }
 
 /// HTTP/2 pings: etcd (gRPC's enforcement policy) closes a connection
@@ -226,8 +240,11 @@ pub struct Dcs {
     failing_since: Vec<Option<(tokio::time::Instant, tokio::time::Instant)>>,
     prefix: String,
     name: String,
+    /// The ttl new leases are asked for (the configured one).
     ttl: i64,
     lease: Option<i64>,
+    /// The TTL etcd granted `lease`: its renewals must answer no less.
+    lease_ttl: i64,
     keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
     /// The last `config` value that could be read: an unreadable one (odd
     /// data, a hostile writer) never ends maintenance mode or changes
@@ -337,6 +354,7 @@ impl Dcs {
             prefix,
             name,
             ttl: ttl_secs as i64,
+            lease_ttl: ttl_secs as i64,
             lease: None,
             keeper: None,
             last_good_config: None,
@@ -803,13 +821,26 @@ impl Dcs {
     }
 
     async fn grant(&mut self, timeout: Duration) -> Result<KeepAlive, DcsError> {
+        let (id, ttl) = self.grant_lease(timeout).await?;
+        self.keeper = None;
+        self.lease = Some(id);
+        self.lease_ttl = ttl;
+        Ok(KeepAlive {
+            lease_id: id,
+            granted_new: true,
+            ttl_left: ttl,
+            granted_ttl: ttl,
+        })
+    }
+
+    /// A lease of the configured ttl, not (yet) this agent's: (id, TTL).
+    async fn grant_lease(&mut self, timeout: Duration) -> Result<(i64, i64), DcsError> {
         let ttl = self.ttl;
         let resp = self
             .call("lease grant", timeout, |mut c| async move {
                 c.lease_grant(ttl, None).await
             })
             .await?;
-        self.keeper = None;
         if resp.ttl() < ttl {
             // The lease would expire before the deadline the fence computes.
             return Err(DcsError::Lease(format!(
@@ -818,11 +849,72 @@ impl Dcs {
                 resp.ttl()
             )));
         }
-        self.lease = Some(resp.id());
-        Ok(KeepAlive {
-            lease_id: resp.id(),
-            granted_new: true,
-            ttl_left: resp.ttl(),
+        Ok((resp.id(), resp.ttl()))
+    }
+
+    /// The ttl of leases granted from now on (a change of `ttl` in the
+    /// `config` key). The current lease keeps its own until replaced.
+    pub fn set_ttl(&mut self, ttl_secs: u64) {
+        self.ttl = ttl_secs as i64;
+    }
+
+    /// A member that does not hold the leader key: a new lease of the
+    /// configured ttl in place of the current one, which is left to expire
+    /// (the member key moves with the next publish).
+    pub async fn new_lease(&mut self, timeout: Duration) -> Result<KeepAlive, DcsError> {
+        self.grant(timeout).await
+    }
+
+    /// A leader's key to a new lease of the configured ttl (a change of
+    /// `ttl`): grants it, then one txn puts the leader key and the member
+    /// key (`member`) on it if the leader key still holds our name, our
+    /// lease and `mod_revision`. `Ok((id, ttl, Ok(moved)))` once granted;
+    /// `Ok((id, ttl, Err(e)))` when the txn's outcome is unknown (the key
+    /// may be on the new lease, which this agent then does not renew);
+    /// `Err` when no lease was granted (nothing moved). The caller notes
+    /// the grant's send time; the txn's is `Moving::txn_sent`.
+    pub async fn move_leader(
+        &mut self,
+        mod_revision: i64,
+        member: &MemberInfo,
+        timeout: Duration,
+    ) -> Result<Moving, DcsError> {
+        let start = tokio::time::Instant::now();
+        let old = self.own_lease()?;
+        let (id, ttl) = self.grant_lease(timeout).await?;
+        let txn_sent = std::time::Instant::now();
+        let leader = self.key("leader");
+        let json = serde_json::to_string(member).unwrap_or_default();
+        let txn = Txn::new()
+            .when([
+                Compare::value(leader.clone(), CompareOp::Equal, self.name.clone()),
+                Compare::lease(leader.clone(), CompareOp::Equal, old),
+                Compare::mod_revision(leader.clone(), CompareOp::Equal, mod_revision),
+            ])
+            .and_then([
+                TxnOp::put(
+                    leader,
+                    self.name.clone(),
+                    Some(PutOptions::new().with_lease(id)),
+                ),
+                TxnOp::put(
+                    self.key(&format!("members/{}", self.name)),
+                    json,
+                    Some(PutOptions::new().with_lease(id)),
+                ),
+            ]);
+        let left = timeout.saturating_sub(start.elapsed());
+        let moved = self.txn("leader key move", txn, left).await;
+        if let Ok(true) = moved {
+            self.lease = Some(id);
+            self.lease_ttl = ttl;
+            self.keeper = None;
+        }
+        Ok(Moving {
+            lease_id: id,
+            ttl,
+            txn_sent,
+            moved,
         })
     }
 
@@ -878,10 +970,10 @@ impl Dcs {
                         "etcd answered a keep-alive of lease {id:x} for lease {rid:x}"
                     )));
                 }
-                Ok(Ok(Some((_, ttl)))) if ttl > 0 && ttl < self.ttl => {
+                Ok(Ok(Some((_, ttl)))) if ttl > 0 && ttl < self.lease_ttl => {
                     return Err(DcsError::Lease(format!(
-                        "etcd renewed lease {id:x} for {ttl} s where the ttl is {} s: not counted as renewed",
-                        self.ttl
+                        "etcd renewed lease {id:x} for {ttl} s where it was granted {} s: not counted as renewed",
+                        self.lease_ttl
                     )));
                 }
                 Ok(Ok(Some((_, ttl)))) if ttl > 0 => {
@@ -891,6 +983,7 @@ impl Dcs {
                         lease_id: id,
                         granted_new: false,
                         ttl_left: ttl,
+                        granted_ttl: self.lease_ttl,
                     });
                 }
                 Ok(Ok(Some(_))) => false,

@@ -11,10 +11,12 @@
 //! published), and [`KeySettings`]: `maximum_lag_on_failover`,
 //! `primary_start_timeout`, `postgresql.use_slots`,
 //! `postgresql.use_pg_rewind` and `postgresql.pg_hba`, where the key wins
-//! over the member's file once it holds them (Patroni's rule). The timing
-//! and synchronous settings are written at bootstrap for `patronictl
-//! show-config` and read from each member's file: changing them here is
-//! refused, with the way to do it.
+//! over the member's file once it holds them (Patroni's rule), and the
+//! fence's timing (`ttl`, `loop_wait`, `retry_timeout`, taken together;
+//! the agent moves its lease and watchdog to them, see `ha::NodeState::
+//! fence_ttl_ms`). The synchronous settings are written at bootstrap for
+//! `patronictl show-config` and read from each member's file: changing
+//! them here is refused, with the way to do it.
 
 use crate::cluster::DynamicConfig;
 use crate::config::{Config, PostgresqlConfig};
@@ -22,13 +24,9 @@ use crate::ha::HaConfig;
 use serde_json::{Map, Value};
 
 /// Keys the agents read from their own file in this version: a change in
-/// the `config` key would mislead (nothing would apply it). The fence's
-/// timing and synchronous replication's safety stay per member, changed
-/// with a rolling restart.
-pub const FROM_THE_FILE: [&str; 7] = [
-    "ttl",
-    "loop_wait",
-    "retry_timeout",
+/// the `config` key would mislead (nothing would apply it). Synchronous
+/// replication's settings stay per member, changed with a rolling restart.
+pub const FROM_THE_FILE: [&str; 4] = [
     "synchronous_mode",
     "synchronous_mode_strict",
     "synchronous_node_count",
@@ -208,6 +206,34 @@ pub fn check(before: &Value, after: &Value) -> Vec<String> {
             errors.push(e);
         }
     }
+    if TIMING.iter().any(|k| before.get(k) != after.get(k)) {
+        // The values the members would run with: the key's, or for one it
+        // lacks, the default (each member's file, which this does not see).
+        let d = Config::default();
+        let mut t = [d.ttl, d.loop_wait, d.retry_timeout];
+        let mut parsed = true;
+        for (k, slot) in TIMING.iter().zip(t.iter_mut()) {
+            match after.get(k).map(|x| parse_seconds(k, x)) {
+                Some(Ok(x)) => *slot = x,
+                Some(Err(e)) => {
+                    errors.push(e);
+                    parsed = false;
+                }
+                None => {}
+            }
+        }
+        if parsed {
+            let mut c = d;
+            (c.ttl, c.loop_wait, c.retry_timeout) = (t[0], t[1], t[2]);
+            c.watchdog.mode = crate::config::WatchdogMode::Off;
+            errors.extend(
+                crate::config::validate(&c)
+                    .into_iter()
+                    .filter(|e| TIMING.contains(&e.key.as_str()))
+                    .map(|e| format!("{}: {}", e.key, e.message)),
+            );
+        }
+    }
     match after.get("postgresql") {
         None => {}
         Some(Value::Object(pg)) => {
@@ -280,6 +306,23 @@ fn parse_lag(v: &Value) -> Result<u64, String> {
 }
 
 /// `primary_start_timeout`: seconds, as `check-config` accepts them.
+/// The fence's timing, taken from the key together: a member runs with
+/// all three from the key or, when the three with its own
+/// `watchdog.safety_margin` break a rule of `check-config`, keeps the ones
+/// in force.
+const TIMING: [&str; 3] = ["ttl", "loop_wait", "retry_timeout"];
+
+fn parse_seconds(key: &str, v: &Value) -> Result<u64, String> {
+    v.as_u64()
+        .or_else(|| v.as_str().and_then(|t| t.trim().parse().ok()))
+        .ok_or_else(|| {
+            format!(
+                "{key}: expected a whole number of seconds, got {}",
+                shown(v)
+            )
+        })
+}
+
 fn parse_start_timeout(v: &Value) -> Result<u64, String> {
     let max = crate::config::PRIMARY_START_TIMEOUT_MAX;
     v.as_u64().filter(|x| *x <= max).ok_or_else(|| {
@@ -379,6 +422,8 @@ pub struct KeySettings {
     pub use_pg_rewind: bool,
     /// The lines of pg_hba.conf; empty: leasedog leaves the file alone.
     pub pg_hba: Vec<String>,
+    /// `ttl`, `loop_wait`, `retry_timeout`, seconds.
+    pub timing: [u64; 3],
 }
 
 impl KeySettings {
@@ -391,6 +436,7 @@ impl KeySettings {
             use_slots: file.postgresql.use_slots,
             use_pg_rewind: true,
             pg_hba: file.postgresql.pg_hba.clone(),
+            timing: [file.ttl, file.loop_wait, file.retry_timeout],
         }
     }
 
@@ -401,6 +447,10 @@ impl KeySettings {
         ha.primary_start_timeout_ms = self.primary_start_timeout * 1000;
         ha.use_slots = self.use_slots;
         ha.use_pg_rewind = self.use_pg_rewind;
+        let [ttl, loop_wait, retry_timeout] = self.timing;
+        ha.ttl_ms = ttl * 1000;
+        ha.loop_wait_ms = loop_wait * 1000;
+        ha.retry_timeout_ms = retry_timeout * 1000;
         ha
     }
 
@@ -432,6 +482,9 @@ impl KeySettings {
             self.use_pg_rewind.to_string(),
             new.use_pg_rewind.to_string(),
         );
+        for (i, k) in TIMING.iter().enumerate() {
+            note(k, self.timing[i].to_string(), new.timing[i].to_string());
+        }
         if self.pg_hba != new.pg_hba {
             out.push(format!(
                 "postgresql.pg_hba ({} lines -> {} lines)",
@@ -500,6 +553,7 @@ pub fn effective(
         &previous.primary_start_timeout,
         &mut refused,
     );
+    take_timing(file, key, previous, &mut out, &mut refused);
     let pg = match top("postgresql") {
         None => Map::new(),
         Some(Value::Object(m)) => m.clone(),
@@ -538,6 +592,51 @@ pub fn effective(
         &mut refused,
     );
     (out, refused)
+}
+
+/// `ttl`, `loop_wait`, `retry_timeout` from the key, as one: refused
+/// together when one does not parse or the three break a rule of
+/// `check-config` with this member's file (its `watchdog.safety_margin`:
+/// the watchdog timeout and the feed slack).
+fn take_timing(
+    file: &Config,
+    key: &DynamicConfig,
+    previous: &KeySettings,
+    out: &mut KeySettings,
+    refused: &mut Vec<String>,
+) {
+    if TIMING.iter().all(|k| !key.other.contains_key(*k)) {
+        return;
+    }
+    let mut t = out.timing;
+    let mut errors = Vec::new();
+    for (k, slot) in TIMING.iter().zip(t.iter_mut()) {
+        match key.other.get(*k).map(|v| parse_seconds(k, v)) {
+            Some(Ok(x)) => *slot = x,
+            Some(Err(e)) => errors.push(e),
+            None => {}
+        }
+    }
+    if errors.is_empty() && t != out.timing {
+        let mut c = file.clone();
+        (c.ttl, c.loop_wait, c.retry_timeout) = (t[0], t[1], t[2]);
+        errors.extend(
+            crate::config::validate(&c)
+                .into_iter()
+                .filter(|e| TIMING.contains(&e.key.as_str()) || e.key == "watchdog.safety_margin")
+                .map(|e| format!("{}: {} (with this member's file)", e.key, e.message)),
+        );
+    }
+    if errors.is_empty() {
+        out.timing = t;
+    } else {
+        let [ttl, loop_wait, retry_timeout] = previous.timing;
+        refused.push(format!(
+            "{}: keeping ttl {ttl}, loop_wait {loop_wait}, retry_timeout {retry_timeout}",
+            errors.join("; ")
+        ));
+        out.timing = previous.timing;
+    }
 }
 
 /// A unified diff of two texts (whole-file hunk, as `patronictl` shows).
@@ -615,7 +714,7 @@ mod tests {
         let bad = json!({"ttl": 10, "pause": "yes", "slots": {"Bad": {}, "l": {"type": "logical"}, "e": {"type": "logical", "database": "", "plugin": 7}}, "ignore_slots": [{"nme": "x"}, 3], "postgresql": {"use_slots": 1, "parameters": {"port": 5433, "bad name": 1, "x": "a\nb", "y": [1]}}});
         let e = check(&before, &bad).join("\n");
         for want in [
-            "ttl: read from each member's leasedog.yml",
+            "ttl: loop_wait + 2*retry_timeout <= ttl is broken: 10 + 2*10 = 30 > ttl 10",
             "pause: expected true or false",
             "postgresql.use_slots: expected true or false",
             "postgresql.parameters.port: set by leasedog",
@@ -637,7 +736,7 @@ mod tests {
     }
 
     /// The keys members take from the key: edit-config lets them change,
-    /// with the checks of check-config; the fence's timing stays refused.
+    /// with the checks of check-config (the fence's timing as a whole).
     #[test]
     fn key_settings_may_change_with_their_checks() {
         let before =
@@ -646,11 +745,11 @@ mod tests {
             "postgresql": {"use_slots": false, "use_pg_rewind": false,
                 "pg_hba": ["local all all trust", "host\tall all 10.0.0.0/8 scram-sha-256"]}});
         assert_eq!(check(&before, &ok), Vec::<String>::new());
-        let bad = json!({"ttl": 30, "loop_wait": 3, "maximum_lag_on_failover": -1, "primary_start_timeout": 86401,
+        let bad = json!({"ttl": 30, "loop_wait": "x", "retry_timeout": 20, "maximum_lag_on_failover": -1, "primary_start_timeout": 86401,
             "postgresql": {"use_pg_rewind": "yes", "pg_hba": ["local all all trust", "host all all 0.0.0.0/0 trust\nlocal all all trust", 7]}});
         let e = check(&before, &bad).join("\n");
         for want in [
-            "loop_wait: read from each member's leasedog.yml",
+            "loop_wait: expected a whole number of seconds, got \"x\"",
             "maximum_lag_on_failover: expected a whole number of bytes in 0..=4611686018427387904, got -1",
             "primary_start_timeout: expected a whole number of seconds in 0..=86400, got 86401",
             "postgresql.use_pg_rewind: expected true or false, got \"yes\"",

@@ -143,6 +143,18 @@ pub fn stop_split_ms(budget_ms: u64) -> (u64, u64, u64) {
 pub struct NodeState {
     /// This agent's etcd lease, once granted.
     pub lease_id: Option<i64>,
+    /// The TTL etcd granted that lease. A lease keeps the TTL it was
+    /// granted with: a change of `ttl` takes a new lease (a replica's next
+    /// renewal, a leader's `MoveLease`), and until then the fence counts
+    /// with the smaller of the two (`fence_ttl_ms`).
+    pub lease_ttl_ms: Option<u64>,
+    /// A move of the leader key to a new lease ended without an answer: the
+    /// key may be on that lease, which nobody renews, and so may be gone
+    /// from this instant (its grant's send time plus its TTL). The fence
+    /// counts with it until a later move succeeds (its txn compares the
+    /// key's revision, which the lost one's would no longer match) or a new
+    /// term begins.
+    pub move_bound: Option<Millis>,
     /// Send instant of the last keep-alive that etcd answered with TTL > 0.
     pub last_renewal: Option<Millis>,
     /// The last leader confirmation (or acquisition) succeeded, and nothing
@@ -163,6 +175,8 @@ pub struct NodeState {
     pub watchdog_armed: bool,
     /// When the armed watchdog fires unless fed: last feed + read-back timeout.
     pub watchdog_deadline: Option<Millis>,
+    /// The armed watchdog's timeout as read back, in seconds.
+    pub watchdog_timeout_secs: Option<u32>,
     /// The last attempt to arm failed.
     pub watchdog_arm_failed: bool,
     /// The cluster was paused at the last successful read. Never used for a
@@ -209,7 +223,37 @@ impl NodeState {
     /// for a confirmed leader, from the earlier of that and the last
     /// confirmation's send time (`fence_base`).
     pub fn lease_deadline(&self, cfg: &HaConfig) -> Option<Millis> {
-        self.fence_base().map(|t| t.plus(cfg.ttl_ms))
+        let d = self.fence_base()?.plus(self.fence_ttl_ms(cfg));
+        // The bound of an unknown move concerns the key this node holds as
+        // leader: a member that lost it counts from its own lease (a
+        // candidate's stale bound would keep it from ever arming).
+        match self.move_bound {
+            Some(b) if self.leader_confirmed => Some(d.min(b)),
+            _ => Some(d),
+        }
+    }
+
+    /// The ttl the fence counts with: the smaller of the configured one and
+    /// the one etcd granted our lease, so that across a change of `ttl`
+    /// (which takes a new lease) the shorter budget holds until both are in
+    /// force.
+    pub fn fence_ttl_ms(&self, cfg: &HaConfig) -> u64 {
+        self.lease_ttl_ms.map_or(cfg.ttl_ms, |l| l.min(cfg.ttl_ms))
+    }
+
+    /// The watchdog timeout that fits the fence now: `fence_ttl -
+    /// safety_margin`. After a change of `ttl` it shrinks at once and grows
+    /// only once the key is on a lease of the new ttl.
+    pub fn watchdog_target_secs(&self, cfg: &HaConfig) -> u32 {
+        (self.fence_ttl_ms(cfg).saturating_sub(cfg.safety_margin_ms) / 1000) as u32
+    }
+
+    /// A confirmed leader whose key must go to a new lease: its lease was
+    /// granted another ttl than the configured one, or a move's outcome is
+    /// unknown (moving again settles it).
+    pub fn lease_needs_move(&self, cfg: &HaConfig) -> bool {
+        self.leader_confirmed
+            && (self.lease_ttl_ms.is_some_and(|l| l != cfg.ttl_ms) || self.move_bound.is_some())
     }
 
     /// What the feed rule and the leader's deadlines count from: the last
@@ -378,13 +422,15 @@ impl NodeState {
         self.stream_wanted_since = Some(now);
     }
 
-    /// A keep-alive *sent* at `sent` was answered with TTL > 0 for `lease_id`.
-    pub fn on_renewed(&mut self, sent: Millis, lease_id: i64, granted_new: bool) {
+    /// A keep-alive *sent* at `sent` was answered with TTL > 0 for
+    /// `lease_id`, a lease granted `ttl_ms`.
+    pub fn on_renewed(&mut self, sent: Millis, lease_id: i64, granted_new: bool, ttl_ms: u64) {
         if granted_new || self.lease_id != Some(lease_id) {
             // A new lease: no key is bound to it yet.
             self.leader_confirmed = false;
         }
         self.lease_id = Some(lease_id);
+        self.lease_ttl_ms = Some(ttl_ms);
         self.last_renewal = Some(sent);
     }
 
@@ -393,6 +439,42 @@ impl NodeState {
         self.leader_confirmed = won;
         if won {
             self.last_confirmed = Some(sent);
+        }
+    }
+
+    /// An acquire or take-over txn sent at `sent` put the key on our lease:
+    /// a new term, at a revision no earlier move compared.
+    pub fn on_acquired(&mut self, sent: Millis) {
+        self.on_leader_txn(sent, true);
+        self.move_bound = None;
+    }
+
+    /// `MoveLease`: a lease of `ttl_ms` granted with its request sent at
+    /// `granted`, then the txn sent at `sent`. Moved: the key is on the new
+    /// lease, which lives from at least `granted`. Not moved (the compare
+    /// failed): the key is not ours as we knew it. Unknown (None): the key
+    /// may be on the new lease, gone at `granted + ttl_ms` unless renewed.
+    pub fn on_lease_moved(
+        &mut self,
+        granted: Millis,
+        sent: Millis,
+        lease_id: i64,
+        ttl_ms: u64,
+        moved: Option<bool>,
+    ) {
+        match moved {
+            Some(true) => {
+                self.lease_id = Some(lease_id);
+                self.lease_ttl_ms = Some(ttl_ms);
+                self.last_renewal = Some(granted);
+                self.last_confirmed = Some(sent);
+                self.move_bound = None;
+            }
+            Some(false) => self.leader_confirmed = false,
+            None => {
+                let b = granted.plus(ttl_ms);
+                self.move_bound = Some(self.move_bound.map_or(b, |x| x.min(b)));
+            }
         }
     }
 
@@ -405,6 +487,7 @@ impl NodeState {
         self.watchdog_armed = true;
         self.watchdog_arm_failed = false;
         self.watchdog_deadline = Some(now.plus(timeout_secs as u64 * 1000));
+        self.watchdog_timeout_secs = Some(timeout_secs);
     }
 
     pub fn on_arm_failed(&mut self) {
@@ -413,22 +496,46 @@ impl NodeState {
 
     pub fn on_fed(&mut self, now: Millis, timeout_secs: u32) {
         self.watchdog_deadline = Some(now.plus(timeout_secs as u64 * 1000));
+        self.watchdog_timeout_secs = Some(timeout_secs);
+    }
+
+    /// A new timeout was asked at `now` (SETTIMEOUT, which also pings):
+    /// `Some(read back)`, or None when it failed and the device may run
+    /// either, pinged or not: the stop is planned for the earlier deadline
+    /// of the two, and the feed rule assumes the longer timeout until a
+    /// read-back says otherwise.
+    pub fn on_watchdog_timeout_set(&mut self, now: Millis, asked: u32, got: Option<u32>) {
+        match got {
+            Some(t) => self.on_fed(now, t),
+            None => {
+                let before = self.watchdog_timeout_secs.unwrap_or(asked);
+                let new = now.plus(asked as u64 * 1000);
+                self.watchdog_deadline = Some(self.watchdog_deadline.map_or(new, |d| d.min(new)));
+                self.watchdog_timeout_secs = Some(before.max(asked));
+            }
+        }
     }
 
     pub fn on_disarmed(&mut self) {
         self.watchdog_armed = false;
         self.watchdog_deadline = None;
+        self.watchdog_timeout_secs = None;
     }
 }
 
-/// The feed rule (DESIGN §1.3): arming or feeding at `now` is allowed only if
-/// the last renewal was *sent* less than `safety_margin - slack` ago, so that
-/// `now + wd` lies before `last_renewal + ttl`.
-pub fn may_feed(cfg: &HaConfig, now: Millis, last_renewal: Option<Millis>) -> bool {
-    match last_renewal {
-        Some(sent) => now.since(sent) + cfg.feed_slack_ms() < cfg.safety_margin_ms && now >= sent,
-        None => false,
-    }
+/// The feed rule (DESIGN §1.3): arming, feeding or re-setting at `now` a
+/// watchdog of `timeout_secs` is allowed only if it would fire, running
+/// `WATCHDOG_RATE_PCT` long, more than `SLACK_FIXED_MS` before the lease
+/// deadline (`NodeState::lease_deadline`: the fence base plus the smaller
+/// of the configured and the granted ttl). With the configured timeout
+/// `ttl - safety_margin` this is: the renewal was *sent* less than
+/// `safety_margin - slack` ago.
+pub fn may_feed(cfg: &HaConfig, node: &NodeState, now: Millis, timeout_secs: u32) -> bool {
+    let (Some(base), Some(deadline)) = (node.fence_base(), node.lease_deadline(cfg)) else {
+        return false;
+    };
+    let wd_ms = timeout_secs as u64 * 1000;
+    now >= base && now.plus(wd_ms + wd_ms * WATCHDOG_RATE_PCT / 100 + SLACK_FIXED_MS) < deadline
 }
 
 /// The value of a leader key that replaced an orphan one: no member can
@@ -617,6 +724,24 @@ pub enum Action {
     },
     /// Ping the watchdog; skipped (not failed) when the feed rule forbids.
     FeedWatchdog,
+    /// Re-set the armed watchdog's timeout (SETTIMEOUT, read back; it pings,
+    /// so only under the feed rule with the new timeout): a change of `ttl`
+    /// shrinks it before the key moves to a shorter lease and grows it only
+    /// once the key is on a longer one (`NodeState::watchdog_target_secs`).
+    SetWatchdogTimeout {
+        secs: u32,
+    },
+    /// A confirmed leader's key to a lease of the configured ttl: grant it,
+    /// then a txn that puts the key (and the member key) on it if the key
+    /// still holds our name, our lease and `mod_revision`. Only once the
+    /// armed watchdog fits the new ttl.
+    MoveLease {
+        mod_revision: i64,
+    },
+    /// A member that does not hold the key takes a lease of the configured
+    /// ttl in place of one granted another (its member key moves with its
+    /// next publish; the old lease is left to expire).
+    NewLease,
     /// Magic close. Only ever emitted when PostgreSQL is not writable.
     DisarmWatchdog,
     Initdb,
@@ -791,14 +916,34 @@ impl<'a> Plan<'a> {
         }
     }
     /// Arm if not armed, else feed: the fence for a node that is or is about
-    /// to be writable. Nothing when the watchdog is off.
+    /// to be writable. Nothing when the watchdog is off. A confirmed leader
+    /// whose ttl changed re-sets the watchdog's timeout in place of a feed
+    /// and moves its key to a lease of the new ttl once the watchdog fits
+    /// it: shrink, move; or move, grow.
     fn fence(&mut self) {
-        let mode = self.i.cfg.watchdog_mode;
+        let (cfg, node) = (self.i.cfg, self.i.node);
+        let mode = cfg.watchdog_mode;
+        let armed = node.watchdog_armed && mode != WatchdogMode::Off;
+        if node.lease_needs_move(cfg)
+            && (!armed || node.watchdog_timeout_secs <= Some(cfg.watchdog_timeout_secs()))
+            && let Some(l) = self.i.view.and_then(|v| v.leader.as_ref())
+            && l.name == cfg.name
+            && Some(l.lease) == node.lease_id
+        {
+            self.push(Action::MoveLease {
+                mod_revision: l.mod_revision,
+            });
+        }
         if mode == WatchdogMode::Off {
             return;
         }
         if self.i.node.watchdog_armed {
-            self.push(Action::FeedWatchdog);
+            let target = node.watchdog_target_secs(cfg);
+            if node.leader_confirmed && node.watchdog_timeout_secs.is_some_and(|t| t != target) {
+                self.push(Action::SetWatchdogTimeout { secs: target });
+            } else {
+                self.push(Action::FeedWatchdog);
+            }
         } else {
             self.push(Action::ArmWatchdog {
                 required: mode == WatchdogMode::Required,
@@ -827,11 +972,22 @@ pub fn decide(i: Input<'_>) -> Decision {
     // due, not every cycle (etcd traffic). A plan that does anything else
     // (a race, a start) renews as before: a race takes the key on a lease
     // just renewed.
+    let other_ttl = i.node.lease_ttl_ms.is_some_and(|l| l != i.cfg.ttl_ms);
     if d.actions == [Action::KeepAlive]
         && !i.node.leader_confirmed
+        && !other_ttl
         && !replica_renewal_due(i.cfg, i.node, i.now)
     {
         d.actions.clear();
+    }
+    // A member that does not hold the key and whose lease was granted
+    // another ttl takes a new one in place of renewing it.
+    if !i.node.leader_confirmed && other_ttl {
+        for a in d.actions.iter_mut() {
+            if *a == Action::KeepAlive {
+                *a = Action::NewLease;
+            }
+        }
     }
     d
 }
@@ -2122,17 +2278,27 @@ mod tests {
 
     use Action::*;
 
+    /// The feed rule for a node whose fence counts from `base`, with the
+    /// configured watchdog timeout.
+    fn feeds_at(c: &HaConfig, now: Millis, base: Option<Millis>) -> bool {
+        let n = NodeState {
+            last_renewal: base,
+            ..NodeState::default()
+        };
+        may_feed(c, &n, now, c.watchdog_timeout_secs())
+    }
+
     #[test]
     fn feed_rule_uses_the_send_time() {
         let c = cfg(WatchdogMode::Automatic);
-        assert!(may_feed(&c, Millis(10_000), Some(Millis(10_000))));
+        assert!(feeds_at(&c, Millis(10_000), Some(Millis(10_000))));
         // wd 4 s: slack 500 ms + 3% of 4 s = 620 ms of a 2 s margin.
         assert_eq!(c.feed_slack_ms(), 620);
-        assert!(may_feed(&c, Millis(11_379), Some(Millis(10_000))));
-        assert!(!may_feed(&c, Millis(11_380), Some(Millis(10_000))));
-        assert!(!may_feed(&c, Millis(10_000), None));
+        assert!(feeds_at(&c, Millis(11_379), Some(Millis(10_000))));
+        assert!(!feeds_at(&c, Millis(11_380), Some(Millis(10_000))));
+        assert!(!feeds_at(&c, Millis(10_000), None));
         // A clock that went backwards never feeds.
-        assert!(!may_feed(&c, Millis(9_000), Some(Millis(10_000))));
+        assert!(!feeds_at(&c, Millis(9_000), Some(Millis(10_000))));
         // The hardware deadline of an allowed feed lies before the lease expiry.
         // Even on hardware that runs WATCHDOG_RATE_PCT long.
         let wd_ms = c.watchdog_timeout_secs() as u64 * 1000;
@@ -2284,11 +2450,11 @@ mod tests {
         assert_eq!(n.fence_base(), Some(Millis(10_000)));
         // Renewed at 11 s, but the confirmation failed (no answer, or
         // denied): the leader's deadlines count from the confirmation.
-        n.on_renewed(Millis(11_000), 9, false);
+        n.on_renewed(Millis(11_000), 9, false, c.ttl_ms);
         assert_eq!(n.fence_base(), Some(Millis(10_050)));
         assert_eq!(n.lease_deadline(&c), Some(Millis(16_050)));
-        assert!(!may_feed(&c, Millis(11_430), n.fence_base()));
-        assert!(may_feed(&c, Millis(11_429), n.fence_base()));
+        assert!(!feeds_at(&c, Millis(11_430), n.fence_base()));
+        assert!(feeds_at(&c, Millis(11_429), n.fence_base()));
         // Confirmed again: both move on.
         n.on_leader_txn(Millis(11_010), true);
         assert_eq!(n.fence_base(), Some(Millis(11_000)));

@@ -413,6 +413,22 @@ impl Watchdog {
         }
     }
 
+    /// Sets a new timeout on the running watchdog (WDIOC_SETTIMEOUT, which
+    /// pings it) and reads it back: the timeout it now runs with. The
+    /// testing driver logs `timeout N`, its ping.
+    pub fn set_timeout(&mut self, secs: u32) -> Result<u32, WatchdogError> {
+        let got = match self.backend.as_mut() {
+            Some(Backend::Device(f)) => set_and_read_timeout(f, &self.device, secs)?,
+            Some(Backend::Testing(f)) => {
+                log_line(f, &self.device, &format!("timeout {secs}"))?;
+                secs
+            }
+            None => secs,
+        };
+        self.timeout = got;
+        Ok(got)
+    }
+
     /// Stops the timer: the magic character, then close.
     pub fn disarm(mut self) -> Result<(), WatchdogError> {
         match self.backend.take() {

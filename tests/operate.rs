@@ -870,8 +870,8 @@ fn edit_config_reaches_every_member_and_refuses_bad_values() {
     let before = cli(&c, 0, &["show-config"]).1;
     for (args, want) in [
         (
-            vec!["--set", "ttl=5"],
-            "ttl: read from each member's leasedog.yml",
+            vec!["--set", "ttl=1"],
+            "ttl: expected a number of seconds in 2..=3600, found 1",
         ),
         (
             vec!["--pg", "port=6000"],

@@ -302,6 +302,9 @@ struct Setup {
     broken: Broken,
     mix: Mix,
     sync: Option<SyncSetup>,
+    /// The config key's ttl changes (doubled, then back) while the faults
+    /// run; each member takes it at its own moment (its next read).
+    retime: bool,
 }
 
 // ---------------------------------------------------------------- etcd
@@ -317,7 +320,18 @@ struct Kv {
 #[derive(Debug, Clone, PartialEq)]
 enum Op {
     Read,
-    KeepAlive(Option<i64>),
+    /// A keep-alive; a lease gone is replaced by one of `ttl` ms.
+    KeepAlive(Option<i64>, u64),
+    /// `dcs::new_lease`: a lease of `ttl` ms in place of ours.
+    NewLease(u64),
+    /// `dcs::move_leader`: a lease of `ttl` ms granted, then the leader key
+    /// (and the member key) put on it if the key holds our name, lease
+    /// `lease` and `rev`.
+    Move {
+        lease: Option<i64>,
+        rev: i64,
+        ttl: u64,
+    },
     Confirm(Option<i64>, Option<Status>),
     Acquire(Option<i64>),
     TakeOver(Option<i64>, i64),
@@ -354,7 +368,16 @@ enum Op {
 #[derive(Debug, Clone)]
 enum Reply {
     View(Box<ClusterView>),
-    Lease { id: i64, granted_new: bool },
+    Lease {
+        id: i64,
+        granted_new: bool,
+        ttl: u64,
+    },
+    Moved {
+        id: i64,
+        ttl: u64,
+        moved: bool,
+    },
     Bool(bool),
     Done,
     Failed,
@@ -364,6 +387,8 @@ struct Etcd {
     kv: BTreeMap<String, Kv>,
     rev: i64,
     leases: BTreeMap<i64, u64>,
+    /// The TTL each lease was granted, when not `ttl_ms`.
+    lease_ttl: BTreeMap<i64, u64>,
     next_lease: i64,
     ttl_ms: u64,
 }
@@ -390,6 +415,24 @@ impl Etcd {
             true
         } else {
             false
+        }
+    }
+    /// The TTL lease `id` was granted.
+    fn granted(&self, id: i64) -> u64 {
+        self.lease_ttl.get(&id).copied().unwrap_or(self.ttl_ms)
+    }
+    /// A new lease of `ttl` ms.
+    fn grant(&mut self, ttl: u64, now: u64) -> Reply {
+        self.next_lease += 1;
+        let id = self.next_lease;
+        self.leases.insert(id, now + ttl);
+        if ttl != self.ttl_ms {
+            self.lease_ttl.insert(id, ttl);
+        }
+        Reply::Lease {
+            id,
+            granted_new: true,
+            ttl,
         }
     }
     fn lease_alive(&self, id: Option<i64>, now: u64) -> Option<i64> {
@@ -467,30 +510,43 @@ impl Etcd {
         };
         match op {
             Op::Read => (Reply::View(Box::new(self.view())), false),
-            Op::KeepAlive(id) => match self.lease_alive(*id, now) {
+            Op::KeepAlive(id, ttl) => match self.lease_alive(*id, now) {
                 Some(id) => {
-                    self.leases.insert(id, now + self.ttl_ms);
+                    let ttl = self.granted(id);
+                    self.leases.insert(id, now + ttl);
                     (
                         Reply::Lease {
                             id,
                             granted_new: false,
+                            ttl,
                         },
                         false,
                     )
                 }
-                None => {
-                    self.next_lease += 1;
-                    let id = self.next_lease;
-                    self.leases.insert(id, now + self.ttl_ms);
-                    (
-                        Reply::Lease {
-                            id,
-                            granted_new: true,
-                        },
-                        false,
-                    )
-                }
+                None => (self.grant(*ttl, now), false),
             },
+            Op::NewLease(ttl) => (self.grant(*ttl, now), false),
+            Op::Move { lease, rev, ttl } => {
+                let Reply::Lease { id, .. } = self.grant(*ttl, now) else {
+                    unreachable!()
+                };
+                let ours = matches!(held(self), Some((v, l, m)) if v == name && Some(l) == *lease && m == *rev);
+                if ours {
+                    self.put(&leader, name.into(), id);
+                    let member = format!("{PREFIX}members/{name}");
+                    if let Some(kv) = self.kv.get(&member).cloned() {
+                        self.put(&member, kv.value, id);
+                    }
+                }
+                (
+                    Reply::Moved {
+                        id,
+                        ttl: *ttl,
+                        moved: ours,
+                    },
+                    ours,
+                )
+            }
             Op::Confirm(id, status) => {
                 let ok = matches!(held(self), Some((v, l, _)) if v == name && Some(l) == *id);
                 if ok && let Some(s) = status {
@@ -776,6 +832,8 @@ struct Node {
     pg: Pg,
     /// True time at which the armed watchdog fires.
     wd_expiry: Option<u64>,
+    /// The timeout the watchdog device runs with (s), once armed.
+    wd_secs: u32,
     /// How much longer than requested this node's watchdog hardware runs,
     /// in ppm of the timeout (0..=`WD_OVERRUN_MAX_PPM`).
     wd_overrun_ppm: u64,
@@ -881,15 +939,15 @@ impl Node {
     /// True time the watchdog hardware takes to fire after a feed: the
     /// timeout on this node's clock, run long by the hardware's overrun.
     fn wd_true(&self) -> u64 {
-        let wd_ms = self.cfg.watchdog_timeout_secs() as u64 * 1000;
+        let wd_ms = self.wd_secs as u64 * 1000;
         self.to_true(wd_ms) + wd_ms * self.wd_overrun_ppm / 1_000_000
     }
     /// The feed rule the executor applies (`ha::may_feed` from
     /// `fence_base`), or the old one with the fixed slack only
     /// (`Broken::FixedSlack`).
-    fn may_feed(&self, now: Millis, broken: Broken) -> bool {
+    fn may_feed(&self, now: Millis, secs: u32, broken: Broken) -> bool {
         if broken != Broken::FixedSlack {
-            return ha::may_feed(&self.cfg, now, self.node.fence_base());
+            return ha::may_feed(&self.cfg, &self.node, now, secs);
         }
         self.node.fence_base().is_some_and(|sent| {
             now.since(sent) + ha::SLACK_FIXED_MS < self.cfg.safety_margin_ms && now >= sent
@@ -999,6 +1057,8 @@ enum Ev {
     Fault(usize),
     /// The operator tries to resume a paused cluster.
     Resume,
+    /// Member `.0` reads a config key whose ttl is `.1` ms.
+    Retime(usize, u64),
 }
 
 #[derive(Debug, Clone)]
@@ -1117,6 +1177,9 @@ struct Sim {
     /// (apart, so that the rest of a seed's run does not depend on it).
     past_views: VecDeque<(ClusterView, u64)>,
     watch_rng: Rng,
+    /// Timing changes and SETTIMEOUT failures (`Setup::retime`): a stream
+    /// of their own, so that other runs' schedules stay as they were.
+    retime_rng: Rng,
     faults: Vec<(u64, Fault)>,
     /// Requests in flight: (node, seqno) -> op and whether the reply may come.
     inflight: BTreeMap<(usize, u64), (Op, u64)>,
@@ -1148,6 +1211,9 @@ struct Sim {
     excused: usize,
     /// Commits acknowledged by a standby (not at once), for the report.
     sync_acks: u64,
+    /// Leader keys moved to a new lease, moves without an answer, watchdog
+    /// timeouts re-set (`Setup::retime`).
+    retimed: [u64; 3],
 }
 
 /// A primary stopped for a switchover and let the key go to `to`.
@@ -1201,6 +1267,7 @@ impl Sim {
                 before_hang: Agent::Idle,
                 pg: Pg::empty(),
                 wd_expiry: None,
+                wd_secs: 0,
                 wd_overrun_ppm: if hw.chance(50) {
                     WD_OVERRUN_MAX_PPM
                 } else {
@@ -1371,6 +1438,7 @@ impl Sim {
                 kv: BTreeMap::new(),
                 rev: 1,
                 leases: BTreeMap::new(),
+                lease_ttl: BTreeMap::new(),
                 next_lease: 100,
                 ttl_ms,
             },
@@ -1381,6 +1449,7 @@ impl Sim {
             rng,
             past_views: VecDeque::new(),
             watch_rng: Rng(seed ^ 0x7761_7463_6863_6f70),
+            retime_rng: Rng(seed ^ 0x7474_6c63_6861_6e67),
             faults: faults.clone(),
             inflight: BTreeMap::new(),
             replies: BTreeMap::new(),
@@ -1397,6 +1466,7 @@ impl Sim {
             unprotected: BTreeMap::new(),
             excused: 0,
             sync_acks: 0,
+            retimed: [0; 3],
         };
         for i in 0..s.setup.nodes {
             let start = s.rng.range(0, 300);
@@ -1407,6 +1477,21 @@ impl Sim {
         }
         s.at(50, Ev::Progress);
         s.at(100, Ev::Expire);
+        if s.setup.retime {
+            // ttl doubled, then back, and so on: 1 to 3 changes, each taken
+            // by every member within 1.5 s of the others.
+            let base = s.setup.ttl * 1000;
+            let k = s.retime_rng.range(1, 3);
+            let mut at: Vec<u64> = (0..k).map(|_| s.retime_rng.range(20_000, 70_000)).collect();
+            at.sort();
+            for (j, t) in at.into_iter().enumerate() {
+                let ttl = if j % 2 == 0 { 2 * base } else { base };
+                for i in 0..s.setup.nodes {
+                    let d = s.retime_rng.range(0, 1500);
+                    s.at(t + d, Ev::Retime(i, ttl));
+                }
+            }
+        }
         s
     }
 
@@ -1539,6 +1624,13 @@ impl Sim {
                 }
             }
             Ev::Fault(k) => self.fault(k),
+            Ev::Retime(i, ttl) => {
+                self.note(format!(
+                    "n{i} takes ttl {} s from the config key",
+                    ttl / 1000
+                ));
+                self.nodes[i].cfg.ttl_ms = ttl;
+            }
             Ev::Resume => {
                 let view = self.etcd.view();
                 if !view.paused() {
@@ -1588,7 +1680,7 @@ impl Sim {
                     // armed (`Agent::adopt_stored_watchdog`).
                     if n.wd_expiry.is_some() {
                         let local = n.local(now);
-                        let secs = n.cfg.watchdog_timeout_secs();
+                        let secs = n.wd_secs;
                         n.node.on_armed(local, secs);
                     }
                     self.at(self.now, Ev::Cycle(i));
@@ -1636,9 +1728,24 @@ impl Sim {
                 }
             }
             Ev::Apply(i, seqno) => {
-                let Some((op, _)) = self.inflight.remove(&(i, seqno)) else {
+                let Some((op, held)) = self.inflight.remove(&(i, seqno)) else {
                     return Ok(());
                 };
+                // A move's txn lost on the way (never applied) or held up
+                // in etcd past the agent's timeout and applied later, the
+                // agent long gone on: an unknown move, and a late one.
+                if self.setup.retime
+                    && held == 0
+                    && matches!(op, Op::Move { .. })
+                    && self.retime_rng.chance(25)
+                {
+                    if self.retime_rng.chance(50) {
+                        let late = self.retime_rng.range(0, 2 * self.etcd.ttl_ms);
+                        self.inflight.insert((i, seqno), (op, 1));
+                        self.at(self.nodes[i].deadline + late, Ev::Apply(i, seqno));
+                    }
+                    return Ok(());
+                }
                 if self.now < self.etcd_down_until {
                     return Ok(());
                 }
@@ -1657,7 +1764,7 @@ impl Sim {
                 }
                 let name = self.nodes[i].name.clone();
                 let denied = self.now < self.nodes[i].kv_denied_until
-                    && !matches!(op, Op::KeepAlive(_) | Op::Revoke(_));
+                    && !matches!(op, Op::KeepAlive(..) | Op::NewLease(_) | Op::Revoke(_));
                 let (reply, leader_changed) = if denied {
                     (Reply::Failed, false)
                 } else {
@@ -1692,6 +1799,23 @@ impl Sim {
                 if self.agent_busy_elsewhere(i) || self.nodes[i].agent != (Agent::Waiting { seqno })
                 {
                     return Ok(()); // a hung agent reads it when it thaws
+                }
+                if !self.replies.contains_key(&(i, seqno)) {
+                    return Ok(());
+                }
+                // The agent hangs right after its key moved, before it
+                // reads the answer: only the watchdog as it was set before
+                // the move fences it (`Setup::retime`).
+                if self.setup.retime
+                    && matches!(
+                        self.nodes[i].pending,
+                        Some(Pending::Action(Action::MoveLease { .. }))
+                    )
+                    && self.retime_rng.chance(30)
+                {
+                    let d = self.retime_rng.range(1000, 3 * self.etcd.ttl_ms);
+                    self.hang(i, d);
+                    return Ok(());
                 }
                 let Some(reply) = self.replies.remove(&(i, seqno)) else {
                     return Ok(());
@@ -2120,7 +2244,7 @@ impl Sim {
         {
             return Ok(());
         }
-        let wd_ms = n.cfg.watchdog_timeout_secs() as u64 * 1000;
+        let wd_ms = n.wd_secs as u64 * 1000;
         let window =
             n.to_true(n.cfg.stop_budget_ms()) + wd_ms * n.wd_overrun_ppm / 1_000_000 + GRACE_MS;
         let troubled = n
@@ -2641,7 +2765,13 @@ impl Sim {
         let now_local = self.nodes[i].local(self.now);
         let lease = self.nodes[i].node.lease_id;
         let op = match &a {
-            Action::KeepAlive => Some(Op::KeepAlive(lease)),
+            Action::KeepAlive => Some(Op::KeepAlive(lease, self.nodes[i].cfg.ttl_ms)),
+            Action::NewLease => Some(Op::NewLease(self.nodes[i].cfg.ttl_ms)),
+            Action::MoveLease { mod_revision } => Some(Op::Move {
+                lease,
+                rev: *mod_revision,
+                ttl: self.nodes[i].cfg.ttl_ms,
+            }),
             Action::ConfirmLeader { status } => Some(Op::Confirm(lease, status.clone())),
             Action::AcquireLeader => Some(Op::Acquire(lease)),
             Action::TakeOverLeader { mod_revision } => Some(Op::TakeOver(lease, *mod_revision)),
@@ -2689,31 +2819,71 @@ impl Sim {
             Action::StartReplica { .. } => n.seen_in_recovery = Some(true),
             _ => {}
         }
-        let wd_secs = n.cfg.watchdog_timeout_secs();
-        let wd_true = match broken {
+        // The device's timeout after this action: the one it runs with, or
+        // the one armed or set now.
+        let wd_secs = match a {
+            Action::ArmWatchdog { .. } => n.node.watchdog_target_secs(&n.cfg),
+            Action::SetWatchdogTimeout { secs } => secs,
+            _ => n.wd_secs,
+        };
+        let wd_true = |n: &Node, secs: u32| match broken {
             Broken::LongWatchdog => n.cfg.ttl_ms + 1000,
-            _ => n.wd_true(),
+            _ => {
+                let wd_ms = secs as u64 * 1000;
+                n.to_true(wd_ms) + wd_ms * n.wd_overrun_ppm / 1_000_000
+            }
         };
         match a {
             Action::ArmWatchdog { .. } => {
-                if !n.may_feed(now_local, broken) && broken != Broken::FeedLate {
+                if !n.may_feed(now_local, wd_secs, broken) && broken != Broken::FeedLate {
                     return Ok(Step::Fail);
                 }
-                n.wd_expiry = Some(self.now + wd_true);
+                n.wd_secs = wd_secs;
+                let t = self.now + wd_true(n, wd_secs);
+                n.wd_expiry = Some(t);
                 n.node.on_armed(now_local, wd_secs);
-                let t = self.now + wd_true;
                 self.at(t, Ev::Wd(i));
                 Ok(Step::Next)
             }
             Action::FeedWatchdog => {
-                if (n.may_feed(now_local, broken) || broken == Broken::FeedLate)
+                if (n.may_feed(now_local, wd_secs, broken) || broken == Broken::FeedLate)
                     && n.wd_expiry.is_some()
                 {
-                    n.wd_expiry = Some(self.now + wd_true);
+                    let t = self.now + wd_true(n, wd_secs);
+                    n.wd_expiry = Some(t);
                     n.node.on_fed(now_local, wd_secs);
-                    let t = self.now + wd_true;
                     self.at(t, Ev::Wd(i));
                 }
+                Ok(Step::Next)
+            }
+            Action::SetWatchdogTimeout { .. } => {
+                if !(n.may_feed(now_local, wd_secs, broken) || broken == Broken::FeedLate)
+                    || n.wd_expiry.is_none()
+                {
+                    return Ok(Step::Next);
+                }
+                // The agent's SETTIMEOUT can fail (EINVAL, EIO): then the
+                // device may run the old or the new timeout, fed or not.
+                if self.retime_rng.chance(10) {
+                    let took = self.retime_rng.chance(50);
+                    let n = &mut self.nodes[i];
+                    n.node.on_watchdog_timeout_set(now_local, wd_secs, None);
+                    if took {
+                        let t = self.now + wd_true(n, wd_secs);
+                        n.wd_secs = wd_secs;
+                        n.wd_expiry = Some(t);
+                        self.at(t, Ev::Wd(i));
+                    }
+                    return Ok(Step::Fail);
+                }
+                self.retimed[2] += 1;
+                let n = &mut self.nodes[i];
+                let t = self.now + wd_true(n, wd_secs);
+                n.wd_secs = wd_secs;
+                n.wd_expiry = Some(t);
+                n.node
+                    .on_watchdog_timeout_set(now_local, wd_secs, Some(wd_secs));
+                self.at(t, Ev::Wd(i));
                 Ok(Step::Next)
             }
             Action::DisarmWatchdog => {
@@ -2776,11 +2946,22 @@ impl Sim {
         let broken = self.setup.broken;
         let n = &mut self.nodes[i];
         match (a, reply) {
-            (Action::KeepAlive, Some(Reply::Lease { id, granted_new })) => {
-                n.node.on_renewed(n.sent_local, id, granted_new);
+            (
+                Action::KeepAlive | Action::NewLease,
+                Some(Reply::Lease {
+                    id,
+                    granted_new,
+                    ttl,
+                }),
+            ) => {
+                n.node.on_renewed(n.sent_local, id, granted_new, ttl);
                 if broken == Broken::RenewalProvesLeadership && n.node.leader_confirmed {
                     n.node.last_confirmed = Some(n.sent_local);
                 }
+                true
+            }
+            (Action::AcquireLeader | Action::TakeOverLeader { .. }, Some(Reply::Bool(true))) => {
+                n.node.on_acquired(n.sent_local);
                 true
             }
             (
@@ -2792,6 +2973,22 @@ impl Sim {
                 n.node.on_leader_txn(n.sent_local, won);
                 won
             }
+            // The agent's grant and txn are one request here, sent at once:
+            // a refused request moved nothing (the agent: the grant
+            // failed) and goes on; no answer is an unknown move.
+            (Action::MoveLease { .. }, Some(Reply::Moved { id, ttl, moved })) => {
+                self.retimed[0] += moved as u64;
+                let s = n.sent_local;
+                n.node.on_lease_moved(s, s, id, ttl, Some(moved));
+                moved
+            }
+            (Action::MoveLease { .. }, None) => {
+                self.retimed[1] += 1;
+                let (s, ttl) = (n.sent_local, n.cfg.ttl_ms);
+                n.node.on_lease_moved(s, s, 0, ttl, None);
+                true
+            }
+            (Action::MoveLease { .. }, Some(_)) => true,
             (
                 Action::ReleaseLeader
                 | Action::WriteInitialize { .. }
@@ -3388,6 +3585,7 @@ fn sweep(setup: Setup, default: u64) {
     let mut handovers = 0;
     let mut acks = 0;
     let mut excused = 0;
+    let mut retimed = [0; 3];
     let mut kinds = std::collections::BTreeSet::new();
     for &seed in &list {
         match run_one(&setup, seed) {
@@ -3396,6 +3594,9 @@ fn sweep(setup: Setup, default: u64) {
                 handovers += sim.handovers;
                 acks += sim.sync_acks;
                 excused += sim.excused;
+                for (a, b) in retimed.iter_mut().zip(sim.retimed) {
+                    *a += b;
+                }
                 if sim.excused > 0 {
                     eprintln!(
                         "seed {seed}: a promotion without commits acknowledged while the sync key was deleted (by design; LEASEDOG_SIM_TRACE=1 LEASEDOG_SIM_SEED={seed} shows it)"
@@ -3423,6 +3624,17 @@ fn sweep(setup: Setup, default: u64) {
             ", {y:?}: {acks} commits acknowledged by standbys, {excused} promotions without commits acknowledged while the sync key was deleted (by design)"
         )
     });
+    if setup.retime {
+        let [moved, unknown, set] = retimed;
+        eprintln!(
+            "ttl changes: {moved} leader keys moved to a lease of the new ttl, {unknown} moves without an answer, {set} watchdog timeouts re-set"
+        );
+        // The runs changed the timing under a leader, or they prove nothing.
+        assert!(
+            list.len() < 20 || (moved > 0 && set > 0),
+            "no ttl change reached a leader"
+        );
+    }
     eprintln!(
         "{} schedules ({} nodes, ttl {}, {:?}) passed in {:.1}s, {promotions} promotions, {handovers} switchover hand-overs checked{sync}, {} fault kinds: {}",
         list.len(),
@@ -3446,6 +3658,7 @@ fn fast(nodes: usize, mode: WatchdogMode, broken: Broken) -> Setup {
         broken,
         mix: Mix::All,
         sync: None,
+        retime: false,
     }
 }
 
@@ -3472,6 +3685,24 @@ fn patroni_default_timings() {
             broken: Broken::None,
             mix: Mix::All,
             sync: None,
+            retime: false,
+        },
+        400,
+    );
+}
+
+/// The config key's ttl doubled and halved back while the faults run:
+/// replicas take new leases, the leader shrinks its watchdog before its
+/// key moves to a shorter lease and grows it only after the key is on a
+/// longer one; a move without an answer (the key may be on a lease nobody
+/// renews) and a failed SETTIMEOUT (the device may run either timeout)
+/// included. No split brain, no acknowledged write lost.
+#[test]
+fn ttl_changes_keep_the_fence() {
+    sweep(
+        Setup {
+            retime: true,
+            ..fast(3, WatchdogMode::Required, Broken::None)
         },
         400,
     );
