@@ -88,6 +88,10 @@ pub struct Agent {
     key: KeySettings,
     key_config: Option<crate::cluster::DynamicConfig>,
     key_refused: Vec<String>,
+    /// The hot-standby-critical settings of this member's file last named
+    /// as ignored (`hot_standby::ignored_local`): logged again only when
+    /// they change.
+    local_ignored: Vec<String>,
 }
 
 /// The creation of one permanent logical slot, running off the loop.
@@ -151,6 +155,7 @@ impl Agent {
             key,
             key_config: None,
             key_refused: Vec::new(),
+            local_ignored: Vec::new(),
         }
     }
 
@@ -456,8 +461,12 @@ impl Agent {
             );
         }
         self.set_ha(key.ha_config(&applied));
-        self.pg = Postgres::new(key.postgresql(&applied), applied.name.clone());
+        let mut pg = Postgres::new(key.postgresql(&applied), applied.name.clone());
+        pg.keep_raised_from(&self.pg);
+        self.pg = pg;
         self.key = key;
+        // Named again against the new file in the next cycle.
+        self.local_ignored.clear();
         self.pg.manage_sync_names(sync_initial(&applied));
         self.pg.wake_on_disconnect(self.wake.clone());
         self.cfg = applied;
@@ -683,12 +692,36 @@ impl Agent {
     /// in the member key from the next probe on.
     async fn apply_cluster_config(&mut self, view: &crate::cluster::ClusterView) {
         self.apply_key_settings(&view.config).await;
-        let (params, odd) = view.config.pg_parameters();
+        let (key_params, odd) = view.config.pg_parameters();
         if !odd.is_empty() {
             self.warn_limited(format!(
                 "config key: postgresql.parameters {} ignored: not a single value",
                 odd.join(", ")
             ));
+        }
+        // The hot-standby-critical settings: the key's (checked) or the
+        // defaults, never this member's file.
+        let (params, refused) = crate::hot_standby::cluster_parameters(&key_params);
+        for r in refused {
+            self.warn_limited(format!("config key: refused: {r}"));
+        }
+        let local: std::collections::BTreeMap<String, String> = self
+            .cfg
+            .postgresql
+            .parameters
+            .iter()
+            .map(|(k, v)| (k.clone(), postgres::conf::yaml_scalar(v)))
+            .collect();
+        let ignored = crate::hot_standby::ignored_local(
+            &self.cfg.source,
+            &local,
+            &crate::hot_standby::in_effect(&params),
+        );
+        if ignored != self.local_ignored {
+            for w in &ignored {
+                warn!("{w}");
+            }
+            self.local_ignored = ignored;
         }
         let t = self.observe_timeout();
         let running = self.last_local.running;

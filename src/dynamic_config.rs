@@ -273,13 +273,18 @@ fn check_parameter(name: &str, value: &Value) -> Option<String> {
                 .into(),
         );
     }
-    match value {
+    let text = match value {
         Value::String(s) if s.chars().any(|c| c.is_control()) => {
-            Some("the value holds a control character (a line break?)".into())
+            return Some("the value holds a control character (a line break?)".into());
         }
-        Value::String(_) | Value::Number(_) | Value::Bool(_) => None,
-        other => Some(format!("expected a single value, got {other}")),
-    }
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => if *b { "on" } else { "off" }.to_string(),
+        other => return Some(format!("expected a single value, got {other}")),
+    };
+    // The hot-standby-critical settings: Patroni's bounds (a member would
+    // refuse the value and use the default).
+    crate::hot_standby::check(name, &text)
 }
 
 /// A value of the key as an error quotes it: JSON, cut when long.
@@ -711,7 +716,7 @@ mod tests {
         let before = json!({"ttl": 30, "postgresql": {"parameters": {}}});
         let ok = json!({"ttl": 30, "pause": false, "slots": {"dr": {"type": "physical"}, "cdc": {"type": "logical", "database": "app", "plugin": "pgoutput"}}, "ignore_slots": [{"name": "barman"}, {"type": "logical", "plugin": "spock_output"}], "postgresql": {"parameters": {"work_mem": "8MB", "max_connections": 200, "fsync": true}}});
         assert_eq!(check(&before, &ok), Vec::<String>::new());
-        let bad = json!({"ttl": 10, "pause": "yes", "slots": {"Bad": {}, "l": {"type": "logical"}, "e": {"type": "logical", "database": "", "plugin": 7}}, "ignore_slots": [{"nme": "x"}, 3], "postgresql": {"use_slots": 1, "parameters": {"port": 5433, "bad name": 1, "x": "a\nb", "y": [1]}}});
+        let bad = json!({"ttl": 10, "pause": "yes", "slots": {"Bad": {}, "l": {"type": "logical"}, "e": {"type": "logical", "database": "", "plugin": 7}}, "ignore_slots": [{"nme": "x"}, 3], "postgresql": {"use_slots": 1, "parameters": {"port": 5433, "bad name": 1, "x": "a\nb", "y": [1], "max_connections": 10, "hot_standby": false, "wal_level": "minimal"}}});
         let e = check(&before, &bad).join("\n");
         for want in [
             "ttl: loop_wait + 2*retry_timeout <= ttl is broken: 10 + 2*10 = 30 > ttl 10",
@@ -721,6 +726,9 @@ mod tests {
             "postgresql.parameters.bad name: not a PostgreSQL setting name",
             "postgresql.parameters.x: the value holds a control character",
             "postgresql.parameters.y: expected a single value",
+            "postgresql.parameters.max_connections: expected a whole number of at least 25, got \"10\"",
+            "postgresql.parameters.hot_standby: expected on (a replica needs it), got \"off\"",
+            "postgresql.parameters.wal_level: expected replica or logical",
             "slots.Bad: not a slot name",
             "slots.l.database: a logical slot needs it (a non-empty text), got nothing",
             "slots.e.database: a logical slot needs it (a non-empty text), got \"\"",

@@ -11,6 +11,7 @@ pub mod control;
 pub mod dcs;
 pub mod dynamic_config;
 pub mod ha;
+pub mod hot_standby;
 pub mod instance;
 pub mod logging;
 pub mod notify;

@@ -195,7 +195,8 @@ impl Upstream {
     }
 }
 
-fn yaml_scalar(v: &serde_yaml::Value) -> String {
+/// A setting's value in leasedog.yml as PostgreSQL reads it.
+pub fn yaml_scalar(v: &serde_yaml::Value) -> String {
     match v {
         serde_yaml::Value::String(s) => s.clone(),
         serde_yaml::Value::Bool(b) => if *b { "on" } else { "off" }.to_string(),
@@ -227,13 +228,13 @@ pub fn managed_conf(
         "# Managed by leasedog: rewritten before every start. Edit leasedog.yml instead.\n",
     );
     let mut set = |k: &str, v: &str| out.push_str(&format!("{k} = {}\n", quote(v)));
+    // The hot-standby-critical settings' defaults, under the cluster's
+    // values (its file always holds them all once written): never the
+    // member's own (`hot_standby::ignored_local` names those).
+    for c in &crate::hot_standby::CRITICAL {
+        set(c.name, c.default);
+    }
     let fixed = [
-        ("wal_level", "replica"),
-        ("hot_standby", "on"),
-        ("max_wal_senders", "10"),
-        ("max_replication_slots", "10"),
-        ("wal_keep_size", "128MB"),
-        ("wal_log_hints", "on"),
         ("hot_standby_feedback", "on"),
         ("wal_receiver_status_interval", "1s"),
         ("wal_retrieve_retry_interval", "1s"),
@@ -244,13 +245,15 @@ pub fn managed_conf(
         }
     }
     // The cluster's settings, then this member's own (as in Patroni, the
-    // local file wins), then leasedog's.
+    // local file wins, except for the hot-standby-critical ones), then
+    // leasedog's.
     set("include_if_exists", CLUSTER_FILE);
     for (k, v) in &cfg.parameters {
         // The replication settings are leasedog's: a primary_slot_name
         // left in force while the stream runs without a slot would never
         // match what the agent decided.
         if OWN_SETTINGS.iter().any(|o| o == k)
+            || crate::hot_standby::is_critical(k)
             || sync_names.is_some() && k == "synchronous_standby_names"
         {
             continue;
@@ -275,6 +278,33 @@ pub fn managed_conf(
         };
         set("primary_slot_name", &slot);
         set("recovery_target_timeline", "latest");
+    }
+    out
+}
+
+/// The first line of the section [`with_raised`] keeps at the end of
+/// `leasedog.conf`.
+pub const RAISED_MARK: &str =
+    "# Raised to the primary's values that pg_control records (a replica must not run lower):";
+
+/// `leasedog.conf`'s text with its last section holding `raised` (a
+/// replica's settings raised to pg_control's, see `hot_standby::raise`):
+/// after every other line, so they win; none: no section.
+pub fn with_raised(text: &str, raised: &[crate::hot_standby::Raised]) -> String {
+    let mut out = match text.find(RAISED_MARK) {
+        Some(at) => text[..at].to_string(),
+        None => text.to_string(),
+    };
+    if raised.is_empty() {
+        return out;
+    }
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(RAISED_MARK);
+    out.push('\n');
+    for r in raised {
+        out.push_str(&format!("{} = {}\n", r.name, quote(&r.value.to_string())));
     }
     out
 }
@@ -342,6 +372,8 @@ mod tests {
             .insert("port".into(), serde_yaml::Value::Number(1.into()));
         c.parameters
             .insert("hot_standby".into(), serde_yaml::Value::Bool(false));
+        c.parameters
+            .insert("work_mem".into(), serde_yaml::Value::String("4MB".into()));
         c
     }
 
@@ -361,8 +393,19 @@ mod tests {
             !p.contains("port = '1'"),
             "listen wins over parameters.port: {p}"
         );
-        assert!(p.contains("max_connections = '42'"));
-        assert!(p.contains("hot_standby = 'off'"), "user values win: {p}");
+        // The hot-standby-critical settings are never the member's own:
+        // the defaults, under the cluster's file.
+        assert!(!p.contains("max_connections = '42'"), "{p}");
+        assert!(!p.contains("hot_standby = 'off'"), "{p}");
+        assert!(
+            p.find("max_connections = '100'").unwrap() < p.find(CLUSTER_INCLUDE_LINE).unwrap(),
+            "{p}"
+        );
+        assert!(p.contains("hot_standby = 'on'"), "{p}");
+        assert!(
+            p.contains("work_mem = '4MB'"),
+            "other values are the member's: {p}"
+        );
         assert!(p.contains("listen_addresses = '127.0.0.1'"));
         assert!(p.contains("unix_socket_directories = '/tmp/s'"));
         assert!(!p.contains("primary_conninfo"));
@@ -460,10 +503,7 @@ mod tests {
     fn cluster_settings_are_included_before_the_members_own() {
         let text = managed_conf(&cfg(), "n1", None, None);
         let include = text.find(CLUSTER_INCLUDE_LINE).expect("include");
-        assert!(
-            include < text.find("max_connections = '42'").unwrap(),
-            "{text}"
-        );
+        assert!(include < text.find("work_mem = '4MB'").unwrap(), "{text}");
         assert!(include < text.find("listen_addresses").unwrap(), "{text}");
         let params: BTreeMap<String, String> = [
             ("work_mem", "8MB"),
@@ -484,6 +524,34 @@ mod tests {
         assert_eq!(skipped.len(), 4, "{skipped:?}");
         let (text, _) = cluster_conf(&params, false);
         assert!(text.contains("synchronous_standby_names = '*'"), "{text}");
+    }
+
+    /// A replica's raised settings: one section at the end, replaced
+    /// whole, gone when nothing is raised.
+    #[test]
+    fn raised_settings_end_the_managed_file() {
+        use crate::hot_standby::Raised;
+        let base = managed_conf(&cfg(), "n1", None, None);
+        let r = |name, value| Raised {
+            name,
+            value,
+            cluster: "1".into(),
+        };
+        let once = with_raised(&base, &[r("max_connections", 120)]);
+        assert!(once.starts_with(&base), "{once}");
+        assert!(
+            once.ends_with(&format!("{RAISED_MARK}\nmax_connections = '120'\n")),
+            "{once}"
+        );
+        let twice = with_raised(
+            &once,
+            &[r("max_connections", 130), r("max_worker_processes", 16)],
+        );
+        assert_eq!(twice.matches(RAISED_MARK).count(), 1, "{twice}");
+        assert!(!twice.contains("'120'"), "{twice}");
+        assert!(twice.ends_with("max_connections = '130'\nmax_worker_processes = '16'\n"));
+        assert_eq!(with_raised(&twice, &[]), base);
+        assert_eq!(with_raised(&base, &[]), base);
     }
 
     #[test]

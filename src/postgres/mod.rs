@@ -159,6 +159,11 @@ pub struct Postgres {
     /// pg_hba.conf was rewritten while the server ran and the reload has
     /// not succeeded yet.
     hba_reload_pending: bool,
+    /// A replica's settings raised to pg_control's at its last start
+    /// (`hot_standby::raise`), kept at the end of `leasedog.conf`: the
+    /// server runs with them until a restart, which the member key shows
+    /// as a pending restart.
+    raised: Vec<crate::hot_standby::Raised>,
 }
 
 /// What `pg_ctl status` says of the postmaster. Only its exit code 3 (no
@@ -195,7 +200,14 @@ impl Postgres {
             cluster_params: None,
             hba_applied: None,
             hba_reload_pending: false,
+            raised: Vec::new(),
         }
+    }
+
+    /// After a reload of the file: the settings a running replica was
+    /// started with above the cluster's stay known (and pending).
+    pub fn keep_raised_from(&mut self, before: &Postgres) {
+        self.raised = before.raised.clone();
     }
 
     /// The loop's wake-up: notified when the probe's connection ends.
@@ -325,6 +337,7 @@ impl Postgres {
         self.seen_in_recovery = None;
         self.cluster_params = None;
         self.hba_applied = None;
+        self.raised.clear();
         create_dir_0700(&data)?;
         std::fs::remove_dir_all(&aside).map_err(io(format!("removing {}", aside.display())))
     }
@@ -538,6 +551,7 @@ impl Postgres {
 
     async fn query_state(&mut self, timeout: Duration) -> Result<LocalPostgres, PgError> {
         let started = tokio::time::Instant::now();
+        let raised = !self.raised.is_empty();
         let client = self.client(timeout).await?;
         let row = tokio::time::timeout(timeout, client.query_one(probe::PROBE_SQL, &[]))
             .await
@@ -556,7 +570,10 @@ impl Postgres {
         if !state.in_recovery {
             state.sync_names = Some(row.try_get(7).map_err(get)?);
         }
-        state.pending_restart = row.try_get(8).map_err(get)?;
+        // A replica started with raised settings runs other values than
+        // the cluster's until it restarts (PostgreSQL sees none pending:
+        // its files say what it runs).
+        state.pending_restart = row.try_get(8).map_err(get)? || raised;
         if state.in_recovery {
             // Once the WAL receiver stops, PostgreSQL only reports the
             // last restartpoint's timeline: remember the newest it streamed.
@@ -707,12 +724,68 @@ impl Postgres {
             self.write_passfile()?;
         }
         let p = self.data().join(conf::MANAGED_FILE);
-        let text = conf::managed_conf(&self.cfg, &self.member, upstream, sync_names);
+        let text = conf::with_raised(
+            &conf::managed_conf(&self.cfg, &self.member, upstream, sync_names),
+            &self.raised,
+        );
         conf::write_atomic(&p, &text).map_err(io(format!("writing {}", p.display())))
+    }
+
+    /// The hot-standby-critical settings of the cluster in effect here:
+    /// those last written to `leasedog-cluster.conf`, else the defaults.
+    fn critical_in_effect(&self) -> BTreeMap<&'static str, String> {
+        crate::hot_standby::in_effect(&self.cluster_params.clone().unwrap_or_default())
+    }
+
+    /// Before a start: a replica's settings raised to what pg_control
+    /// records where the cluster's are lower (`hot_standby::raise`), a
+    /// primary's not raised; `leasedog.conf` rewritten when that changes
+    /// its last section. pg_controldata runs within `timeout`; when it
+    /// fails, the file stays as it is (a replica that cannot start says
+    /// why in the server log) and the failure is logged.
+    async fn raise_for_start(&mut self, standby: bool, timeout: Duration) -> Result<(), PgError> {
+        let raised = if standby {
+            let mut cmd = ctl::command(self.bin(), "pg_controldata");
+            cmd.arg("-D").arg(self.data());
+            match ctl::run_captured(cmd, "pg_controldata", timeout).await {
+                Ok(text) => crate::hot_standby::raise(
+                    &self.critical_in_effect(),
+                    &crate::hot_standby::parse_control(&text),
+                ),
+                Err(e) => {
+                    log::warn!(
+                        "reading the primary's settings in pg_control before a replica's start: {e}"
+                    );
+                    return Ok(());
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        for r in &raised {
+            log::warn!(
+                "{}: the cluster says {} but pg_control records {} (the primary's): this replica starts with {} and shows a pending restart until it runs the cluster's value",
+                r.name,
+                r.cluster,
+                r.value,
+                r.value
+            );
+        }
+        self.raised = raised;
+        let p = self.data().join(conf::MANAGED_FILE);
+        let Ok(text) = std::fs::read_to_string(&p) else {
+            return Ok(());
+        };
+        let new = conf::with_raised(&text, &self.raised);
+        if new != text {
+            conf::write_atomic(&p, &new).map_err(io(format!("writing {}", p.display())))?;
+        }
+        Ok(())
     }
 
     /// Configures a primary start: managed settings, no standby.signal.
     pub fn write_primary_conf(&mut self) -> Result<(), PgError> {
+        self.raised.clear();
         self.sync_names = self.sync_initial.clone();
         self.primary_conf_with(self.sync_names.as_deref())
     }
@@ -776,6 +849,7 @@ impl Postgres {
                 after: timeout,
             });
         }
+        self.raise_for_start(standby, left() / 4).await?;
         // pg_ctl's own -t counts whole seconds; it is killed at our
         // deadline (the postmaster, in its own session, starts on).
         let t = secs(left());
