@@ -692,7 +692,7 @@ impl Agent {
     /// in the member key from the next probe on.
     async fn apply_cluster_config(&mut self, view: &crate::cluster::ClusterView) {
         self.apply_key_settings(&view.config).await;
-        let (key_params, odd) = view.config.pg_parameters();
+        let (key_params, odd) = self.key_parameters(&view.config);
         if !odd.is_empty() {
             self.warn_limited(format!(
                 "config key: postgresql.parameters {} ignored: not a single value",
@@ -744,6 +744,40 @@ impl Agent {
             }
             Ok(None) => {}
             Err(e) => self.warn_limited(format!("applying the cluster configuration: {e}")),
+        }
+    }
+
+    /// The `config` key's `postgresql.parameters` as text (and the names
+    /// of values that are no single value); while there is no key yet
+    /// (before the bootstrap writes it), those of
+    /// `bootstrap.dcs.postgresql.parameters`, which it is about to hold.
+    fn key_parameters(
+        &self,
+        key: &crate::cluster::DynamicConfig,
+    ) -> (std::collections::BTreeMap<String, String>, Vec<String>) {
+        if !key.other.is_empty() {
+            return key.pg_parameters();
+        }
+        match serde_json::from_value::<crate::cluster::DynamicConfig>(
+            self.cfg.initial_dynamic_config(),
+        ) {
+            Ok(k) => k.pg_parameters(),
+            Err(e) => (
+                Default::default(),
+                vec![format!("bootstrap.dcs.postgresql.parameters ({e})")],
+            ),
+        }
+    }
+
+    /// Right after initdb, before the first start: `leasedog-cluster.conf`
+    /// written (see `key_parameters`), so that the new primary starts with
+    /// the cluster's hot-standby-critical settings rather than restart for
+    /// them (its replicas could not run lower than it).
+    async fn bootstrap_cluster_conf(&mut self, t: Duration) {
+        let key = self.key_config.clone().unwrap_or_default();
+        let (params, _) = crate::hot_standby::cluster_parameters(&self.key_parameters(&key).0);
+        if let Err(e) = self.pg.apply_cluster_parameters(&params, false, t).await {
+            warn!("writing the cluster's settings before the first start: {e}");
         }
     }
 
@@ -1380,26 +1414,32 @@ impl Agent {
                 // bound to it expires and the next member bootstraps a
                 // cluster of its own. Nothing runs yet, so nothing to fence.
                 let every = Duration::from_millis(self.ha.loop_wait_ms.clamp(100, 1000));
-                let initdb = until_stop_signal(self.pg.initdb(LONG_OP));
-                tokio::pin!(initdb);
-                loop {
-                    tokio::select! {
-                        r = &mut initdb => break r,
-                        _ = tokio::time::sleep(every) => {
-                            let t = Duration::from_millis(self.ha.retry_timeout_ms);
-                            let sent = self.now();
-                            match self.dcs.keepalive(t).await {
-                                Ok(ka) => self.node.on_renewed(
-                                    sent,
-                                    ka.lease_id,
-                                    ka.granted_new,
-                                    ka.granted_ttl as u64 * 1000,
-                                ),
-                                Err(e) => debug!("lease keep-alive during initdb: {e}"),
+                let done = {
+                    let initdb = until_stop_signal(self.pg.initdb(LONG_OP));
+                    tokio::pin!(initdb);
+                    loop {
+                        tokio::select! {
+                            r = &mut initdb => break r,
+                            _ = tokio::time::sleep(every) => {
+                                let t = Duration::from_millis(self.ha.retry_timeout_ms);
+                                let sent = self.now();
+                                match self.dcs.keepalive(t).await {
+                                    Ok(ka) => self.node.on_renewed(
+                                        sent,
+                                        ka.lease_id,
+                                        ka.granted_new,
+                                        ka.granted_ttl as u64 * 1000,
+                                    ),
+                                    Err(e) => debug!("lease keep-alive during initdb: {e}"),
+                                }
                             }
                         }
                     }
+                };
+                if done.is_ok() {
+                    self.bootstrap_cluster_conf(t).await;
                 }
+                done
             }
             Action::StartPrimary => {
                 self.pg.write_primary_conf().map_err(|e| e.to_string())?;

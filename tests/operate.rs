@@ -1610,3 +1610,167 @@ fn reinit_from_another_replica() {
         },
     );
 }
+
+/// Every member's PostgreSQL as `list --json` shows it: pending restart
+/// on all of them (or none).
+fn pending_everywhere(c: &Cluster, want: bool) -> bool {
+    let v = list_json(c);
+    v["members"]
+        .as_array()
+        .is_some_and(|m| m.len() == c.nodes.len() && m.iter().all(|m| m["pending_restart"] == want))
+}
+
+/// The hot-standby-critical settings (Patroni's rule): max_connections
+/// comes from the config key, never from a member's file (the harness's
+/// files say 30: each agent names it and the value used instead); a raise
+/// with `edit-config` shows a pending restart everywhere and `restart
+/// --pending` brings every member to it, the primary in place; a lowering
+/// restarts the replicas first, which then run the primary's higher value
+/// from pg_control (they would not start lower) and stay pending until a
+/// second `restart --pending` after the primary's.
+#[test]
+fn hot_standby_settings_come_from_the_key_and_replicas_raise_to_pg_control() {
+    let boot =
+        "bootstrap:\n  dcs:\n    postgresql:\n      parameters:\n        max_connections: 60\n";
+    let c = Cluster::start(
+        3,
+        Opts {
+            extra: (0..3).map(|i| (i, boot.to_string())).collect(),
+            ..Opts::default()
+        },
+    );
+    let p = c.wait_healthy(BOOT);
+    c.wait_published_streaming(Duration::from_secs(30));
+    let leader = c.leader();
+    let setting_everywhere = |want: &str| {
+        wait_for(
+            &format!("max_connections = {want} on every member"),
+            Duration::from_secs(30),
+            || {
+                c.nodes
+                    .iter()
+                    .all(|n| n.sql("SHOW max_connections").ok().as_deref() == Some(want))
+                    .then_some(())
+            },
+        )
+    };
+    let on_replicas = |want: &str| {
+        c.nodes
+            .iter()
+            .enumerate()
+            .all(|(i, n)| i == p || n.sql("SHOW max_connections").ok().as_deref() == Some(want))
+    };
+    // The key's 60 over every file's 30, and each agent says so.
+    setting_everywhere("60");
+    for n in &c.nodes {
+        let log = n.agent_log_text();
+        let want = format!(
+            "{}: postgresql.parameters.max_connections = \"30\" ignored",
+            n.config.display()
+        );
+        assert!(log.contains(&want), "{} lacks {want:?}", n.name);
+        assert!(
+            log.contains("using max_connections = \"60\""),
+            "{}: the value used is not named",
+            n.name
+        );
+    }
+    // Below Patroni's bound: refused, nothing written.
+    let (code, out) = cli(
+        &c,
+        1,
+        &["edit-config", "--pg", "max_connections=10", "--force"],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("postgresql.parameters.max_connections: expected a whole number of at least 25, got \"10\""),
+        "{out}"
+    );
+
+    // A raise: pending everywhere, one rolling restart, the primary in place.
+    let (code, out) = cli(
+        &c,
+        1,
+        &[
+            "edit-config",
+            "--pg",
+            "max_connections=80",
+            "--force",
+            "--quiet",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    wait_for(
+        "pending restart everywhere",
+        Duration::from_secs(30),
+        || pending_everywhere(&c, true).then_some(()),
+    );
+    let t0 = Instant::now();
+    let (code, out) = cli(&c, 1, &["restart", "--pending", "--wait"]);
+    assert_eq!(code, 0, "{out}");
+    eprintln!(
+        "raise: restart --pending --wait {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    setting_everywhere("80");
+    c.wait_published_streaming(Duration::from_secs(30));
+    wait_for("no pending restart", Duration::from_secs(30), || {
+        pending_everywhere(&c, false).then_some(())
+    });
+    assert_eq!(c.sole_primary(), Some(p), "the primary changed");
+    assert_eq!(c.leader(), leader, "the leader changed");
+
+    // A lowering: the replicas restart first and run pg_control's 80.
+    let (code, out) = cli(
+        &c,
+        2,
+        &[
+            "edit-config",
+            "--pg",
+            "max_connections=70",
+            "--force",
+            "--quiet",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    wait_for(
+        "pending restart everywhere",
+        Duration::from_secs(30),
+        || pending_everywhere(&c, true).then_some(()),
+    );
+    let (code, out) = cli(&c, 1, &["restart", "--pending", "--wait"]);
+    assert_eq!(code, 0, "{out}");
+    wait_for("the primary at 70", Duration::from_secs(30), || {
+        (c.nodes[p].sql("SHOW max_connections").ok().as_deref() == Some("70")).then_some(())
+    });
+    assert!(on_replicas("80"), "replicas not raised to pg_control's 80");
+    c.wait_published_streaming(Duration::from_secs(30));
+    for (i, n) in c.nodes.iter().enumerate() {
+        if i != p {
+            let log = n.agent_log_text();
+            assert!(
+                log.contains(
+                    "max_connections: the cluster says 70 but pg_control records 80 (the primary's)"
+                ),
+                "{}: the raise is not logged",
+                n.name
+            );
+        }
+    }
+    let v = list_json(&c);
+    for m in v["members"].as_array().unwrap() {
+        let replica = m["role"] == "Replica";
+        assert_eq!(m["pending_restart"], replica, "{m}");
+    }
+    // The primary's new value reached pg_control on the replicas (its
+    // parameter change was replayed): a second rolling restart lowers them.
+    let (code, out) = cli(&c, 1, &["restart", "--pending", "--wait"]);
+    assert_eq!(code, 0, "{out}");
+    setting_everywhere("70");
+    c.wait_published_streaming(Duration::from_secs(30));
+    wait_for("no pending restart", Duration::from_secs(30), || {
+        pending_everywhere(&c, false).then_some(())
+    });
+    assert_eq!(c.sole_primary(), Some(p), "the primary changed");
+    assert_eq!(c.leader(), leader, "the leader changed");
+}
