@@ -220,6 +220,19 @@ fn run(args: Args) -> Result<(), ExitCode> {
             for e in &errors {
                 eprintln!("error: {e}");
             }
+            // Not an error (Patroni ignores them too): said before the agent
+            // says it at every start.
+            for k in cfg
+                .postgresql
+                .parameters
+                .keys()
+                .filter(|k| crate::hot_standby::is_critical(k))
+            {
+                eprintln!(
+                    "warning: {}: postgresql.parameters.{k} is ignored: a hot standby needs it the same on every member, so only the cluster's config key sets it (bootstrap.dcs.postgresql.parameters, then leasedog edit-config --pg {k}=...)",
+                    args.config.display()
+                );
+            }
             let transport = crate::dcs::Transport::load(&cfg.etcd3);
             if let Err(e) = &transport {
                 eprintln!("error: {}: {e}", args.config.display());

@@ -1505,6 +1505,15 @@ pub fn validate(cfg: &Config) -> Vec<ConfigError> {
             );
         }
     }
+    // The hot-standby settings the bootstrap writes into the config key:
+    // Patroni's bounds, as edit-config checks them (a member would use the
+    // default instead).
+    for (k, v) in &cfg.bootstrap_parameters {
+        let text = crate::postgres::conf::yaml_scalar(v);
+        if let Some(e) = crate::hot_standby::check(k, &text) {
+            bad(&format!("bootstrap.dcs.postgresql.parameters.{k}"), e);
+        }
+    }
     if !["error", "warn", "info", "debug", "trace"].contains(&cfg.log.level.as_str()) {
         bad(
             "log.level",
@@ -1659,6 +1668,26 @@ restapi:
         .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(c.ttl, 30);
         assert_eq!(c.loop_wait, 10);
+        // The hot-standby settings: in bootstrap.dcs, none in the file's own.
+        assert!(c.bootstrap_parameters.contains_key("max_connections"));
+        assert!(
+            !c.postgresql
+                .parameters
+                .keys()
+                .any(|k| crate::hot_standby::is_critical(k))
+        );
+        let bad = include_str!("../config/leasedog.yml").replace(
+            "        max_connections: 100",
+            "        max_connections: 10",
+        );
+        let errors = load_str(&bad, Path::new("x.yml"), &no_env).unwrap_err();
+        assert!(
+            errors.iter().any(
+                |e| e.key == "bootstrap.dcs.postgresql.parameters.max_connections"
+                    && e.message == "expected a whole number of at least 25, got \"10\""
+            ),
+            "{errors:?}"
+        );
     }
 
     #[test]

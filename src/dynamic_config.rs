@@ -8,7 +8,8 @@
 //!
 //! What the agents apply from the key: `pause`, `postgresql.parameters`
 //! (written to `leasedog-cluster.conf`, reloaded, `pending_restart`
-//! published), and [`KeySettings`]: `maximum_lag_on_failover`,
+//! published; the hot-standby-critical ones from the key only, see
+//! `crate::hot_standby`), and [`KeySettings`]: `maximum_lag_on_failover`,
 //! `primary_start_timeout`, `postgresql.use_slots`,
 //! `postgresql.use_pg_rewind` and `postgresql.pg_hba`, where the key wins
 //! over the member's file once it holds them (Patroni's rule), and the
