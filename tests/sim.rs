@@ -130,6 +130,11 @@ impl Rng {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Broken {
     None,
+    /// The fence counts with the configured ttl, not the one etcd granted
+    /// the lease the key is on (the agent before the timing change: a
+    /// SIGHUP that raised ttl): after a raise the watchdog grows at once
+    /// and outlives the key's lease.
+    CountsWithConfiguredTtl,
     /// The simulated device fires at ttl + 1 s instead of ttl - safety_margin.
     LongWatchdog,
     /// The executor feeds even when the renewal was answered too late.
@@ -2955,6 +2960,9 @@ impl Sim {
                 }),
             ) => {
                 n.node.on_renewed(n.sent_local, id, granted_new, ttl);
+                if broken == Broken::CountsWithConfiguredTtl {
+                    n.node.lease_ttl_ms = None;
+                }
                 if broken == Broken::RenewalProvesLeadership && n.node.leader_confirmed {
                     n.node.last_confirmed = Some(n.sent_local);
                 }
@@ -3756,6 +3764,17 @@ fn teeth_when_a_live_primary_is_ignored() {
 #[test]
 fn teeth_without_a_watchdog() {
     finds_split_brain(fast(3, WatchdogMode::Off, Broken::None), 500);
+}
+
+#[test]
+fn teeth_when_the_fence_counts_with_the_configured_ttl() {
+    finds_split_brain(
+        Setup {
+            retime: true,
+            ..fast(3, WatchdogMode::Required, Broken::CountsWithConfiguredTtl)
+        },
+        400,
+    );
 }
 
 #[test]
