@@ -1774,3 +1774,107 @@ fn hot_standby_settings_come_from_the_key_and_replicas_raise_to_pg_control() {
     assert_eq!(c.sole_primary(), Some(p), "the primary changed");
     assert_eq!(c.leader(), leader, "the leader changed");
 }
+
+/// `postgresql.use_pg_rewind: false` in the config key: a former primary
+/// that diverged (it wrote what no replica received) is never rewound. It
+/// starts as a replica, cannot stream from the new timeline, says it waits
+/// for `leasedog reinit`, and `reinit` rebuilds it: its lost rows are gone,
+/// it streams from the new primary, whose history is untouched.
+#[test]
+fn without_pg_rewind_a_diverged_former_primary_waits_for_reinit() {
+    let mut c = Cluster::start(3, Opts::default());
+    let p = c.wait_healthy(BOOT);
+    c.wait_published_streaming(Duration::from_secs(20));
+    let old = c.nodes[p].name.clone();
+    let (code, out) = cli(
+        &c,
+        0,
+        &[
+            "edit-config",
+            "--force",
+            "--set",
+            "postgresql.use_pg_rewind=false",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    for n in &c.nodes {
+        wait_for(
+            "use_pg_rewind off in effect",
+            Duration::from_secs(20),
+            || {
+                n.agent_log_text()
+                    .contains("postgresql.use_pg_rewind true -> false")
+                    .then_some(())
+            },
+        );
+    }
+    c.nodes[p].sql("CREATE TABLE kept (x int)").unwrap();
+    c.nodes[p].sql("INSERT INTO kept VALUES (1)").unwrap();
+    // Both replicas stop receiving; the primary writes what only it has.
+    let stalled: Vec<i32> = (0..3)
+        .filter(|&i| i != p)
+        .map(|i| {
+            wait_for("the replica has kept", Duration::from_secs(20), || {
+                (c.nodes[i].sql("SELECT count(*) FROM kept").ok()? == "1").then_some(())
+            });
+            let pm = c.nodes[i].postmaster_pid().expect("replica running");
+            wait_for("a walreceiver", Duration::from_secs(10), || {
+                walreceiver_pid(pm)
+            })
+        })
+        .collect();
+    for &w in &stalled {
+        // SAFETY: kill(2) on a process of our test cluster.
+        unsafe { libc::kill(w, libc::SIGSTOP) };
+    }
+    // About 20 MB of WAL: more than the sockets of the stalled streams
+    // buffer, so the commit reaches no replica.
+    c.nodes[p]
+        .sql("CREATE TABLE lost AS SELECT g, repeat('x', 900) AS pad FROM generate_series(1, 20000) g")
+        .unwrap();
+    c.kill_agent(p);
+    c.kill_postmaster(p);
+    for &w in &stalled {
+        // SAFETY: as above.
+        unsafe { libc::kill(w, libc::SIGCONT) };
+    }
+    let np = wait_for("a new primary", Duration::from_secs(40), || {
+        c.sole_primary().filter(|&i| i != p)
+    });
+    c.nodes[np].sql("INSERT INTO kept VALUES (2)").unwrap();
+    c.start_agent(p);
+    wait_for(
+        "the former primary waiting for reinit",
+        Duration::from_secs(60),
+        || {
+            c.nodes[p]
+                .agent_log_text()
+                .contains("waiting for `leasedog reinit` of this member")
+                .then_some(())
+        },
+    );
+    let log = c.nodes[p].agent_log_text();
+    assert!(
+        log.contains("without pg_rewind (postgresql.use_pg_rewind is off)"),
+        "{log}"
+    );
+    assert!(!log.contains("pg_rewind from"), "a rewind ran: {log}");
+    assert!(!log.contains("rewinding onto"), "a rewind ran: {log}");
+    assert_eq!(c.nodes[p].is_primary(), Some(false), "{old} writable again");
+    let (code, out) = cli(&c, np, &["reinit", &old, "--wait"]);
+    assert_eq!(code, 0, "{out}");
+    wait_for(
+        "the rebuilt member has row 2",
+        Duration::from_secs(30),
+        || (c.nodes[p].sql("SELECT count(*) FROM kept").ok()? == "2").then_some(()),
+    );
+    assert!(
+        c.nodes[p].sql("SELECT count(*) FROM lost").is_err(),
+        "the rows only the old primary had survived the reinit"
+    );
+    assert_eq!(
+        c.wait_healthy(Duration::from_secs(60)),
+        np,
+        "the primary changed"
+    );
+}
