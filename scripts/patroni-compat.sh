@@ -4,7 +4,8 @@
 # environment) pointed at a leasedog cluster's etcd. `patronictl list` shows
 # the three members, the leader and streaming replicas; `patronictl
 # show-config` reads the config key that leasedog's bootstrap wrote
-# (bootstrap.dcs.postgresql.parameters) and `leasedog edit-config` changed.
+# (bootstrap.dcs.postgresql.parameters) and `leasedog edit-config` changed;
+# `patronictl edit-config -s ttl=20` moves every member to leases of 20 s.
 #
 #   bash scripts/patroni-compat.sh            # as root
 #   PATRONI_VENV=/tmp/venv bash scripts/patroni-compat.sh   # reuse a venv
@@ -58,4 +59,28 @@ sys.exit(0 if ok else 1)'; do
 done
 echo "patronictl list reads leasedog's member and leader keys:"
 pctl list | sed 's/^/  /'
+
+# patronictl edit-config changes the ttl; leasedog's members take it from
+# the config key: the leader's key (and every member key) moves to a lease
+# granted the new TTL, the leader stays.
+leader_before=$(ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$etcd_port" get --print-value-only /service/demo/leader)
+pctl edit-config --force -s ttl=20 >/dev/null
+granted() {
+  ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$etcd_port" get -w json --prefix /service/demo/ | python3 -c '
+import json, sys
+kvs = json.load(sys.stdin).get("kvs", [])
+print(" ".join(sorted({format(kv["lease"], "x") for kv in kvs if kv.get("lease")})))' | tr " " "\n" |
+  while read -r id; do
+    [ -n "$id" ] && ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$etcd_port" lease timetolive "$id" -w json |
+      python3 -c 'import json, sys; v = json.load(sys.stdin); print(v.get("grant-ttl", "expired-%x" % v["id"]))'
+  done | sort -u | tr "\n" " "
+}
+deadline=$((SECONDS + 30))
+until [ "$(granted)" = "20 " ]; do
+  [ $SECONDS -lt $deadline ] || fail "after patronictl edit-config -s ttl=20 the keys' leases are granted: $(granted)"
+  sleep 0.5
+done
+leader_after=$(ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$etcd_port" get --print-value-only /service/demo/leader)
+[ "$leader_after" = "$leader_before" ] || fail "the leader changed with the ttl: $leader_before -> $leader_after"
+echo "patronictl edit-config -s ttl=20: every key of the cluster on a lease of 20 s, leader still $leader_after"
 echo "patroni-compat: ok"

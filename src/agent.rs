@@ -88,6 +88,8 @@ pub struct Agent {
     key: KeySettings,
     key_config: Option<crate::cluster::DynamicConfig>,
     key_refused: Vec<String>,
+    /// Synchronous mode was turned off: `clear_sync_names` still to do.
+    sync_clear_pending: bool,
     /// The hot-standby-critical settings of this member's file last named
     /// as ignored (`hot_standby::ignored_local`): logged again only when
     /// they change.
@@ -119,7 +121,7 @@ impl Agent {
         .with_transport(transport.clone());
         let wake = Arc::new(Notify::new());
         let mut pg = Postgres::new(cfg.postgresql.clone(), cfg.name.clone());
-        pg.manage_sync_names(sync_initial(&cfg));
+        pg.manage_sync_names(sync_initial(&ha));
         pg.wake_on_disconnect(wake.clone());
         let shared = snapshot::shared(Snapshot::new(&cfg.scope, &cfg.name));
         Agent {
@@ -155,6 +157,7 @@ impl Agent {
             key,
             key_config: None,
             key_refused: Vec::new(),
+            sync_clear_pending: false,
             local_ignored: Vec::new(),
         }
     }
@@ -411,9 +414,46 @@ impl Agent {
     /// New settings for the decision core. A new `ttl` applies to leases
     /// granted from now on; until the key is on one, the fence counts with
     /// the smaller of the two (`NodeState::fence_ttl_ms`).
+    ///
+    /// Synchronous mode turned on: PostgreSQL's `synchronous_standby_names`
+    /// is managed from here on (the leader's `sync::plan` takes it from
+    /// its initial value, key first). Turned off: the leader deletes the
+    /// sync key (`ha`), and the setting is cleared on a writable primary
+    /// (`clear_sync_names`), so commits stop waiting for standbys.
     fn set_ha(&mut self, ha: HaConfig) {
         self.dcs.set_ttl(ha.ttl_ms / 1000);
+        if ha.sync.on() != self.ha.sync.on() {
+            self.pg.manage_sync_names(sync_initial(&ha));
+            self.sync_clear_pending = !ha.sync.on();
+        }
         self.ha = ha;
+    }
+
+    /// After synchronous mode was turned off: a writable primary stops
+    /// waiting for standbys (`synchronous_standby_names` emptied, reloaded,
+    /// read back); tried each cycle until it is done or the server is no
+    /// longer writable.
+    async fn clear_sync_names(&mut self) {
+        if !self.sync_clear_pending {
+            return;
+        }
+        if !self.last_local.writable() {
+            self.sync_clear_pending = false;
+            return;
+        }
+        let t = self.observe_timeout();
+        match self.pg.set_sync_names("", t).await {
+            Ok(()) => {
+                self.pg.manage_sync_names(None);
+                self.sync_clear_pending = false;
+                info!(
+                    "synchronous_mode off: synchronous_standby_names emptied, commits no longer wait for standbys"
+                );
+            }
+            Err(e) => self.warn_limited(format!(
+                "synchronous_mode off: emptying synchronous_standby_names: {e}"
+            )),
+        }
     }
 
     /// SIGHUP: applies the re-read configuration file (read off the loop's
@@ -467,7 +507,7 @@ impl Agent {
         self.key = key;
         // Named again against the new file in the next cycle.
         self.local_ignored.clear();
-        self.pg.manage_sync_names(sync_initial(&applied));
+        self.pg.manage_sync_names(sync_initial(&self.ha));
         self.pg.wake_on_disconnect(self.wake.clone());
         self.cfg = applied;
         info!(
@@ -801,6 +841,7 @@ impl Agent {
             self.set_ha(settings.ha_config(&self.cfg));
             self.key = settings;
         }
+        self.clear_sync_names().await;
         let t = self.observe_timeout();
         let running = self.last_local.running;
         match self.pg.apply_pg_hba(&self.key.pg_hba, running, t).await {
@@ -2232,9 +2273,10 @@ const WATCHDOG_FD_NAME: &str = "watchdog";
 /// file descriptor store (it also needs `FileDescriptorStoreMax=`).
 /// What `synchronous_standby_names` every start begins with, when
 /// synchronous mode makes it leasedog's.
-fn sync_initial(cfg: &Config) -> Option<String> {
-    let sync = ha::HaConfig::from_config(cfg).sync;
-    sync.on().then(|| sync.initial_names().render())
+/// `synchronous_standby_names` before the leader chose standbys, when
+/// synchronous mode is on (managed); None when it is off.
+fn sync_initial(ha: &HaConfig) -> Option<String> {
+    ha.sync.on().then(|| ha.sync.initial_names().render())
 }
 
 fn fd_store_enabled() -> bool {

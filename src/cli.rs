@@ -1346,7 +1346,13 @@ fn failover(path: &std::path::Path, to: &str, allow_data_loss: bool) -> Result<(
                 "failover refused: {to} is already the leader"
             )));
         }
-        if cfg.synchronous_mode != crate::config::SyncMode::Off && !allow_data_loss {
+        // The key's synchronous_mode wins over the file's, as in the agents.
+        let (key, _) = crate::dynamic_config::effective(
+            &cfg,
+            &view.config,
+            &crate::dynamic_config::KeySettings::of_file(&cfg),
+        );
+        if key.synchronous_mode != crate::config::SyncMode::Off && !allow_data_loss {
             let sync = view.sync.as_ref().filter(|s| s.leader.is_some());
             let vouched = sync.is_none_or(|s| {
                 s.leader.as_deref() == Some(to) || s.standbys().iter().any(|n| n == to)

@@ -15,24 +15,15 @@
 //! over the member's file once it holds them (Patroni's rule), and the
 //! fence's timing (`ttl`, `loop_wait`, `retry_timeout`, taken together;
 //! the agent moves its lease and watchdog to them, see `ha::NodeState::
-//! fence_ttl_ms`). The synchronous settings are written at bootstrap for
-//! `patronictl show-config` and read from each member's file: changing
-//! them here is refused, with the way to do it.
+//! fence_ttl_ms`), and the synchronous settings (`synchronous_mode`,
+//! `_strict`, `synchronous_node_count`, `maximum_lag_on_syncnode`: the
+//! leader's `sync::plan` takes PostgreSQL and the sync key from wherever
+//! they are to what the key asks, in its safe order).
 
 use crate::cluster::DynamicConfig;
-use crate::config::{Config, PostgresqlConfig};
+use crate::config::{Config, PostgresqlConfig, SyncMode};
 use crate::ha::HaConfig;
 use serde_json::{Map, Value};
-
-/// Keys the agents read from their own file in this version: a change in
-/// the `config` key would mislead (nothing would apply it). Synchronous
-/// replication's settings stay per member, changed with a rolling restart.
-pub const FROM_THE_FILE: [&str; 4] = [
-    "synchronous_mode",
-    "synchronous_mode_strict",
-    "synchronous_node_count",
-    "maximum_lag_on_syncnode",
-];
 
 /// The key's value as YAML (`{}` when there is none).
 pub fn to_yaml(v: &Value) -> String {
@@ -126,13 +117,6 @@ pub fn merge(v: &mut Value, patch: &Value) {
 /// can be written.
 pub fn check(before: &Value, after: &Value) -> Vec<String> {
     let mut errors = Vec::new();
-    for k in FROM_THE_FILE {
-        if before.get(k) != after.get(k) {
-            errors.push(format!(
-                "{k}: read from each member's leasedog.yml in this version, not from the config key: change it there and restart the agents one at a time (replicas first)"
-            ));
-        }
-    }
     if let Some(p) = after.get("pause")
         && !p.is_boolean()
     {
@@ -399,12 +383,72 @@ fn parse_pg_hba(v: &Value) -> Result<Vec<String>, String> {
 type Check = fn(&Value) -> Result<(), String>;
 
 /// The top-level keys a member takes from the key, with their checks.
-const TOP_LEVEL: [(&str, Check); 2] = [
+const TOP_LEVEL: [(&str, Check); 6] = [
     ("maximum_lag_on_failover", |v| parse_lag(v).map(drop)),
     ("primary_start_timeout", |v| {
         parse_start_timeout(v).map(drop)
     }),
+    ("synchronous_mode", |v| parse_sync_mode(v).map(drop)),
+    ("synchronous_mode_strict", |v| {
+        parse_sync_strict(v).map(drop)
+    }),
+    ("synchronous_node_count", |v| {
+        parse_sync_node_count(v).map(drop)
+    }),
+    ("maximum_lag_on_syncnode", |v| {
+        parse_sync_max_lag(v).map(drop)
+    }),
 ];
+
+/// `synchronous_mode`: true, false, on, off or quorum (Patroni's forms).
+fn parse_sync_mode(v: &Value) -> Result<SyncMode, String> {
+    match v {
+        Value::Bool(true) => Ok(SyncMode::On),
+        Value::Bool(false) => Ok(SyncMode::Off),
+        Value::String(t) => match t.trim().to_ascii_lowercase().as_str() {
+            "on" | "true" => Ok(SyncMode::On),
+            "off" | "false" => Ok(SyncMode::Off),
+            "quorum" => Ok(SyncMode::Quorum),
+            _ => Err(format!(
+                "synchronous_mode: expected true, false or quorum, got {}",
+                shown(v)
+            )),
+        },
+        _ => Err(format!(
+            "synchronous_mode: expected true, false or quorum, got {}",
+            shown(v)
+        )),
+    }
+}
+
+fn parse_sync_strict(v: &Value) -> Result<bool, String> {
+    v.as_bool().ok_or_else(|| {
+        format!(
+            "synchronous_mode_strict: expected true or false, got {}",
+            shown(v)
+        )
+    })
+}
+
+/// `synchronous_node_count`: 1..=64, as `check-config` accepts it.
+fn parse_sync_node_count(v: &Value) -> Result<u64, String> {
+    v.as_u64().filter(|n| (1..=64).contains(n)).ok_or_else(|| {
+        format!(
+            "synchronous_node_count: expected a number of standbys in 1..=64, got {}",
+            shown(v)
+        )
+    })
+}
+
+/// `maximum_lag_on_syncnode`: -1 (no limit) or bytes above 0.
+fn parse_sync_max_lag(v: &Value) -> Result<i64, String> {
+    v.as_i64().filter(|n| *n == -1 || *n > 0).ok_or_else(|| {
+        format!(
+            "maximum_lag_on_syncnode: expected -1 (no limit) or a number of bytes above 0, got {}",
+            shown(v)
+        )
+    })
+}
 
 /// The keys under `postgresql` a member takes from the key (beside
 /// `parameters`), with their checks.
@@ -430,6 +474,11 @@ pub struct KeySettings {
     pub pg_hba: Vec<String>,
     /// `ttl`, `loop_wait`, `retry_timeout`, seconds.
     pub timing: [u64; 3],
+    pub synchronous_mode: SyncMode,
+    pub synchronous_mode_strict: bool,
+    pub synchronous_node_count: u64,
+    /// -1: no limit.
+    pub maximum_lag_on_syncnode: i64,
 }
 
 impl KeySettings {
@@ -443,6 +492,10 @@ impl KeySettings {
             use_pg_rewind: true,
             pg_hba: file.postgresql.pg_hba.clone(),
             timing: [file.ttl, file.loop_wait, file.retry_timeout],
+            synchronous_mode: file.synchronous_mode,
+            synchronous_mode_strict: file.synchronous_mode_strict,
+            synchronous_node_count: file.synchronous_node_count,
+            maximum_lag_on_syncnode: file.maximum_lag_on_syncnode,
         }
     }
 
@@ -457,6 +510,10 @@ impl KeySettings {
         ha.ttl_ms = ttl * 1000;
         ha.loop_wait_ms = loop_wait * 1000;
         ha.retry_timeout_ms = retry_timeout * 1000;
+        ha.sync.mode = self.synchronous_mode;
+        ha.sync.strict = self.synchronous_mode_strict;
+        ha.sync.node_count = self.synchronous_node_count as usize;
+        ha.sync.max_lag = u64::try_from(self.maximum_lag_on_syncnode).ok();
         ha
     }
 
@@ -491,6 +548,26 @@ impl KeySettings {
         for (i, k) in TIMING.iter().enumerate() {
             note(k, self.timing[i].to_string(), new.timing[i].to_string());
         }
+        note(
+            "synchronous_mode",
+            format!("{:?}", self.synchronous_mode).to_lowercase(),
+            format!("{:?}", new.synchronous_mode).to_lowercase(),
+        );
+        note(
+            "synchronous_mode_strict",
+            self.synchronous_mode_strict.to_string(),
+            new.synchronous_mode_strict.to_string(),
+        );
+        note(
+            "synchronous_node_count",
+            self.synchronous_node_count.to_string(),
+            new.synchronous_node_count.to_string(),
+        );
+        note(
+            "maximum_lag_on_syncnode",
+            self.maximum_lag_on_syncnode.to_string(),
+            new.maximum_lag_on_syncnode.to_string(),
+        );
         if self.pg_hba != new.pg_hba {
             out.push(format!(
                 "postgresql.pg_hba ({} lines -> {} lines)",
@@ -560,6 +637,34 @@ pub fn effective(
         &mut refused,
     );
     take_timing(file, key, previous, &mut out, &mut refused);
+    take(
+        top("synchronous_mode"),
+        parse_sync_mode,
+        &mut out.synchronous_mode,
+        &previous.synchronous_mode,
+        &mut refused,
+    );
+    take(
+        top("synchronous_mode_strict"),
+        parse_sync_strict,
+        &mut out.synchronous_mode_strict,
+        &previous.synchronous_mode_strict,
+        &mut refused,
+    );
+    take(
+        top("synchronous_node_count"),
+        parse_sync_node_count,
+        &mut out.synchronous_node_count,
+        &previous.synchronous_node_count,
+        &mut refused,
+    );
+    take(
+        top("maximum_lag_on_syncnode"),
+        parse_sync_max_lag,
+        &mut out.maximum_lag_on_syncnode,
+        &previous.maximum_lag_on_syncnode,
+        &mut refused,
+    );
     let pg = match top("postgresql") {
         None => Map::new(),
         Some(Value::Object(m)) => m.clone(),

@@ -310,6 +310,10 @@ struct Setup {
     /// The config key's ttl changes (doubled, then back) while the faults
     /// run; each member takes it at its own moment (its next read).
     retime: bool,
+    /// Synchronous runs: the config key's `synchronous_mode` turned off and
+    /// on again while the faults run, each member taking it at its own
+    /// moment.
+    sync_flips: bool,
 }
 
 // ---------------------------------------------------------------- etcd
@@ -1064,6 +1068,9 @@ enum Ev {
     Resume,
     /// Member `.0` reads a config key whose ttl is `.1` ms.
     Retime(usize, u64),
+    /// Member `.0` reads a config key whose `synchronous_mode` is the
+    /// setup's (true) or off.
+    SyncFlip(usize, bool),
 }
 
 #[derive(Debug, Clone)]
@@ -1482,6 +1489,24 @@ impl Sim {
         }
         s.at(50, Ev::Progress);
         s.at(100, Ev::Expire);
+        if s.setup.sync_flips && s.setup.sync.is_some() {
+            // Off, then on again, once or twice (the runs end with it on,
+            // as their checks expect), each flip taken by every member
+            // within 1.5 s of the others.
+            let k = 2 * s.retime_rng.range(1, 2);
+            let mut at: Vec<u64> = (0..k).map(|_| s.retime_rng.range(20_000, 70_000)).collect();
+            at.sort();
+            // Each member takes the flips in their order.
+            for j in 1..at.len() {
+                at[j] = at[j].max(at[j - 1] + 2000);
+            }
+            for (j, t) in at.into_iter().enumerate() {
+                for i in 0..s.setup.nodes {
+                    let d = s.retime_rng.range(0, 1500);
+                    s.at(t + d, Ev::SyncFlip(i, j % 2 == 1));
+                }
+            }
+        }
         if s.setup.retime {
             // ttl doubled, then back, and so on: 1 to 3 changes, each taken
             // by every member within 1.5 s of the others.
@@ -1629,6 +1654,31 @@ impl Sim {
                 }
             }
             Ev::Fault(k) => self.fault(k),
+            Ev::SyncFlip(i, on) => {
+                let mode = match (on, self.setup.sync) {
+                    (true, Some(y)) => y.mode,
+                    _ => SyncMode::Off,
+                };
+                self.note(format!(
+                    "n{i} takes synchronous_mode {mode:?} from the config key"
+                ));
+                let was_on = self.nodes[i].cfg.sync.on();
+                self.nodes[i].cfg.sync.mode = mode;
+                if was_on && mode == SyncMode::Off {
+                    // The operator gave up the guarantee: what was
+                    // acknowledged so far may be lost from here on.
+                    self.sync_key_lost();
+                    // The agent's `clear_sync_names`: a writable primary
+                    // stops waiting for standbys (a reload).
+                    let (now, delay) = (self.now, self.sync_rng.range(1, reload_delay_max_ms()));
+                    let n = &mut self.nodes[i];
+                    if n.pg.state == PgState::Primary && n.pg.eff != Names::Off {
+                        let old = std::mem::replace(&mut n.pg.eff, Names::Off);
+                        n.pg.prev.push((old, now + delay));
+                        n.pg.names = Names::Off;
+                    }
+                }
+            }
             Ev::Retime(i, ttl) => {
                 self.note(format!(
                     "n{i} takes ttl {} s from the config key",
@@ -2415,7 +2465,10 @@ impl Sim {
                 if to > e.0 {
                     *e = (to, i, now);
                 }
-                if self.key_lost {
+                // Acknowledged while the key was lost, or while a member
+                // runs with synchronous mode off (it may promote without
+                // it): not protected.
+                if self.key_lost || self.nodes.iter().any(|n| !n.cfg.sync.on()) {
                     let u = self.unprotected.entry(uid).or_insert(0);
                     *u = (*u).max(to);
                 }
@@ -3667,6 +3720,7 @@ fn fast(nodes: usize, mode: WatchdogMode, broken: Broken) -> Setup {
         mix: Mix::All,
         sync: None,
         retime: false,
+        sync_flips: false,
     }
 }
 
@@ -3694,6 +3748,7 @@ fn patroni_default_timings() {
             mix: Mix::All,
             sync: None,
             retime: false,
+            sync_flips: false,
         },
         400,
     );
@@ -4006,6 +4061,20 @@ fn teeth_when_a_member_the_key_does_not_name_promotes() {
 #[test]
 fn sync_churn_never_loses_an_acknowledged_commit() {
     sweep(sync_churn(3, SyncMode::On, Broken::None), 100);
+}
+
+/// `synchronous_mode` turned off and on again through the config key
+/// while leaders die and standbys come and go: what was acknowledged while
+/// every member ran with it on and the key stood is never lost.
+#[test]
+fn sync_mode_switched_off_and_on_never_loses_a_protected_commit() {
+    sweep(
+        Setup {
+            sync_flips: true,
+            ..sync_churn(3, SyncMode::On, Broken::None)
+        },
+        150,
+    );
 }
 
 fn sync_churn(nodes: usize, mode: SyncMode, broken: Broken) -> Setup {

@@ -469,3 +469,78 @@ fn wait_sync_once(c: &Cluster, p: usize) -> Option<Vec<String>> {
     let standbys: HashSet<String> = k.standbys().into_iter().collect();
     (standbys == set.iter().cloned().collect::<HashSet<_>>()).then(|| set.iter().cloned().collect())
 }
+
+/// `synchronous_mode` switched on and off through the config key under a
+/// writer, as `patronictl edit-config` does: on, the leader names a
+/// standby in the key and PostgreSQL waits for it (the key covering the
+/// setting at every observation); off, the key is deleted and the primary
+/// stops waiting (a commit with every replica stopped returns), without a
+/// restart and without a failed write.
+#[test]
+fn synchronous_mode_switched_on_and_off_through_the_config_key() {
+    let mut c = Cluster::start(3, Opts::default());
+    let p = c.wait_healthy(BOOT);
+    let postmaster = c.nodes[p].postmaster_pid();
+    let writer = Writer::start(&c, p);
+    writer.wait_acked_on(p, 0, 5, Duration::from_secs(10));
+    let edit = |c: &Cluster, set: &str| {
+        let out = c
+            .leasedog(0)
+            .args(["edit-config", "--force", "--set", set])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "edit-config --set {set}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    assert!(sync_key(&c).is_none(), "a sync key before synchronous mode");
+    let t0 = Instant::now();
+    edit(&c, "synchronous_mode=true");
+    let named = wait_sync(&c, p, 1);
+    eprintln!(
+        "synchronous_mode on: {} named {:.1} s after edit-config",
+        named.join(", "),
+        t0.elapsed().as_secs_f64()
+    );
+    let (k, _) = *writer.acked().last().unwrap();
+    writer.wait_acked_on(p, k, 5, Duration::from_secs(10));
+
+    let t0 = Instant::now();
+    edit(&c, "synchronous_mode=false");
+    watch_until(
+        &c,
+        "no sync key and no standby waited for",
+        Duration::from_secs(30),
+        || {
+            let s = c.nodes[p].sql("SHOW synchronous_standby_names").ok()?;
+            (sync_key(&c).is_none() && s.is_empty()).then_some(())
+        },
+    );
+    eprintln!(
+        "synchronous_mode off: key deleted and setting emptied {:.1} s after edit-config",
+        t0.elapsed().as_secs_f64()
+    );
+    let (k, _) = *writer.acked().last().unwrap();
+    writer.wait_acked_on(p, k, 5, Duration::from_secs(10));
+    assert_eq!(writer.failed(), 0, "a write failed");
+    writer.stop();
+    // Asynchronous again: with both replicas stopped, a commit returns.
+    for i in (0..3).filter(|&i| i != p) {
+        c.stop_agent(i, Duration::from_secs(30));
+    }
+    psql_within(&c, p, "INSERT INTO w VALUES (-1)", 5)
+        .expect("an asynchronous commit returns with no standby")
+        .expect("insert");
+    assert_eq!(
+        c.nodes[p].postmaster_pid(),
+        postmaster,
+        "PostgreSQL restarted"
+    );
+    assert!(
+        c.nodes[p]
+            .agent_log_text()
+            .contains("synchronous_standby_names emptied")
+    );
+}
