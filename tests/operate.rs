@@ -1878,3 +1878,406 @@ fn without_pg_rewind_a_diverged_former_primary_waits_for_reinit() {
         "the primary changed"
     );
 }
+
+/// One look at the lease the leader key is bound to: `lease timetolive`
+/// sent at `sent` and answered at `recv` (monotonic ms), between two reads
+/// of the key that both found it on `lease`. The agent moves its key only
+/// to leases it has just granted, never back, so the key was on `lease`
+/// when etcd answered; etcd truncates what is left to whole seconds, so
+/// the lease's expiry then lay in [sent + left, recv + left + 1 s).
+#[derive(Debug, Clone, Copy)]
+struct LeaseLook {
+    sent: u64,
+    recv: u64,
+    lease: i64,
+    left_s: i64,
+    granted_s: i64,
+}
+
+impl LeaseLook {
+    fn expiry_at_least(&self) -> i64 {
+        self.sent as i64 + self.left_s * 1000
+    }
+    fn expiry_before(&self) -> i64 {
+        self.recv as i64 + (self.left_s + 1) * 1000
+    }
+}
+
+fn look_at_lease(etcd: &common::etcd::EtcdServer, key: &str) -> Option<LeaseLook> {
+    let lease = etcd.key_lease(key)?;
+    let sent = common::cluster::monotonic_ms();
+    let (left_s, granted_s) = etcd.lease_ttl(lease)?;
+    let recv = common::cluster::monotonic_ms();
+    (lease != 0 && left_s >= 0 && etcd.key_lease(key)? == lease).then_some(LeaseLook {
+        sent,
+        recv,
+        lease,
+        left_s,
+        granted_s,
+    })
+}
+
+/// A testing watchdog's pings with the timeout in force after each (ms):
+/// `keepalive`, and `timeout N` (SETTIMEOUT pings too). An `open` starts
+/// without a timeout until its `timeout N` line.
+fn pings_with_timeout(events: &[(u64, String)]) -> Vec<(u64, u64)> {
+    let mut w = None;
+    let mut out = Vec::new();
+    for (t, op) in events {
+        if op == "open" {
+            w = None;
+        } else if let Some(n) = op.strip_prefix("timeout ") {
+            w = n.parse::<u64>().ok().map(|n| n * 1000);
+            out.extend(w.map(|w| (*t, w)));
+        } else if op == "keepalive" {
+            out.extend(w.map(|w| (*t, w)));
+        }
+    }
+    out
+}
+
+/// When the watchdog would fire, as of each instant of [from, to], were it
+/// never pinged again: (the earliest, the latest) over the window.
+fn watchdog_deadlines(pings: &[(u64, u64)], from: u64, to: u64) -> (i64, i64) {
+    let at = |t: u64| {
+        pings
+            .iter()
+            .rev()
+            .find(|(f, _)| *f <= t)
+            .map(|(f, w)| (f + w) as i64)
+            .expect("a ping before the look")
+    };
+    let d: Vec<i64> = std::iter::once(at(from))
+        .chain(
+            pings
+                .iter()
+                .filter(|(f, _)| *f > from && *f <= to)
+                .map(|(f, w)| (f + w) as i64),
+        )
+        .collect();
+    (*d.iter().min().expect("one"), *d.iter().max().expect("one"))
+}
+
+/// What one edit of the ttl took, in ms from the `edit-config` run.
+struct TtlChange {
+    /// The leader key's and every member key's lease seen granted the new
+    /// ttl (by a poll: up to one poll late).
+    leases: u64,
+    /// The leader's watchdog log's `timeout N` of the new ttl.
+    watchdog: u64,
+}
+
+/// `edit-config --set ttl=<to>` on a replica, then polls until the leader
+/// key and the three member keys are on leases granted `to` seconds and
+/// the leader's watchdog logged its new timeout; meanwhile the primary
+/// stays `p`, its postmaster `pm` and the leader key `leader`. Checks the
+/// order of the leader's two steps in its log: a shrink sets the watchdog
+/// before the key moves, a growth moves the key first. Every replica took
+/// a lease of the new ttl.
+fn change_ttl(c: &Cluster, p: usize, pm: i32, from: u64, to: u64) -> TtlChange {
+    let margin = c.opts.safety_margin;
+    let (w_from, w_to) = (from - margin, to - margin);
+    let logs: Vec<usize> = c.nodes.iter().map(|n| n.agent_log_text().len()).collect();
+    let t0 = common::cluster::monotonic_ms();
+    let (code, out) = cli(
+        c,
+        (p + 1) % 3,
+        &["edit-config", "--force", "--set", &format!("ttl={to}")],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("+ttl: {to}")), "the diff: {out}");
+    let key = format!("/service/{}/leader", c.scope);
+    let members = format!("/service/{}/members/", c.scope);
+    let mut leases_at = None;
+    let watchdog_line = format!("timeout {w_to}");
+    let watchdog_at = wait_for(
+        &format!("every lease at ttl {to} and the leader's watchdog at {w_to} s"),
+        Duration::from_secs(30),
+        || {
+            assert_eq!(
+                c.nodes[p].postmaster_pid(),
+                Some(pm),
+                "the primary restarted"
+            );
+            assert_eq!(
+                c.leader().as_deref(),
+                Some(c.nodes[p].name.as_str()),
+                "the leader changed"
+            );
+            if leases_at.is_none() {
+                let mut leases = c.etcd.leases_under(&members)?;
+                if leases.len() != 3 {
+                    return None;
+                }
+                leases.push(c.etcd.key_lease(&key)?);
+                if leases
+                    .iter()
+                    .all(|&l| c.etcd.lease_ttl(l).is_some_and(|(_, g)| g == to as i64))
+                {
+                    leases_at = Some(common::cluster::monotonic_ms());
+                }
+            }
+            let wd = c.nodes[p]
+                .watchdog_events()
+                .into_iter()
+                .find(|(t, o)| *t >= t0 && *o == watchdog_line)?;
+            leases_at.and(Some(wd.0))
+        },
+    );
+    let log = &c.nodes[p].agent_log_text()[logs[p]..];
+    let moved = log
+        .lines()
+        .position(|l| l.contains("leader key moved to lease") && l.contains(&format!(" of {to} s")))
+        .unwrap_or_else(|| panic!("the leader logged no move to a lease of {to} s:\n{log}"));
+    let set = log
+        .lines()
+        .position(|l| {
+            l.contains(&format!(
+                "watchdog timeout {w_from}s -> {w_to}s (ttl changed)"
+            ))
+        })
+        .unwrap_or_else(|| panic!("the leader logged no watchdog {w_from}s -> {w_to}s:\n{log}"));
+    if to < from {
+        assert!(
+            set < moved,
+            "the key moved before the watchdog shrank:\n{log}"
+        );
+    } else {
+        assert!(
+            moved < set,
+            "the watchdog grew before the key moved:\n{log}"
+        );
+    }
+    for (i, n) in c.nodes.iter().enumerate() {
+        if i != p {
+            let log = &n.agent_log_text()[logs[i]..];
+            assert!(
+                log.contains(&format!("of the configured ttl ({to} s)")),
+                "{} took no lease of {to} s:\n{log}",
+                n.name
+            );
+        }
+    }
+    TtlChange {
+        leases: leases_at.expect("seen") - t0,
+        watchdog: watchdog_at - t0,
+    }
+}
+
+/// Issue 11: a timing change under a running writer keeps the fence.
+/// `edit-config` grows the ttl from 6 to 12 s and shrinks it back, the
+/// watchdog required; the leader moves its key to a lease of each new
+/// ttl (member keys with it; each replica takes a new lease) and re-sets
+/// its watchdog to ttl - safety_margin, in the order that keeps the fence
+/// (grow: move, then watchdog; shrink: watchdog, then move: checked in
+/// its log). The primary, its postmaster and the leader key never change
+/// and no write fails.
+///
+/// The fence, checked against etcd: a thread looks at the leader key's
+/// lease every ~100 ms (`LeaseLook`); the leader's testing watchdog log
+/// gives every ping and the timeout in force after it. Two checks, each
+/// failing only on a certain breach (etcd's whole seconds allowed for):
+/// - at each look, when the watchdog would fire were it never pinged
+///   again (the last ping + its timeout) lies before the latest the
+///   lease can then have been due to expire;
+/// - every ping between two looks on the same lease fires, unfed, before
+///   that lease's expiry as the later look bounds it (an expiry only
+///   moves later while the key is on the lease).
+///
+/// They fail if the leader ever counts its watchdog past its key's lease
+/// for longer than a look: e.g. a watchdog grown to 10 s before the key
+/// moves (its countdown would outrun the 6 s lease by ~4 s until the next
+/// cycle's move), a key moved to the 6 s lease while the watchdog still
+/// runs 10 s, or a move or SETTIMEOUT that never follows. A breach shorter
+/// than the time between two looks can slip between them: the order of the
+/// two steps, checked in the log, is what covers the instant of a move.
+/// (Checked by hand: with the watchdog grown a cycle before the move, the
+/// first check fails by ~3.9 s; with the key moved to the 6 s lease and
+/// the watchdog shrunk by the cycle the watch wakes right after, ~0.1 s
+/// later, both pass and only the order in the log fails.) The watchdog
+/// never fired either: every ping came before the previous one's timeout
+/// ran out. The smallest margin is reported as a lower bound (each look's earliest
+/// expiry minus the latest watchdog deadline while it was answered).
+#[test]
+fn a_ttl_change_under_a_writer_keeps_the_fence() {
+    let c = Cluster::start(
+        3,
+        Opts {
+            watchdog_mode: "required",
+            ..Opts::default()
+        },
+    );
+    let p = c.wait_healthy(BOOT);
+    c.wait_published_streaming(Duration::from_secs(20));
+    let name = c.nodes[p].name.clone();
+    wait_for("the leader key", Duration::from_secs(10), || {
+        (c.leader().as_deref() == Some(name.as_str())).then_some(())
+    });
+    let pm = c.nodes[p]
+        .postmaster_pid()
+        .expect("the primary's postmaster");
+    let ttl = c.opts.ttl;
+    let key = format!("/service/{}/leader", c.scope);
+    let writer = common::cluster::Writer::start(&c, p);
+    writer.wait_acked_on(p, 0, 5, Duration::from_secs(10));
+
+    let looks = std::sync::Mutex::new(Vec::<LeaseLook>::new());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    // Lets the looks (and the feeds) run `secs` seconds from now.
+    let look_for = |what: &str, secs: u64| {
+        let until = common::cluster::monotonic_ms() + secs * 1000;
+        wait_for(what, Duration::from_secs(secs + 10), || {
+            looks
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.sent >= until)
+                .then_some(())
+        })
+    };
+    let (start, end, grow, shrink) = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(l) = look_at_lease(&c.etcd, &key) {
+                    looks.lock().unwrap().push(l);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        // Set on the way out, a panic's too: the scope waits for the thread.
+        let _stop = StopOnDrop(&stop);
+        let start = common::cluster::monotonic_ms();
+        look_for("looks at the first lease", ttl / 2);
+        let (k, _) = *writer.acked().last().unwrap();
+        let grow = change_ttl(&c, p, pm, ttl, 2 * ttl);
+        writer.wait_acked_on(p, k, 5, Duration::from_secs(10));
+        // The grown watchdog fed for a whole lease of the grown ttl.
+        look_for("looks at the grown lease", 2 * ttl);
+        let (k, _) = *writer.acked().last().unwrap();
+        let shrink = change_ttl(&c, p, pm, 2 * ttl, ttl);
+        writer.wait_acked_on(p, k, 5, Duration::from_secs(10));
+        look_for("looks at the shrunk lease", ttl);
+        (start, common::cluster::monotonic_ms(), grow, shrink)
+    });
+    let looks = looks.into_inner().unwrap();
+
+    let failed = writer.failed();
+    let acked = writer.stop();
+    assert_eq!(failed, 0, "writes failed");
+    assert!(
+        acked.iter().all(|(_, at)| *at == p),
+        "a write went elsewhere"
+    );
+    assert_eq!(c.sole_primary(), Some(p), "the primary changed");
+    assert_eq!(
+        c.nodes[p].postmaster_pid(),
+        Some(pm),
+        "the primary restarted"
+    );
+    assert_eq!(c.leader().as_deref(), Some(name.as_str()));
+
+    let events = c.nodes[p].watchdog_events();
+    let window: Vec<&(u64, String)> = events
+        .iter()
+        .filter(|(t, _)| *t >= start && *t <= end)
+        .collect();
+    assert!(
+        window
+            .iter()
+            .all(|(_, o)| o == "keepalive" || o.starts_with("timeout ")),
+        "the watchdog was re-armed or closed: {window:?}"
+    );
+    let pings = pings_with_timeout(&events);
+    // The watchdog never fired: each ping came before the previous one's
+    // timeout ran out (a watchdog grown or shrunk too early for the feed
+    // rule would have stopped the feeds).
+    for w in pings
+        .windows(2)
+        .filter(|w| w[1].0 >= start && w[0].0 <= end)
+    {
+        assert!(
+            w[1].0 < w[0].0 + w[0].1,
+            "the watchdog fired: no ping from {} to {} with {} ms in force",
+            w[0].0,
+            w[1].0,
+            w[0].1
+        );
+    }
+    let looks: Vec<LeaseLook> = looks.into_iter().filter(|l| l.sent >= start).collect();
+    let granted: Vec<i64> = looks.iter().map(|l| l.granted_s).collect();
+    for want in [ttl as i64, 2 * ttl as i64] {
+        assert!(
+            granted.contains(&want),
+            "no look at a {want} s lease: {granted:?}"
+        );
+    }
+
+    // At each look: the watchdog's deadline before the lease's expiry.
+    let mut worst_look = (i64::MAX, None);
+    for l in &looks {
+        let (earliest_fire, latest_fire) = watchdog_deadlines(&pings, l.sent, l.recv);
+        assert!(
+            earliest_fire < l.expiry_before(),
+            "the watchdog would have fired at {earliest_fire}, after lease {:x} ({} s) could expire (before {}): {l:?}",
+            l.lease,
+            l.granted_s,
+            l.expiry_before()
+        );
+        let margin = l.expiry_at_least() - latest_fire;
+        if margin < worst_look.0 {
+            worst_look = (margin, Some(*l));
+        }
+    }
+    // Every ping between two looks at the same lease.
+    let (mut checked, mut between_leases) = (0, 0);
+    let mut worst_ping = i64::MAX;
+    for &(f, w) in pings.iter().filter(|(f, _)| *f >= start && *f <= end) {
+        let before = looks.iter().rev().find(|l| l.recv <= f);
+        let after = looks.iter().find(|l| l.sent >= f);
+        let (Some(a), Some(b)) = (before, after) else {
+            continue;
+        };
+        if a.lease != b.lease {
+            between_leases += 1;
+            continue;
+        }
+        checked += 1;
+        let fire = (f + w) as i64;
+        assert!(
+            fire < b.expiry_before(),
+            "ping at {f} with {w} ms would fire at {fire}, after lease {:x} ({} s) could expire (before {}): {a:?} {b:?}",
+            b.lease,
+            b.granted_s,
+            b.expiry_before()
+        );
+        worst_ping = worst_ping.min(b.expiry_before() - fire);
+    }
+    let (_, gap) = common::cluster::feeds_and_longest_gap(&events, start, end);
+    let look_gap = looks.windows(2).map(|w| w[1].sent - w[0].sent).max();
+    eprintln!(
+        "ttl {ttl} -> {}: every lease at the new ttl within {} ms, watchdog {} s after {} ms; \
+         back to {ttl}: leases {} ms, watchdog {} s after {} ms; \
+         {} looks at the leader's lease (longest between two {look_gap:?} ms); smallest margin (lower bound) {} ms at {:?}; \
+         {checked} pings checked against the next look (least slack to its upper bound {worst_ping} ms), \
+         {between_leases} pings between looks at two leases; longest keepalive gap {gap} ms; {} writes",
+        2 * ttl,
+        grow.leases,
+        2 * ttl - c.opts.safety_margin,
+        grow.watchdog,
+        shrink.leases,
+        ttl - c.opts.safety_margin,
+        shrink.watchdog,
+        looks.len(),
+        worst_look.0,
+        worst_look.1,
+        acked.len()
+    );
+    // 3 + 12 + 6 s of feeds at loop_wait 1 s, a few near the two moves.
+    assert!(checked >= 15, "{checked} pings checked");
+}

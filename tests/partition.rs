@@ -384,16 +384,14 @@ impl Net {
     /// The lease the leader key is bound to, in hex as etcdctl takes it.
     fn leader_lease(&self) -> Option<String> {
         let out = self.etcdctl(&["get", "-w", "json", "/service/part/leader"])?;
-        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-        Some(format!("{:x}", v["kvs"][0]["lease"].as_i64()?))
+        Some(format!("{:x}", common::etcd::lease_of_get_json(&out)?))
     }
 
     /// Whole seconds etcd says the lease has left (truncated), -1 once it
     /// expired.
     fn lease_ttl(&self, hex: &str) -> Option<i64> {
         let out = self.etcdctl(&["lease", "timetolive", hex, "-w", "json"])?;
-        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-        v["ttl"].as_i64()
+        common::etcd::time_to_live_json(&out).map(|(left, _)| left)
     }
 
     /// Polls etcd until the leader key no longer names `old`: (a lower

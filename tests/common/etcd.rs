@@ -479,6 +479,30 @@ impl EtcdServer {
         unsafe { libc::kill(self.pid(), libc::SIGCONT) };
     }
 
+    /// The lease `key` is bound to (0: none); None when it is absent or
+    /// etcd did not answer.
+    pub fn key_lease(&self, key: &str) -> Option<i64> {
+        lease_of_get_json(&self.ctl(&["get", "-w", "json", key]).ok()?)
+    }
+
+    /// The leases of the keys under `prefix`, one per key.
+    pub fn leases_under(&self, prefix: &str) -> Option<Vec<i64>> {
+        let out = self.ctl(&["get", "--prefix", "-w", "json", prefix]).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        match v["kvs"].as_array() {
+            Some(kvs) => kvs.iter().map(|kv| kv["lease"].as_i64()).collect(),
+            None => Some(Vec::new()),
+        }
+    }
+
+    /// `lease timetolive` of `lease`: see `time_to_live_json`.
+    pub fn lease_ttl(&self, lease: i64) -> Option<(i64, i64)> {
+        let out = self
+            .ctl(&["lease", "timetolive", &format!("{lease:x}"), "-w", "json"])
+            .ok()?;
+        time_to_live_json(&out)
+    }
+
     /// Runs etcdctl against this server; stdout on success.
     pub fn ctl(&self, args: &[&str]) -> Result<String, String> {
         let out = self
@@ -493,6 +517,21 @@ impl EtcdServer {
             Err(String::from_utf8_lossy(&out.stderr).to_string())
         }
     }
+}
+
+/// The lease of the first key in `etcdctl get -w json` output (0: none).
+pub fn lease_of_get_json(out: &str) -> Option<i64> {
+    let v: serde_json::Value = serde_json::from_str(out).ok()?;
+    v["kvs"][0]["lease"].as_i64()
+}
+
+/// `etcdctl lease timetolive -w json`: (whole seconds left, -1 once the
+/// lease expired; the TTL it was granted). etcd truncates what is left to
+/// whole seconds (`int64(Remaining().Seconds())`): the expiry lies in
+/// [answer + ttl s, answer + ttl s + 1 s).
+pub fn time_to_live_json(out: &str) -> Option<(i64, i64)> {
+    let v: serde_json::Value = serde_json::from_str(out).ok()?;
+    Some((v["ttl"].as_i64()?, v["granted-ttl"].as_i64()?))
 }
 
 impl Drop for EtcdServer {
