@@ -72,7 +72,7 @@ kvs = json.load(sys.stdin).get("kvs", [])
 print(" ".join(sorted({format(kv["lease"], "x") for kv in kvs if kv.get("lease")})))' | tr " " "\n" |
   while read -r id; do
     [ -n "$id" ] && ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$etcd_port" lease timetolive "$id" -w json |
-      python3 -c 'import json, sys; v = json.load(sys.stdin); print(v.get("grant-ttl", "expired-%x" % v["id"]))'
+      python3 -c 'import json, sys; v = json.load(sys.stdin); print(v.get("granted-ttl", "expired-%x" % v["id"]))'
   done | sort -u | tr "\n" " "
 }
 deadline=$((SECONDS + 30))
