@@ -2540,6 +2540,84 @@ mod tests {
         assert_eq!(d.next_cycle, Millis(12_000));
     }
 
+    /// A change of ttl on a confirmed leader (ttl 6 s, watchdog 4 s): to
+    /// 12 s, the key moves first (the watchdog stays 4 s while the fence
+    /// counts with the 6 s lease) and the watchdog grows to 10 s only once
+    /// the key is on a 12 s lease; back to 6 s, the watchdog shrinks to 4 s
+    /// first and the key moves only then. A move without an answer bounds
+    /// the fence by the new lease's expiry; a candidate is not held by it.
+    #[test]
+    fn a_ttl_change_moves_the_key_and_the_watchdog_in_the_safe_order() {
+        let mut c = cfg(WatchdogMode::Required);
+        let members = || {
+            vec![
+                member("a", Role::Replica, 900, 1),
+                member("b", Role::Primary, 1000, 1),
+            ]
+        };
+        let v = view(leader("b", 9), members());
+        let mut n = leading(true);
+        n.lease_ttl_ms = Some(6000);
+        n.watchdog_timeout_secs = Some(4);
+        let moves = |d: &Decision| {
+            d.actions
+                .iter()
+                .position(|a| matches!(a, MoveLease { mod_revision: 7 }))
+        };
+        // Grow: the move, then a feed at the old timeout.
+        c.ttl_ms = 12_000;
+        assert_eq!((n.fence_ttl_ms(&c), n.watchdog_target_secs(&c)), (6000, 4));
+        let d = run(&c, 11_000, Some(&v), &primary(1000), &n);
+        let fed = d.actions.iter().position(|a| *a == FeedWatchdog);
+        assert!(moves(&d).is_some() && moves(&d) < fed, "{:?}", d.actions);
+        assert!(!d.is_steady());
+        n.on_lease_moved(Millis(11_000), Millis(11_010), 10, 12_000, Some(true));
+        assert_eq!((n.lease_id, n.fence_ttl_ms(&c)), (Some(10), 12_000));
+        assert_eq!(n.lease_deadline(&c), Some(Millis(23_000)));
+        let v = view(leader("b", 10), members());
+        let d = run(&c, 12_000, Some(&v), &primary(1000), &n);
+        assert!(
+            d.actions.contains(&SetWatchdogTimeout { secs: 10 }),
+            "{:?}",
+            d.actions
+        );
+        assert_eq!(moves(&d), None);
+        n.on_watchdog_timeout_set(Millis(12_000), 10, Some(10));
+        // Shrink: the watchdog first, the move in the next cycle.
+        c.ttl_ms = 6000;
+        assert_eq!(n.lease_deadline(&c), Some(Millis(17_000)));
+        let d = run(&c, 13_000, Some(&v), &primary(1000), &n);
+        assert!(
+            d.actions.contains(&SetWatchdogTimeout { secs: 4 }),
+            "{:?}",
+            d.actions
+        );
+        assert_eq!(moves(&d), None, "moved before the watchdog shrank");
+        // The feed rule holds the new timeout against the shorter budget.
+        assert!(may_feed(&c, &n, Millis(12_000), 4));
+        assert!(!may_feed(&c, &n, Millis(12_000), 10));
+        n.on_watchdog_timeout_set(Millis(13_000), 4, Some(4));
+        let d = run(&c, 14_000, Some(&v), &primary(1000), &n);
+        assert!(moves(&d).is_some(), "{:?}", d.actions);
+        // No answer: the key may be on a lease granted at 14 s that nobody
+        // renews, gone at 20 s.
+        n.on_lease_moved(Millis(14_000), Millis(14_010), 11, 6000, None);
+        n.on_renewed(Millis(15_000), 10, false, 12_000);
+        n.on_leader_txn(Millis(15_005), true);
+        assert_eq!(n.lease_deadline(&c), Some(Millis(20_000)));
+        // A failed SETTIMEOUT: the stop planned for the earlier deadline,
+        // the feed rule with the longer timeout.
+        let mut w = n.clone();
+        w.on_watchdog_timeout_set(Millis(15_000), 10, None);
+        assert_eq!(w.watchdog_timeout_secs, Some(10));
+        assert_eq!(w.watchdog_deadline, Some(Millis(17_000)));
+        // Lost the key: the bound no longer holds a candidate back.
+        n.leader_confirmed = false;
+        assert_eq!(n.lease_deadline(&c), Some(Millis(21_000)));
+        n.on_acquired(Millis(16_000));
+        assert_eq!(n.move_bound, None);
+    }
+
     /// A streaming replica renews only when its lease is due (more than
     /// half the ttl and two cycles' time gone); a leader every cycle; a
     /// replica that races renews first, whatever is left of its lease.

@@ -1762,8 +1762,22 @@ fn hot_standby_settings_come_from_the_key_and_replicas_raise_to_pg_control() {
         let replica = m["role"] == "Replica";
         assert_eq!(m["pending_restart"], replica, "{m}");
     }
-    // The primary's new value reached pg_control on the replicas (its
-    // parameter change was replayed): a second rolling restart lowers them.
+    // Once the replicas replayed the primary's parameter change (written
+    // at its start, before this LSN), their pg_control says 70: a second
+    // rolling restart lowers them.
+    let lsn = c.nodes[p].sql("SELECT pg_current_wal_lsn()").unwrap();
+    for (i, n) in c.nodes.iter().enumerate() {
+        if i != p {
+            wait_for(
+                "the parameter change replayed",
+                Duration::from_secs(30),
+                || {
+                    let q = format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn");
+                    (n.sql(&q).ok().as_deref() == Some("t")).then_some(())
+                },
+            );
+        }
+    }
     let (code, out) = cli(&c, 1, &["restart", "--pending", "--wait"]);
     assert_eq!(code, 0, "{out}");
     setting_everywhere("70");
