@@ -25,7 +25,32 @@ cluster_down() {
 }
 trap cluster_down EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A port below the kernel's ephemeral range (32768-60999), where no
+# outgoing connection can be holding it when the server starts; each handed
+# out once (recorded in $work/ports) and only if it binds now.
+free_port() {
+  python3 - "$work/ports" <<'PY'
+import random, socket, sys
+path = sys.argv[1]
+try:
+    given = set(open(path).read().split())
+except FileNotFoundError:
+    given = set()
+while True:
+    p = random.randrange(20000, 32000)
+    if str(p) in given:
+        continue
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    s.close()
+    open(path, "a").write(f"{p}\n")
+    print(p)
+    break
+PY
+}
 now() { date +%s.%N; }
 elapsed() { python3 -c "print(f'{$2-$1:.2f}')"; }
 

@@ -130,10 +130,28 @@ pub fn use_bin_dir(node: &Node, dir: &Path) {
     std::fs::write(&node.config, cfg).expect("write config");
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released).
+/// A free TCP port on 127.0.0.1 for a server of a test, taken below the
+/// kernel's ephemeral range (32768-60999): a port from that range (a bind
+/// to port 0) can be the local end of any outgoing connection a moment
+/// later (an agent's to etcd, a client's), and the server meant to listen
+/// on it then cannot (seen once: a replica's PostgreSQL failing to start
+/// for 90 s, "Is another postmaster already running on port ..."). Each
+/// port is handed out once per test process, and only if it binds now.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    use std::hash::{BuildHasher, Hasher};
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let random = std::collections::hash_map::RandomState::new();
+    for i in 0u64.. {
+        let mut h = random.build_hasher();
+        h.write_u64(i);
+        let p = 20_000 + (h.finish() % 12_000) as u16;
+        if !given.contains(&p) && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            given.push(p);
+            return p;
+        }
+    }
+    unreachable!("ports 20000..32000 all taken")
 }
 
 /// Milliseconds of CLOCK_MONOTONIC, the clock the testing watchdog logs in.

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use super::cluster::free_port;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -122,11 +123,6 @@ pub fn make_certs(dir: &std::path::Path) {
         ]);
     }
     key_modes(dir);
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 /// Client certificates etcd must refuse, beside `make_certs`' files in
