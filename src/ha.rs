@@ -1869,7 +1869,14 @@ fn ahead_of_me<'v>(
             && m.info.state == "running"
             && m.info.role == Role::Replica
             && m.info.timeline.unwrap_or(0) >= my_tl
-            && (m.lsn() > my_lsn || (m.lsn() == my_lsn && m.name < cfg.name && !i_am_primary))
+            && if i_am_primary {
+                // A primary still writable holds all its replicas stream
+                // from it on its timeline: a position a replica published
+                // after this node's probe can only look ahead of it.
+                m.info.timeline.unwrap_or(0) > my_tl
+            } else {
+                m.lsn() > my_lsn || (m.lsn() == my_lsn && m.name < cfg.name)
+            }
     })
 }
 
@@ -3589,6 +3596,18 @@ mod tests {
         v.members.retain(|m| m.name != "b");
         let d = run(&c, 11_000, Some(&v), &primary(1000), &n);
         assert!(d.actions.contains(&AcquireLeader), "{}", d.summary);
+        // Nor one whose position, published after the primary's probe
+        // (the primary still writes), looks ahead of it (CI: the primary
+        // stopped and a failover followed).
+        let mut v = election_view(vec![member("a", Role::Replica, 1010, 1)], 900);
+        v.members.retain(|m| m.name != "b");
+        let d = run(&c, 11_000, Some(&v), &primary(1000), &n);
+        assert!(d.actions.contains(&AcquireLeader), "{}", d.summary);
+        // A member on a later timeline is ahead of it.
+        let mut v = election_view(vec![member("a", Role::Replica, 1010, 2)], 900);
+        v.members.retain(|m| m.name != "b");
+        let d = run(&c, 11_000, Some(&v), &primary(1000), &n);
+        assert!(!d.actions.contains(&AcquireLeader), "{}", d.summary);
     }
     #[test]
     fn no_leader_stopped_node_starts_read_only_and_empty_waits() {
