@@ -1858,6 +1858,7 @@ fn decide_follower(mut p: Plan<'_>, view: &ClusterView, leader: String) -> Decis
 fn ahead_of_me<'v>(
     cfg: &HaConfig,
     view: &'v ClusterView,
+    local: &LocalPostgres,
     my_lsn: Lsn,
     my_tl: u32,
     i_am_primary: bool,
@@ -1870,10 +1871,17 @@ fn ahead_of_me<'v>(
             && m.info.role == Role::Replica
             && m.info.timeline.unwrap_or(0) >= my_tl
             && if i_am_primary {
-                // A primary still writable holds all its replicas stream
-                // from it on its timeline: a position a replica published
-                // after this node's probe can only look ahead of it.
+                // A replica streaming from this primary now holds a prefix
+                // of its WAL: a position it published after this node's
+                // probe (the primary still writes) only looks ahead. One
+                // that does not stream from it may really be ahead (a
+                // primary that came back without the tail of its WAL).
                 m.info.timeline.unwrap_or(0) > my_tl
+                    || (m.lsn() > my_lsn
+                        && !local
+                            .replication
+                            .iter()
+                            .any(|r| r.streaming && r.name == m.name))
             } else {
                 m.lsn() > my_lsn || (m.lsn() == my_lsn && m.name < cfg.name)
             }
@@ -2122,7 +2130,9 @@ fn decide_no_leader(mut p: Plan<'_>, view: &ClusterView) -> Decision {
                     || s.standbys().iter().any(|n| n == &m.name)
             })
     };
-    if let Some(better) = ahead_of_me(cfg, view, my_lsn, my_tl, writable).filter(|m| competes(m)) {
+    if let Some(better) =
+        ahead_of_me(cfg, view, local, my_lsn, my_tl, writable).filter(|m| competes(m))
+    {
         let name = better.name.clone();
         if local.writable() {
             p.stop_and_disarm();
@@ -3596,12 +3606,18 @@ mod tests {
         v.members.retain(|m| m.name != "b");
         let d = run(&c, 11_000, Some(&v), &primary(1000), &n);
         assert!(d.actions.contains(&AcquireLeader), "{}", d.summary);
-        // Nor one whose position, published after the primary's probe
-        // (the primary still writes), looks ahead of it (CI: the primary
-        // stopped and a failover followed).
+        // Nor one streaming from it whose position, published after the
+        // primary's probe (the primary still writes), looks ahead of it
+        // (CI: the primary stopped and a failover followed).
         let mut v = election_view(vec![member("a", Role::Replica, 1010, 1)], 900);
         v.members.retain(|m| m.name != "b");
-        let d = run(&c, 11_000, Some(&v), &primary(1000), &n);
+        let mut writing = primary(1000);
+        writing.replication = vec![crate::cluster::ReplicaStat {
+            name: "a".into(),
+            streaming: true,
+            flush: Lsn(1000),
+        }];
+        let d = run(&c, 11_000, Some(&v), &writing, &n);
         assert!(d.actions.contains(&AcquireLeader), "{}", d.summary);
         // A member on a later timeline is ahead of it.
         let mut v = election_view(vec![member("a", Role::Replica, 1010, 2)], 900);
