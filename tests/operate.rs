@@ -1122,6 +1122,18 @@ fn reload_everywhere_and_reinit_of_a_damaged_replica() {
     );
 }
 
+/// Every member's file with `bootstrap.dcs.postgresql.parameters.NAME`:
+/// the cluster's first config key holds it.
+fn with_bootstrap_parameter(name: &str, value: &str) -> Opts {
+    let boot = format!(
+        "bootstrap:\n  dcs:\n    postgresql:\n      parameters:\n        {name}: {value}\n"
+    );
+    Opts {
+        extra: (0..3).map(|i| (i, boot.clone())).collect(),
+        ..Opts::default()
+    }
+}
+
 /// A replication slot's `type/database/plugin` on node `i`: Ok(None) when
 /// it does not exist, Err when the server does not answer (down for a
 /// switchover: that says nothing about the slot).
@@ -1145,15 +1157,7 @@ fn slot_on(c: &Cluster, i: usize, name: &str) -> Result<Option<String>, String> 
 /// does not exist holds nothing up and is warned about at most every 30 s.
 #[test]
 fn logical_slots_permanent_and_ignored_through_switchovers() {
-    let boot =
-        "bootstrap:\n  dcs:\n    postgresql:\n      parameters:\n        wal_level: logical\n";
-    let c = Cluster::start(
-        3,
-        Opts {
-            extra: (0..3).map(|i| (i, boot.to_string())).collect(),
-            ..Opts::default()
-        },
-    );
+    let c = Cluster::start(3, with_bootstrap_parameter("wal_level", "logical"));
     let a = c.wait_healthy(BOOT);
     let t0 = Instant::now();
     // The first primary started before the config key existed: its
@@ -1630,15 +1634,7 @@ fn pending_everywhere(c: &Cluster, want: bool) -> bool {
 /// second `restart --pending` after the primary's.
 #[test]
 fn hot_standby_settings_come_from_the_key_and_replicas_raise_to_pg_control() {
-    let boot =
-        "bootstrap:\n  dcs:\n    postgresql:\n      parameters:\n        max_connections: 60\n";
-    let c = Cluster::start(
-        3,
-        Opts {
-            extra: (0..3).map(|i| (i, boot.to_string())).collect(),
-            ..Opts::default()
-        },
-    );
+    let c = Cluster::start(3, with_bootstrap_parameter("max_connections", "60"));
     let p = c.wait_healthy(BOOT);
     c.wait_published_streaming(Duration::from_secs(30));
     let leader = c.leader();

@@ -455,6 +455,18 @@ fn member(c: &mut Cluster, i: usize) -> &mut common::etcd::EtcdServer {
     }
 }
 
+/// `etcdctl endpoint status --cluster`: one entry per member that answered.
+fn endpoint_status(c: &Cluster) -> Option<Vec<serde_json::Value>> {
+    let out = c
+        .etcd
+        .ctl(&["endpoint", "status", "--cluster", "-w", "json"])
+        .ok()?;
+    match serde_json::from_str(&out).ok()? {
+        serde_json::Value::Array(all) => Some(all),
+        _ => None,
+    }
+}
+
 /// Waits until the three members answer and agree on one raft leader and
 /// term: one member lost at a time is this test's claim, not one lost while
 /// another still rejoins.
@@ -463,12 +475,7 @@ fn settled(c: &Cluster) {
         "etcd's three members agreeing",
         Duration::from_secs(30),
         || {
-            let out = c
-                .etcd
-                .ctl(&["endpoint", "status", "--cluster", "-w", "json"])
-                .ok()?;
-            let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-            let all = v.as_array()?;
+            let all = endpoint_status(c)?;
             let first = &all.first()?["Status"];
             let (leader, term) = (first["leader"].as_u64()?, first["raftTerm"].as_u64()?);
             let agree = all.len() == 3
@@ -488,12 +495,7 @@ fn raft_leader(c: &Cluster) -> usize {
     let mut endpoints = vec![c.etcd.endpoint()];
     endpoints.extend(c.etcd_members.iter().map(|m| m.endpoint()));
     wait_for("etcd's raft leader", Duration::from_secs(20), || {
-        let out = c
-            .etcd
-            .ctl(&["endpoint", "status", "--cluster", "-w", "json"])
-            .ok()?;
-        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-        let all = v.as_array()?;
+        let all = endpoint_status(c)?;
         let leader_id = all.first()?["Status"]["leader"].as_u64()?;
         let endpoint = all
             .iter()
